@@ -182,5 +182,9 @@ export KUBECONFIG='$dir/kubeconfig'
 export PATH='$(e2e_path)'
 export E2E_CLUSTER_DIR='$dir'
 export E2E_NODE_NAME='$node'
+export E2E_API_SERVER='$api'
+export E2E_CA_FILE='$pki/ca.crt'
+export E2E_ADMIN_CERT='$pki/admin.crt'
+export E2E_ADMIN_KEY='$pki/admin.key'
 ENV
 log "cluster up in $((SECONDS - t0))s: $api (source $dir/env)"
