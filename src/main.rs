@@ -1,0 +1,115 @@
+//! `llamaduo`: the operator and the command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use llamaduo::validate::{Target, validate_yaml};
+
+/// Migrate a feature from a service LLM to a small model you own.
+#[derive(Parser, Debug)]
+#[command(name = "llamaduo", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the LlamaDuoMigration CustomResourceDefinition (YAML).
+    Crd,
+    /// Check LlamaDuoMigration manifests offline (schema, CEL rules, semantic checks); exits
+    /// non-zero listing every problem with its field path.
+    Validate {
+        /// Manifests to check: YAML files, or directories searched for *.yaml / *.yml.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The manifests are for `llamaduo run` on one machine (spec.storage may be omitted).
+        #[arg(long)]
+        local: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Crd => print_crd(),
+        Command::Validate { paths, local } => validate(
+            &paths,
+            if local {
+                Target::Local
+            } else {
+                Target::Cluster
+            },
+        ),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_crd() -> anyhow::Result<ExitCode> {
+    print!("{}", llamaduo::crd::crd_yaml()?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn yaml_files(path: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    if path.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(path)
+            .with_context(|| format!("reading directory {}", path.display()))?
+            .collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.path());
+        for e in entries {
+            let p = e.path();
+            if p.is_dir() || p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                yaml_files(&p, out)?;
+            }
+        }
+    } else {
+        out.push(path.to_path_buf());
+    }
+    Ok(())
+}
+
+fn validate(paths: &[PathBuf], target: Target) -> anyhow::Result<ExitCode> {
+    let mut files = Vec::new();
+    for p in paths {
+        yaml_files(p, &mut files)?;
+    }
+    let (mut checked, mut failed) = (0usize, 0usize);
+    for file in &files {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let reports = match validate_yaml(&text, target) {
+            Ok(r) => r,
+            Err(e) => {
+                println!("{}: {e}", file.display());
+                failed += 1;
+                continue;
+            }
+        };
+        for report in reports.iter().filter(|r| r.checked) {
+            checked += 1;
+            let object = report.object.as_deref().unwrap_or("<unnamed>");
+            if report.problems.is_empty() {
+                println!("{} [{}] {object}: valid", file.display(), report.index);
+            } else {
+                failed += 1;
+                for p in &report.problems {
+                    println!("{} [{}] {object}: {p}", file.display(), report.index);
+                }
+            }
+        }
+    }
+    println!("{checked} LlamaDuoMigration(s) checked, {failed} with problems");
+    Ok(if failed == 0 && checked > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

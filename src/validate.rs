@@ -1,0 +1,532 @@
+//! Offline validation of `LlamaDuoMigration` manifests (`llamaduo validate`), so GitOps
+//! pipelines can refuse a bad spec before it reaches a cluster.
+//!
+//! It applies what the API server applies, from the same generated schema: types, required
+//! fields, enums and unknown fields (as `kubectl apply`'s strict field validation does), schema
+//! defaults, then every CEL rule (`x-kubernetes-validations`) evaluated by kube-cel. On top come
+//! the semantic checks that need no cluster (URL schemes, names, the simulated teacher's
+//! families). Every problem carries its field path.
+
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::api::{LlamaDuoMigration, Metric, ProviderKind};
+use crate::crd::openapi_schema;
+
+/// Task families the simulated teacher (`llamaduo-trainer simulate-teacher`) knows.
+pub const SIMULATED_FAMILIES: [&str; 3] = ["arithmetic", "reverse", "sort"];
+
+/// One problem found in a manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Field path, e.g. `spec.target.meanScore`.
+    pub path: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+fn problem(path: impl Into<String>, message: impl Into<String>) -> Problem {
+    Problem {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// Where the manifest will run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Applied to a cluster: spec.storage is required.
+    Cluster,
+    /// Run with `llamaduo run`: storage defaults to the work directory.
+    Local,
+}
+
+/// The report for one YAML document.
+#[derive(Clone, Debug)]
+pub struct DocumentReport {
+    /// 1-based index of the document in its file.
+    pub index: usize,
+    /// `namespace/name` or `name` when known.
+    pub object: Option<String>,
+    /// Whether this document is a LlamaDuoMigration (others are skipped).
+    pub checked: bool,
+    /// Problems found; empty when valid.
+    pub problems: Vec<Problem>,
+}
+
+/// Validates every document of a YAML text. Documents of other kinds are skipped.
+pub fn validate_yaml(text: &str, target: Target) -> Result<Vec<DocumentReport>, String> {
+    let docs: Vec<Value> =
+        serde_saphyr::from_str_multiple(text).map_err(|e| format!("not valid YAML: {e}"))?;
+    Ok(docs
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| !d.is_null())
+        .map(|(i, d)| validate_document(d, target, i + 1))
+        .collect())
+}
+
+fn validate_document(doc: &Value, target: Target, index: usize) -> DocumentReport {
+    let kind = doc.get("kind").and_then(Value::as_str);
+    let api_version = doc.get("apiVersion").and_then(Value::as_str);
+    let object = doc.get("metadata").and_then(|m| {
+        let name = m.get("name")?.as_str()?;
+        Some(match m.get("namespace").and_then(Value::as_str) {
+            Some(ns) => format!("{ns}/{name}"),
+            None => name.to_string(),
+        })
+    });
+    if kind != Some("LlamaDuoMigration") {
+        return DocumentReport {
+            index,
+            object,
+            checked: false,
+            problems: vec![],
+        };
+    }
+    let mut problems = Vec::new();
+    if api_version != Some("llamaduo.dev/v1alpha1") {
+        problems.push(problem(
+            "apiVersion",
+            format!(
+                "must be llamaduo.dev/v1alpha1, found {}",
+                api_version.unwrap_or("nothing")
+            ),
+        ));
+    }
+    problems.extend(validate_object(doc, target));
+    DocumentReport {
+        index,
+        object,
+        checked: true,
+        problems,
+    }
+}
+
+/// Validates one LlamaDuoMigration object (as JSON). Empty when valid.
+pub fn validate_object(doc: &Value, target: Target) -> Vec<Problem> {
+    let schema = openapi_schema();
+    let mut problems = Vec::new();
+    check_metadata(doc.get("metadata"), &mut problems);
+
+    // The API server checks the object against the schema first and runs CEL only on objects
+    // that fit it; so do we.
+    let mut body = doc.clone();
+    if let Some(obj) = body.as_object_mut() {
+        obj.remove("metadata");
+        obj.remove("apiVersion");
+        obj.remove("kind");
+    }
+    let before = problems.len();
+    check_schema(&schema, &body, "", &mut problems);
+    if problems.len() > before {
+        return problems;
+    }
+
+    let validator = kube_cel::Validator::new();
+    for err in validator.validate_with_defaults(&schema, &body, None) {
+        let path = err.field_path.trim_start_matches('.').to_string();
+        problems.push(problem(
+            if path.is_empty() { "spec".into() } else { path },
+            err.message,
+        ));
+    }
+    if !problems.is_empty() {
+        return problems;
+    }
+
+    match serde_json::from_value::<LlamaDuoMigration>(doc.clone()) {
+        Ok(m) => semantic_checks(&m, target, &mut problems),
+        Err(e) => problems.push(problem("spec", format!("does not deserialize: {e}"))),
+    }
+    problems
+}
+
+fn check_metadata(meta: Option<&Value>, problems: &mut Vec<Problem>) {
+    let Some(name) = meta.and_then(|m| m.get("name")).and_then(Value::as_str) else {
+        problems.push(problem("metadata.name", "is required"));
+        return;
+    };
+    let valid =
+        !name.is_empty() && name.len() <= 253 && name.split('.').all(|part| is_dns_label(part));
+    if !valid {
+        problems.push(problem(
+            "metadata.name",
+            format!("{name:?} is not a DNS-1123 subdomain: use lower-case letters, digits, '-' and '.', starting and ending with a letter or digit"),
+        ));
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// Type, enum, required and unknown-field checks of a value against a structural schema.
+fn check_schema(schema: &Value, value: &Value, path: &str, problems: &mut Vec<Problem>) {
+    if value.is_null() {
+        if !schema
+            .get("nullable")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+        {
+            problems.push(problem(path, "must not be null"));
+        }
+        return;
+    }
+    if schema
+        .get("x-kubernetes-int-or-string")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
+        if !(value.is_string() || value.is_i64() || value.is_u64()) {
+            problems.push(problem(
+                path,
+                format!("must be an integer or a string, found {}", type_name(value)),
+            ));
+        }
+        return;
+    }
+    let preserve = schema
+        .get("x-kubernetes-preserve-unknown-fields")
+        .and_then(Value::as_bool)
+        == Some(true);
+    let Some(ty) = schema.get("type").and_then(Value::as_str) else {
+        return;
+    };
+    let found = type_name(value);
+    let fits = match ty {
+        "number" => value.is_number(),
+        "integer" => found == "integer",
+        other => other == found,
+    };
+    if !fits {
+        problems.push(problem(path, format!("must be {ty}, found {found}")));
+        return;
+    }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
+        if !allowed.contains(value) {
+            let list: Vec<String> = allowed.iter().map(|v| v.to_string()).collect();
+            problems.push(problem(
+                path,
+                format!("{value} is not one of {}", list.join(", ")),
+            ));
+        }
+    }
+    if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
+        if value.as_f64().is_some_and(|v| v < min) {
+            problems.push(problem(path, format!("must be at least {min}")));
+        }
+    }
+    match value {
+        Value::Object(obj) => {
+            let props = schema.get("properties").and_then(Value::as_object);
+            if let Some(required) = schema.get("required").and_then(Value::as_array) {
+                for r in required.iter().filter_map(Value::as_str) {
+                    if !obj.contains_key(r) {
+                        problems.push(problem(join(path, r), "is required"));
+                    }
+                }
+            }
+            let extra = schema.get("additionalProperties").filter(|v| v.is_object());
+            for (key, sub) in obj {
+                let p = join(path, key);
+                match (props.and_then(|m| m.get(key)), extra) {
+                    (Some(s), _) => check_schema(s, sub, &p, problems),
+                    (None, Some(s)) => check_schema(s, sub, &p, problems),
+                    (None, None) if preserve => {}
+                    (None, None) => {
+                        let known: Vec<&str> = props
+                            .map(|m| m.keys().map(String::as_str).collect())
+                            .unwrap_or_default();
+                        problems.push(problem(
+                            p,
+                            format!("unknown field; known fields here: {}", known.join(", ")),
+                        ));
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    check_schema(item_schema, item, &format!("{path}[{i}]"), problems);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+const DATA_SCHEMES: [&str; 6] = [
+    "file://",
+    "s3://",
+    "gs://",
+    "az://",
+    "hf://datasets/",
+    "configmap://",
+];
+const MODEL_SCHEMES: [&str; 5] = ["file://", "s3://", "gs://", "az://", "hf://"];
+
+fn check_scheme(url: &str, schemes: &[&str], path: &str, problems: &mut Vec<Problem>) {
+    if !schemes.iter().any(|s| url.starts_with(s)) {
+        problems.push(problem(
+            path,
+            format!("{url:?} must start with one of {}", schemes.join(", ")),
+        ));
+    } else if let Some(rest) = url.strip_prefix("configmap://") {
+        let mut parts = rest.splitn(2, '/');
+        let ok =
+            parts.next().is_some_and(is_dns_label) && parts.next().is_some_and(|k| !k.is_empty());
+        if !ok {
+            problems.push(problem(
+                path,
+                "configmap:// sources are written configmap://NAME/KEY",
+            ));
+        }
+    }
+}
+
+fn semantic_checks(m: &LlamaDuoMigration, target: Target, problems: &mut Vec<Problem>) {
+    let spec = &m.spec;
+    check_scheme(
+        &spec.coverage.source,
+        &DATA_SCHEMES,
+        "spec.coverage.source",
+        problems,
+    );
+    if let Some(t) = &spec.coverage.test_source {
+        check_scheme(t, &DATA_SCHEMES, "spec.coverage.testSource", problems);
+    }
+    if let Some(b) = &spec.student.base_model {
+        check_scheme(b, &MODEL_SCHEMES, "spec.student.baseModel", problems);
+    }
+    for (path, provider) in [
+        ("spec.teacher", Some(&spec.teacher)),
+        ("spec.judge", spec.judge.as_ref()),
+    ] {
+        let Some(p) = provider else { continue };
+        if p.provider == ProviderKind::Simulated && !SIMULATED_FAMILIES.contains(&p.model.as_str())
+        {
+            problems.push(problem(
+                format!("{path}.model"),
+                format!(
+                    "the simulated provider knows the task families {}; found {:?}",
+                    SIMULATED_FAMILIES.join(", "),
+                    p.model
+                ),
+            ));
+        }
+        if let Some(url) = &p.base_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                problems.push(problem(
+                    format!("{path}.baseUrl"),
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
+    }
+    if spec.evaluation.metric == Metric::Embedding && spec.evaluation.embedding_model.is_none() {
+        problems.push(problem(
+            "spec.evaluation.embeddingModel",
+            "metric embedding needs embeddingModel (a URL of an all-MiniLM-L6-v2 style model directory)",
+        ));
+    }
+    if target == Target::Cluster && spec.storage.is_none() {
+        problems.push(problem(
+            "spec.storage",
+            "is required in a cluster: set storage.url (file:///artifacts with volume.claimName, or s3://, gs://, az://); only `llamaduo run` may omit it (validate such files with --local)",
+        ));
+    }
+    if spec.serving.enabled && target == Target::Local {
+        // `llamaduo run` prints how to serve instead; not an error.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"
+apiVersion: llamaduo.dev/v1alpha1
+kind: LlamaDuoMigration
+metadata:
+  name: sums
+  namespace: team-a
+spec:
+  task:
+    description: Answer arithmetic questions with the number only.
+  coverage:
+    source: configmap://sums-coverage/coverage.jsonl
+  teacher:
+    provider: simulated
+    model: arithmetic
+  student:
+    fromScratch:
+      hiddenSize: 64
+  target:
+    meanScore: 80
+  storage:
+    url: file:///artifacts
+    volume:
+      claimName: llamaduo-artifacts
+"#;
+
+    fn problems_of(yaml: &str, target: Target) -> Vec<Problem> {
+        let reports = validate_yaml(yaml, target).expect("YAML parses");
+        reports.into_iter().flat_map(|r| r.problems).collect()
+    }
+
+    fn with(replace: &str, by: &str) -> String {
+        assert!(VALID.contains(replace), "fixture lacks {replace:?}");
+        VALID.replace(replace, by)
+    }
+
+    #[test]
+    fn valid_manifest_has_no_problems() {
+        assert_eq!(problems_of(VALID, Target::Cluster), vec![]);
+    }
+
+    #[test]
+    fn other_kinds_are_skipped() {
+        let reports = validate_yaml(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+            Target::Cluster,
+        )
+        .expect("parses");
+        assert_eq!(reports.len(), 1);
+        assert!(!reports[0].checked);
+    }
+
+    #[test]
+    fn invalid_manifests_name_their_field() {
+        let cases: Vec<(String, &str)> = vec![
+            (
+                with("meanScore: 80", "meanScore: 150"),
+                "spec.target.meanScore",
+            ),
+            (
+                with("meanScore: 80", "meanScore: 80\n    passRate: 2"),
+                "spec.target.passRate",
+            ),
+            (
+                with("  storage:", "  stop:\n    maxRounds: 0\n  storage:"),
+                "spec.stop.maxRounds",
+            ),
+            (
+                with(
+                    "  storage:",
+                    "  training:\n    lora:\n      rank: 0\n  storage:",
+                ),
+                "spec.training.lora.rank",
+            ),
+            (
+                with("provider: simulated", "provider: openai"),
+                "spec.teacher.apiKeySecretRef",
+            ),
+            (
+                with(
+                    "    fromScratch:\n      hiddenSize: 64",
+                    "    baseModel: hf://org/model",
+                ),
+                "NONE",
+            ),
+            (
+                with(
+                    "    fromScratch:\n      hiddenSize: 64",
+                    "    baseModel: hf://org/model\n    fromScratch: {}",
+                ),
+                "spec.student",
+            ),
+            (
+                with("    volume:\n      claimName: llamaduo-artifacts\n", ""),
+                "spec.storage.volume",
+            ),
+            (
+                with("meanScore: 80", "meanScore: high"),
+                "spec.target.meanScore",
+            ),
+            (
+                with("  target:", "  colour: blue\n  target:"),
+                "spec.colour",
+            ),
+            (
+                with("model: arithmetic", "model: poetry"),
+                "spec.teacher.model",
+            ),
+            (
+                with(
+                    "source: configmap://sums-coverage/coverage.jsonl",
+                    "source: ftp://x",
+                ),
+                "spec.coverage.source",
+            ),
+            (with("name: sums", "name: Sums_1"), "metadata.name"),
+            (
+                with("provider: simulated", "provider: chatgpt"),
+                "spec.teacher.provider",
+            ),
+        ];
+        for (yaml, path) in cases {
+            let problems = problems_of(&yaml, Target::Cluster);
+            if path == "NONE" {
+                assert!(problems.is_empty(), "{problems:?}");
+                continue;
+            }
+            assert!(
+                problems.iter().any(|p| p.path == path),
+                "expected a problem at {path}, got {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn storage_is_required_only_in_a_cluster() {
+        let yaml = with(
+            "  storage:\n    url: file:///artifacts\n    volume:\n      claimName: llamaduo-artifacts\n",
+            "",
+        );
+        let cluster = problems_of(&yaml, Target::Cluster);
+        assert_eq!(cluster.len(), 1, "{cluster:?}");
+        assert_eq!(cluster[0].path, "spec.storage");
+        assert!(problems_of(&yaml, Target::Local).is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_reported_not_just_the_first() {
+        let yaml = with("meanScore: 80", "meanScore: 150\n    passRate: 3");
+        let problems = problems_of(&yaml, Target::Cluster);
+        assert!(problems.len() >= 2, "{problems:?}");
+    }
+}
