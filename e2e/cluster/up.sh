@@ -111,6 +111,9 @@ start kube-apiserver kube-apiserver --bind-address 127.0.0.1 --advertise-address
   --secure-port "$p_api" --etcd-servers "http://127.0.0.1:$p_etcd" \
   --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
   --client-ca-file "$pki/ca.crt" \
+  --requestheader-client-ca-file "$pki/ca.crt" --requestheader-allowed-names front-proxy-client \
+  --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+  --requestheader-extra-headers-prefix X-Remote-Extra- \
   --service-account-issuer https://kubernetes.default.svc.cluster.local \
   --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
   --service-cluster-ip-range 10.96.0.0/16 --endpoint-reconciler-type none \
@@ -144,6 +147,12 @@ options:
   manageAllNodes: false
   manageNodesWithAnnotationSelector: kwok.x-k8s.io/node=fake
   enableCRDs: []
+  # A config file's options are not defaulted field by field: set what kwok needs (its defaults).
+  nodeLeaseDurationSeconds: 40
+  nodeLeaseParallelism: 4
+  nodePlayStageParallelism: 4
+  podPlayStageParallelism: 4
+  cidr: 10.0.0.0/24
 YAML
   for f in "$stages"/*.yaml ${E2E_KWOK_STAGES:-}; do echo "---"; cat "$f"; done
 } >"$dir/kwok.yaml"

@@ -3,9 +3,12 @@
 # Proves each piece the operator tests rely on is real and wired:
 #   - a Job in a Pod-Security-restricted namespace: the Job controller creates its pod, the
 #     scheduler binds it to the kwok node, kwok runs it to completion, the Job is Complete;
+#   - kwok's chaos stage fails a labelled pod: the Job controller retries, then fails the Job;
 #   - Pod Security admission refuses a non-compliant pod, and a non-compliant Job's pods;
 #   - the LlamaDuoMigration CRD (from crds/) becomes Established and the server enforces its CEL
-#     rules (a valid example passes a server dry-run; target.meanScore: 150 is refused).
+#     rules (a valid example passes a server dry-run; target.meanScore: 150 is refused);
+#   - the Helm chart (charts/llamaduo, when present) renders and the server accepts every object
+#     in a restricted namespace without a Pod Security warning.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=lib.sh
@@ -63,6 +66,36 @@ sched=$(kubectl get events -n "$ns" --field-selector "reason=Scheduled,involvedO
 succeeded=$(kubectl get -n "$ns" job/compliant -o jsonpath='{.status.succeeded}')
 [[ $succeeded == 1 ]] || fail "job status.succeeded=$succeeded"
 
+check "kwok's failure stage fails a labelled Job pod; the Job controller retries, then fails the Job"
+kubectl apply -n "$ns" -f - >/dev/null <<YAML
+apiVersion: batch/v1
+kind: Job
+metadata: {name: failing}
+spec:
+  backoffLimit: 1
+  template:
+    metadata:
+      labels: {pod-container-running-failed.stage.kwok.x-k8s.io: "true"}
+      annotations: {pod-container-running-failed.stage.kwok.x-k8s.io/message: "stage failed on purpose"}
+    spec:
+      restartPolicy: Never
+      securityContext: {runAsNonRoot: true, runAsUser: 65532, seccompProfile: {type: RuntimeDefault}}
+      containers:
+      - name: main
+        image: registry.invalid/never-pulled:1
+        command: ["/bin/false"]
+        securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+YAML
+kubectl wait -n "$ns" --for=condition=Failed job/failing --timeout=120s >/dev/null ||
+  fail "job not Failed: $(kubectl get -n "$ns" job/failing -o jsonpath='{.status}')"
+reason=$(kubectl get -n "$ns" job/failing -o jsonpath='{.status.conditions[?(@.type=="Failed")].reason}')
+[[ $reason == BackoffLimitExceeded ]] || fail "Failed reason $reason, expected BackoffLimitExceeded"
+pods=$(kubectl get pods -n "$ns" -l batch.kubernetes.io/job-name=failing -o json)
+[[ $(jq '[.items[] | select(.status.phase == "Failed")] | length' <<<"$pods") == 2 ]] ||
+  fail "expected 2 failed pods (1 + 1 retry): $(jq -c '[.items[] | {n: .metadata.name, p: .status.phase}]' <<<"$pods")"
+msg=$(jq -r '.items[0].status.containerStatuses[0].state.terminated | "\(.exitCode) \(.message)"' <<<"$pods")
+[[ $msg == "1 stage failed on purpose" ]] || fail "terminated state '$msg', expected exit 1 with the annotated message"
+
 check "Pod Security refuses a non-compliant pod"
 expect_refused 'violates PodSecurity "restricted:latest"' kubectl run -n "$ns" rooty \
   --image=registry.invalid/never-pulled:1 --restart=Never --command -- /bin/true
@@ -80,6 +113,7 @@ if [[ -d "$repo/crds" ]]; then
   mapfile -t crd_files < <(find "$repo/crds" -maxdepth 1 -name '*.yaml' -o -maxdepth 1 -name '*.yml' | sort)
 fi
 if ((${#crd_files[@]} == 0)); then
+  check_done
   printf '[test] SKIP CRD checks: no YAML in %s/crds (generate the CRDs first)\n' "$repo" >&2
 else
   check "CRDs from crds/ install and become Established"
@@ -104,6 +138,19 @@ else
   check "target.meanScore: 150 is refused with the CEL message"
   expect_refused 'target.meanScore must be between 0 and 100' kubectl apply --dry-run=server -f - \
     <<<"$(jq '.spec.target.meanScore = 150' <<<"$valid")"
+fi
+
+chart="$repo/charts/llamaduo"
+if [[ ! -f "$chart/Chart.yaml" ]]; then
+  check_done
+  printf '[test] SKIP chart check: no %s/Chart.yaml yet\n' "$chart" >&2
+else
+  check "helm template charts/llamaduo | kubectl apply --dry-run=server (restricted, no warnings)"
+  rendered=$(helm template llamaduo "$chart" --namespace "$ns" 2>&1) || fail "helm template failed: $rendered"
+  # Pod Security only *warns* on workloads (Deployments); a warning here means the operator's own
+  # pod would be refused in a restricted namespace, so it fails the check.
+  out=$(kubectl apply --dry-run=server -n "$ns" -f - <<<"$rendered" 2>&1) || fail "server refused the chart: $out"
+  ! grep -q 'would violate PodSecurity' <<<"$out" || fail "chart violates Pod Security restricted: $out"
 fi
 check_done
 kubectl delete namespace "$ns" --wait=false >/dev/null
