@@ -161,7 +161,7 @@ mod tests {
             }
         });
         let v = structural_violations(&bad);
-        assert_eq!(v.len(), 5, "{v:#?}");
+        assert_eq!(v.len(), 6, "{v:#?}");
     }
 
     #[test]
