@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Entry point of the e2e tier.
 #   e2e/run.sh build [etcd|kubernetes|kwok|helm ...]  build missing binaries into the cache
 #   e2e/run.sh cached      exit 0 if every binary is cached (CI runs the tier only then)
@@ -8,7 +9,6 @@
 #   e2e/run.sh paths       print `export PATH=...` putting the cached binaries first
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=cluster/versions.sh
 source "$here/cluster/versions.sh"
 export K8S_VERSION ETCD_VERSION KWOK_VERSION HELM_VERSION E2E_CACHE
 
@@ -56,5 +56,5 @@ case "$cmd" in
     fi
     with_cluster "$here/tests/smoke.sh"
     ;;
-  *) sed -n '2,9p' "$0" >&2; exit 2 ;;
+  *) sed -n '3,9p' "$0" >&2; exit 2 ;;
 esac

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Builds the e2e control plane from the Go module proxy and caches it by version:
 #   etcd (wrapper module cluster/etcd), kube-apiserver, kube-controller-manager, kube-scheduler,
 #   kubectl (wrapper module cluster/kubernetes, staging modules replaced by published v0.x),
@@ -8,7 +9,6 @@
 # they yield the CPU to other work; set E2E_GO_P to change the parallelism.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=versions.sh
 source "$here/versions.sh"
 
 export CGO_ENABLED=0 # the upstream release builds of these binaries are static too

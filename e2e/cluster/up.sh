@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Starts a real control plane on 127.0.0.1 only: etcd, kube-apiserver (Node,RBAC authorization,
 # PodSecurity admission), kube-controller-manager (all controllers, service-account credentials),
 # kube-scheduler and kwok managing one fake node. Binaries come from build.sh's cache.
@@ -10,15 +11,13 @@
 # On any failure everything started so far is torn down (down.sh) and the log tails are printed.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=versions.sh
 source "$here/versions.sh"
-# shellcheck source=pki.sh
 source "$here/pki.sh"
 
 dir="${E2E_CLUSTER_DIR:-${TMPDIR:-/tmp}/llamaduo-e2e}"
 node="${E2E_NODE_NAME:-kwok-node-0}"
 timeout_s="${E2E_START_TIMEOUT:-180}"
-export PATH="$(e2e_path)"
+PATH="$(e2e_path)"; export PATH
 
 log() { printf '[up %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
