@@ -213,6 +213,15 @@ mod tests {
     }
 
     #[test]
+    fn chart_crd_equals_top_level_crd() {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let top = std::fs::read_to_string(format!("{root}/crds/{CRD_FILE}")).expect("crds/");
+        let chart = std::fs::read_to_string(format!("{root}/charts/llamaduo/crds/{CRD_FILE}"))
+            .expect("charts/llamaduo/crds/");
+        assert_eq!(top, chart, "copy crds/{CRD_FILE} to charts/llamaduo/crds/");
+    }
+
+    #[test]
     fn checked_in_crd_is_current() {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
