@@ -8,6 +8,8 @@
 #   pids        one "<name> <pid>" per component        logs/ one log per component
 #   pki/        CA, certs, service-account key pair     kwok.yaml  kwok config and stages
 # Extra kwok Stage files: E2E_KWOK_STAGES="a.yaml b.yaml" (added after kwok's own fast stages).
+# E2E_KWOK_RUNTIME_LABEL="key=value": kwok's pod-complete stage leaves pods with this label
+# Running, for an external runtime (e2e/podrunner) to complete or fail.
 # On any failure everything started so far is torn down (down.sh) and the log tails are printed.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -153,7 +155,23 @@ options:
   podPlayStageParallelism: 4
   cidr: 10.0.0.0/24
 YAML
-  for f in "$stages"/*.yaml ${E2E_KWOK_STAGES:-}; do echo "---"; cat "$f"; done
+  for f in "$stages"/*.yaml; do
+    echo "---"
+    if [[ -n "${E2E_KWOK_RUNTIME_LABEL:-}" && "$(basename "$f")" == pod-complete.yaml ]]; then
+      # Pods carrying this label are run by an external runtime (e2e/podrunner), which reports
+      # their end itself: kwok must not complete them first.
+      awk -v key="${E2E_KWOK_RUNTIME_LABEL%%=*}" -v val="${E2E_KWOK_RUNTIME_LABEL#*=}" '
+        { print }
+        /^    matchExpressions:$/ && !done {
+          printf "    - key: \047.metadata.labels[\"%s\"]\047\n", key
+          printf "      operator: \047NotIn\047\n      values: [\047%s\047]\n", val
+          done = 1
+        }' "$f"
+    else
+      cat "$f"
+    fi
+  done
+  for f in ${E2E_KWOK_STAGES:-}; do echo "---"; cat "$f"; done
 } >"$dir/kwok.yaml"
 start kwok kwok --kubeconfig "$dir/kwok.kubeconfig" --config "$dir/kwok.yaml" \
   --server-address "127.0.0.1:$p_kwok" --node-port "$p_kwok" --node-ip 127.0.0.1
