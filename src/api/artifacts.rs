@@ -39,6 +39,12 @@ impl ArtifactLayout {
     pub const COVERAGE_TRAIN: &'static str = "coverage/train.jsonl";
     /// The frozen test set.
     pub const COVERAGE_TEST: &'static str = "coverage/test.jsonl";
+    /// The student's base model when it is built from scratch (written once, by round 1's
+    /// train stage, and shared by every later round and by evaluation).
+    pub const STUDENT_BASE: &'static str = "student/base";
+    /// Written last into a finished model directory: which files it holds and how to load
+    /// them. Its presence means the directory is complete.
+    pub const MODEL_MANIFEST: &'static str = "llamaduo-model.json";
 
     /// `round-{n}`.
     pub fn round_dir(round: u32) -> String {

@@ -1,0 +1,240 @@
+//! The `train` stage: fine-tune the student on coverage train plus the synthetic samples of
+//! rounds 1..n, and publish round-{n}/model (a PEFT adapter for LoRA, full weights otherwise).
+//!
+//! Every round starts from the same base model (LlamaDuo retrains on the accumulated data
+//! rather than stacking adapters), so a round's model depends only on its data and the spec.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use llamaduo::api::{
+    ArtifactLayout, DatasetRow, Progress, Stage, StageResult, TrainConfig, TrainOutcome,
+    TrainingMethod,
+};
+use llamaduo_model::config::ModelConfig;
+use llamaduo_model::hub_dir::HubDir;
+use llamaduo_model::lora::LoraConfig;
+use llamaduo_model::models::{CausalLm, LoadOptions, Trainable};
+use llamaduo_model::train::{TrainOptions, compute_dtype, data::tokenize_rows, train};
+use llamaduo_store::{Store, read_jsonl};
+use serde::{Deserialize, Serialize};
+
+use crate::student;
+
+/// Written last into round-{n}/model: what the directory holds.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelManifest {
+    /// lora (adapter files) or full (weights).
+    pub method: TrainingMethod,
+    /// For LoRA: the base model the adapter applies to (a URL, or the store key of a
+    /// from-scratch base relative to the migration root).
+    pub base: String,
+    /// The training outcome that produced it.
+    pub outcome: TrainOutcome,
+}
+
+/// Runs the stage; failures become a failed result with a one-line reason.
+pub async fn run_train(config: &TrainConfig) -> StageResult {
+    let started = Instant::now();
+    let round = config.context.round;
+    let mut result = match train_round(config).await {
+        Ok(outcome) => StageResult {
+            stage: Stage::Train,
+            round,
+            succeeded: true,
+            message: None,
+            service_tokens: Default::default(),
+            duration_seconds: 0.0,
+            synthesize: None,
+            train: Some(outcome),
+            evaluate: None,
+        },
+        Err(e) => StageResult::failure(Stage::Train, round, format!("{e:#}")),
+    };
+    result.duration_seconds = started.elapsed().as_secs_f64();
+    result
+}
+
+/// The training rows of round `round`: coverage train, then each round's synthetic samples.
+pub async fn training_rows(store: &Store, round: u32) -> anyhow::Result<Vec<DatasetRow>> {
+    let mut rows: Vec<DatasetRow> = read_jsonl(store, ArtifactLayout::COVERAGE_TRAIN)
+        .await
+        .with_context(|| {
+            format!(
+                "reading {} (the synthesize stage of round 1 writes it)",
+                store.url_of(ArtifactLayout::COVERAGE_TRAIN)
+            )
+        })?;
+    for r in 1..=round {
+        let key = ArtifactLayout::synthetic(r);
+        if store.exists(&key).await? {
+            rows.extend(read_jsonl::<DatasetRow>(store, &key).await?);
+        }
+    }
+    Ok(rows)
+}
+
+async fn train_round(config: &TrainConfig) -> anyhow::Result<TrainOutcome> {
+    let ctx = &config.context;
+    let store = Store::open(&ctx.artifacts)?;
+    let model_key = ArtifactLayout::model(ctx.round);
+    let manifest_key = format!("{model_key}/{}", ArtifactLayout::MODEL_MANIFEST);
+    if let Some(bytes) = store.get_opt(&manifest_key).await? {
+        let manifest: ModelManifest = serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading {}", store.url_of(&manifest_key)))?;
+        tracing::info!(
+            "round {} is already trained; reporting the stored outcome",
+            ctx.round
+        );
+        return Ok(manifest.outcome);
+    }
+
+    let rows = training_rows(&store, ctx.round).await?;
+    let training = &config.training;
+    let base_dir = student::base_model_dir(
+        &config.student,
+        &store,
+        &rows,
+        training.seed,
+        training.max_seq_len as usize,
+    )
+    .await?;
+    let base_ref = match &config.student.base_model {
+        Some(url) => url.clone(),
+        None => ArtifactLayout::STUDENT_BASE.to_string(),
+    };
+
+    let checkpoints = match store.local_path() {
+        Some(root) => root.join(ArtifactLayout::checkpoints(ctx.round)),
+        // Object stores: checkpoints live on the pod's scratch disk (a restarted pod on
+        // another node starts the round over).
+        None => student::scratch_root()?
+            .join(&ctx.namespace)
+            .join(&ctx.migration)
+            .join(ArtifactLayout::checkpoints(ctx.round)),
+    };
+    let out = tempfile::tempdir_in(student::scratch_root()?)?;
+    let spec = config.clone();
+    let out_path = out.path().to_path_buf();
+    let report =
+        tokio::task::spawn_blocking(move || fit(&spec, &rows, &base_dir, &checkpoints, &out_path))
+            .await??;
+
+    let outcome = report.outcome(store.url_of(&model_key));
+    let manifest = ModelManifest {
+        method: training.method,
+        base: base_ref,
+        outcome: outcome.clone(),
+    };
+    std::fs::write(
+        out.path().join(ArtifactLayout::MODEL_MANIFEST),
+        serde_json::to_vec_pretty(&manifest)?,
+    )?;
+    student::publish_dir(
+        &store,
+        out.path(),
+        &model_key,
+        ArtifactLayout::MODEL_MANIFEST,
+    )
+    .await?;
+    Ok(outcome)
+}
+
+fn fit(
+    config: &TrainConfig,
+    rows: &[DatasetRow],
+    base_dir: &Path,
+    checkpoints: &Path,
+    out: &Path,
+) -> anyhow::Result<llamaduo_model::train::TrainReport> {
+    let training = &config.training;
+    let device = candle_core::Device::Cpu;
+    let dtype = compute_dtype(training.precision, &device);
+    let hub = HubDir::open(base_dir)?;
+    let cfg = ModelConfig::from_file(&base_dir.join("config.json"))?;
+    let tokenizer = hub.tokenizer()?;
+    let template = hub.chat_template(&tokenizer, config.student.chat_template.as_deref())?;
+    let trainable = match training.method {
+        TrainingMethod::Full => Trainable::Full,
+        TrainingMethod::Lora => Trainable::Lora(LoraConfig {
+            rank: training.lora.rank as usize,
+            alpha: training.lora.alpha,
+            dropout: training.lora.dropout,
+            target_modules: training.lora.target_modules.clone(),
+        }),
+    };
+    let model = CausalLm::load(
+        &cfg,
+        hub.var_builder(dtype, &device)?,
+        &LoadOptions {
+            dtype,
+            trainable: trainable.clone(),
+            seed: training.seed,
+        },
+    )?;
+    let mut opts = TrainOptions::from_spec(training);
+    opts.pad_id = tokenizer.pad_id();
+    opts.checkpoint_dir = Some(checkpoints.to_path_buf());
+    std::fs::create_dir_all(checkpoints)?;
+    let data = tokenize_rows(&template, &tokenizer, rows, opts.max_seq_len)?;
+    let truncated = data.truncated;
+    let mut on_progress = |p: &llamaduo_model::train::Progress| {
+        let line = Progress {
+            done: p.step,
+            total: Some(p.total_steps),
+            unit: Some("steps".into()),
+            loss: Some(p.loss),
+            tokens_per_second: Some(p.tokens_per_second),
+            eta_seconds: Some(p.eta_seconds),
+            message: None,
+        };
+        println!("{}", line.to_line());
+        ControlFlow::Continue(())
+    };
+    let mut report = train(&model, data, &opts, &mut on_progress)?;
+    report.truncated = truncated as u64;
+
+    match &trainable {
+        Trainable::Lora(lora) => {
+            llamaduo_model::peft::save_adapter(&model, lora, &base_name(config), out)?;
+            if training.merge_adapter {
+                llamaduo_model::peft::save_full(&model, &out.join("merged"), true)?;
+                copy_tokenizer_files(base_dir, &out.join("merged"))?;
+            }
+        }
+        _ => llamaduo_model::peft::save_full(&model, out, false)?,
+    }
+    copy_tokenizer_files(base_dir, out)?;
+    Ok(report)
+}
+
+fn base_name(config: &TrainConfig) -> String {
+    config.student.base_model.clone().unwrap_or_else(|| {
+        format!(
+            "{}/{}",
+            config.context.artifacts,
+            ArtifactLayout::STUDENT_BASE
+        )
+    })
+}
+
+/// Copies the tokenizer (and, for adapters, nothing else) so round-{n}/model is usable alone.
+fn copy_tokenizer_files(base: &Path, out: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    for name in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+    ] {
+        let src: PathBuf = base.join(name);
+        if src.is_file() && !out.join(name).exists() {
+            std::fs::copy(&src, out.join(name))
+                .with_context(|| format!("copying {}", src.display()))?;
+        }
+    }
+    Ok(())
+}
