@@ -465,7 +465,9 @@ impl TextTokenizer {
 /// and `specials` as special added tokens with ids `0..specials.len()`.
 ///
 /// The vocabulary holds at least `256 + specials.len()` tokens whatever `vocab_size` says,
-/// because every byte must stay encodable.
+/// because every byte must stay encodable, and fewer than `vocab_size` when the data has no
+/// more pairs occurring at least twice: size the model by the result's
+/// `get_vocab_size(true)`.
 pub fn train_bpe<S: AsRef<str> + Send + Sync>(
     texts: &[S],
     vocab_size: usize,
