@@ -1,0 +1,293 @@
+//! [`plan`]: the round rules of ARCHITECTURE §4 as one pure function.
+//!
+//! A round runs synthesize (skipped when it asks for no samples), train and evaluate, then
+//! decides: target reached -> Succeeded; `stop.maxRounds`, a plateau or the token budget ->
+//! Failed with the reason; else the next round. A failed stage is retried up to
+//! `stop.stageRetries` more times (each attempt under its own run name), then the migration
+//! fails.
+
+use crate::api::{
+    LlamaDuoMigrationSpec, LlamaDuoMigrationStatus, Phase, RoundStatus, Scores, Stage, StageResult,
+    StageRun,
+};
+
+use super::MigrationId;
+use super::decision::{Decision, Finish, Stall, StopReason};
+use super::names::stage_run_name;
+use super::observation::Observation;
+use super::render::{samples_for_round, stage_config, token_budget};
+
+/// What the recorded status says comes next, before looking at any run.
+#[derive(Debug, PartialEq)]
+enum Step {
+    /// Run this stage (attempt from 1).
+    Run {
+        round: u32,
+        stage: Stage,
+        attempt: u32,
+    },
+    /// The migration ends.
+    Finish(Finish),
+    /// The migration already ended.
+    Terminal,
+}
+
+/// The stage run an executor must observe before calling [`plan`]: the run in flight
+/// (`status.current`), else the run the status says comes next. `None` when no run is due
+/// (the migration is over or its last round is being decided).
+///
+/// Observing the next run too (not only `status.current`) means a run whose start was never
+/// recorded is still found, so a restart never duplicates it.
+pub fn run_to_observe(
+    id: &MigrationId,
+    spec: &LlamaDuoMigrationSpec,
+    status: &LlamaDuoMigrationStatus,
+    generation: Option<i64>,
+) -> Option<StageRun> {
+    if let Some(current) = &status.current {
+        return Some(current.clone());
+    }
+    match next_step(spec, status) {
+        Step::Run {
+            round,
+            stage,
+            attempt,
+        } => Some(StageRun {
+            round,
+            stage,
+            attempt,
+            name: stage_run_name(&id.name, round, stage, attempt),
+            generation,
+        }),
+        Step::Finish(_) | Step::Terminal => None,
+    }
+}
+
+/// Decide the next step of a migration. Pure: the same inputs always give the same decision.
+///
+/// `observation` is what the executor found for [`run_to_observe`]'s run (ignored when that
+/// is `None`). A finished run is always recorded first, whatever else holds (suspend, a new
+/// spec, a finished migration), so no result is ever lost.
+pub fn plan(
+    id: &MigrationId,
+    spec: &LlamaDuoMigrationSpec,
+    status: &LlamaDuoMigrationStatus,
+    generation: Option<i64>,
+    observation: &Observation,
+) -> Decision {
+    let Some(run) = run_to_observe(id, spec, status, generation) else {
+        return match next_step(spec, status) {
+            Step::Finish(f) => Decision::Finish(f),
+            Step::Terminal | Step::Run { .. } => Decision::Idle,
+        };
+    };
+    match observation {
+        Observation::Succeeded(result) => Decision::RecordResult {
+            result: Box::new(checked(&run, result.clone(), None)),
+            run,
+        },
+        Observation::Failed { reason, result } => {
+            let result = match result {
+                Some(r) => checked(&run, r.clone(), Some(reason)),
+                None => StageResult::failure(run.stage, run.round, reason.clone()),
+            };
+            Decision::RecordResult {
+                run,
+                result: Box::new(result),
+            }
+        }
+        Observation::Running => Decision::Wait { run },
+        Observation::Blocked { .. } if spec.suspend => Decision::Suspend,
+        Observation::Blocked { reason, message } => {
+            Decision::Stall(Stall::new(reason.clone(), message.clone()))
+        }
+        Observation::Missing if spec.suspend => Decision::Suspend,
+        Observation::Missing => start(id, spec, status, run, generation),
+    }
+}
+
+/// Start `run` (new, or again under the same name when it vanished), unless the budget is
+/// spent or the spec cannot be rendered.
+fn start(
+    id: &MigrationId,
+    spec: &LlamaDuoMigrationSpec,
+    status: &LlamaDuoMigrationStatus,
+    mut run: StageRun,
+    generation: Option<i64>,
+) -> Decision {
+    if let Some(reason) = budget_spent(spec, status) {
+        return Decision::Finish(Finish::Failed(reason));
+    }
+    // The run starts with the spec as it is now; the name stays what it was.
+    run.generation = generation;
+    match stage_config(id, spec, &run, token_budget(spec, status)) {
+        Ok(config) => Decision::StartStage {
+            run,
+            config: Box::new(config),
+        },
+        Err(e) => Decision::Stall(Stall::new("InvalidSpec", e.to_string())),
+    }
+}
+
+/// A result as recorded: a success must name the run's round and stage and carry its stage's
+/// details; a failed exit (`failed_exit`) is a failure whatever the result says.
+fn checked(run: &StageRun, mut result: StageResult, failed_exit: Option<&String>) -> StageResult {
+    let problem = if result.round != run.round || result.stage != run.stage {
+        Some(format!(
+            "the run reported round {} {}, expected round {} {}",
+            result.round, result.stage, run.round, run.stage
+        ))
+    } else if result.succeeded {
+        let has_details = match run.stage {
+            Stage::Synthesize => result.synthesize.is_some(),
+            Stage::Train => result.train.is_some(),
+            Stage::Evaluate => result.evaluate.is_some(),
+        };
+        match failed_exit {
+            Some(reason) => Some(reason.clone()),
+            None if !has_details => Some(format!(
+                "the {} result reports success without its {} section",
+                run.stage, run.stage
+            )),
+            None => None,
+        }
+    } else {
+        None
+    };
+    if let Some(p) = problem {
+        result.round = run.round;
+        result.stage = run.stage;
+        result.succeeded = false;
+        result.message = Some(p);
+    } else if !result.succeeded && result.message.is_none() {
+        result.message = Some(
+            failed_exit
+                .cloned()
+                .unwrap_or_else(|| format!("{} failed without a reason", run.stage)),
+        );
+    }
+    result
+}
+
+/// Stages round `round` runs, in order.
+fn stages_of_round(spec: &LlamaDuoMigrationSpec, round: u32) -> impl Iterator<Item = Stage> {
+    let skip_synthesis = samples_for_round(spec, round) == 0;
+    Stage::ALL
+        .into_iter()
+        .filter(move |s| !(skip_synthesis && *s == Stage::Synthesize))
+}
+
+fn first_run(spec: &LlamaDuoMigrationSpec, round: u32) -> Step {
+    match stages_of_round(spec, round).next() {
+        Some(stage) => Step::Run {
+            round,
+            stage,
+            attempt: 1,
+        },
+        None => Step::Terminal,
+    }
+}
+
+fn next_step(spec: &LlamaDuoMigrationSpec, status: &LlamaDuoMigrationStatus) -> Step {
+    if matches!(status.phase, Some(Phase::Succeeded | Phase::Failed)) {
+        return Step::Terminal;
+    }
+    let Some(last) = status.rounds.last() else {
+        return first_run(spec, 1);
+    };
+    if last.outcome.is_some() {
+        return next_round(spec, status, last.round);
+    }
+    for stage in stages_of_round(spec, last.round) {
+        match last.stage(stage) {
+            Some(rec) if rec.succeeded => continue,
+            Some(rec) if rec.attempts <= spec.stop.stage_retries => {
+                return Step::Run {
+                    round: last.round,
+                    stage,
+                    attempt: rec.attempts + 1,
+                };
+            }
+            Some(rec) => {
+                return Step::Finish(Finish::Failed(StopReason::StageFailed {
+                    round: last.round,
+                    stage,
+                    attempts: rec.attempts,
+                    message: rec.message.clone().unwrap_or_default(),
+                }));
+            }
+            None => {
+                return Step::Run {
+                    round: last.round,
+                    stage,
+                    attempt: 1,
+                };
+            }
+        }
+    }
+    decide_round(spec, status, last)
+}
+
+/// The round's stages are done: succeed, stop, or go on.
+fn decide_round(
+    spec: &LlamaDuoMigrationSpec,
+    status: &LlamaDuoMigrationStatus,
+    round: &RoundStatus,
+) -> Step {
+    let Some(scores) = round.scores else {
+        return Step::Finish(Finish::Failed(StopReason::StageFailed {
+            round: round.round,
+            stage: Stage::Evaluate,
+            attempts: round.stage(Stage::Evaluate).map_or(0, |r| r.attempts),
+            message: "evaluate recorded no scores".into(),
+        }));
+    };
+    if target_reached(spec, &scores) {
+        return Step::Finish(Finish::Succeeded {
+            round: round.round,
+            mean_score: scores.mean,
+        });
+    }
+    next_round(spec, status, round.round)
+}
+
+/// After a round below target: a stop rule, or the first run of the next round.
+fn next_round(spec: &LlamaDuoMigrationSpec, status: &LlamaDuoMigrationStatus, round: u32) -> Step {
+    let best = status.best.as_ref();
+    if round >= spec.stop.max_rounds {
+        return Step::Finish(Finish::Failed(StopReason::MaxRounds {
+            max_rounds: spec.stop.max_rounds,
+            best: best.map(|b| b.mean_score),
+            target: spec.target.mean_score,
+        }));
+    }
+    if let Some(b) = best {
+        let stale = round.saturating_sub(b.round);
+        if stale >= spec.stop.plateau_rounds {
+            return Step::Finish(Finish::Failed(StopReason::Plateau {
+                rounds: stale,
+                best_round: b.round,
+                best: b.mean_score,
+            }));
+        }
+    }
+    if let Some(reason) = budget_spent(spec, status) {
+        return Step::Finish(Finish::Failed(reason));
+    }
+    first_run(spec, round + 1)
+}
+
+/// Whether `scores` meet `spec.target` (mean score, and pass rate when set).
+pub(crate) fn target_reached(spec: &LlamaDuoMigrationSpec, scores: &Scores) -> bool {
+    scores.mean >= spec.target.mean_score
+        && spec.target.pass_rate.is_none_or(|p| scores.pass_rate >= p)
+}
+
+fn budget_spent(
+    spec: &LlamaDuoMigrationSpec,
+    status: &LlamaDuoMigrationStatus,
+) -> Option<StopReason> {
+    let budget = spec.stop.max_service_tokens?;
+    let used = status.service_tokens.total();
+    (used >= budget).then_some(StopReason::TokenBudget { used, budget })
+}

@@ -1,0 +1,122 @@
+//! Deterministic stage-run names: `{migration}-r{round}-{stage}`, plus `-a{attempt}` for
+//! retries, shortened with a hash to a valid DNS-1123 label.
+//!
+//! The name is a pure function of (migration, round, stage, attempt), so an operator that
+//! restarts at any moment finds the run it started instead of creating a second one. Job names
+//! must fit a label (63 characters) because Kubernetes copies them into the `job-name` pod
+//! label.
+
+use sha2::{Digest, Sha256};
+
+use crate::api::Stage;
+
+/// Longest name a stage run may have (a DNS-1123 label).
+pub const MAX_NAME_LEN: usize = 63;
+
+/// Hex characters of the hash that keeps shortened names unique.
+const HASH_LEN: usize = 8;
+
+/// The name of a stage run. Names that fit and are valid labels are kept as they are; others
+/// keep a readable prefix of the migration name and add a hash of the full name, so two
+/// migrations with a long common prefix never share run names.
+pub fn stage_run_name(migration: &str, round: u32, stage: Stage, attempt: u32) -> String {
+    let suffix = if attempt > 1 {
+        format!("-r{round}-{stage}-a{attempt}")
+    } else {
+        format!("-r{round}-{stage}")
+    };
+    let sanitized = sanitize(migration);
+    if sanitized == migration && sanitized.len() + suffix.len() <= MAX_NAME_LEN {
+        return format!("{sanitized}{suffix}");
+    }
+    let hash = hex_prefix(&Sha256::digest(migration.as_bytes()));
+    // Room for the prefix: the label minus suffix, hash and the dash before the hash.
+    let room = MAX_NAME_LEN - suffix.len() - HASH_LEN - 1;
+    let prefix = sanitized[..sanitized.len().min(room)].trim_end_matches('-');
+    if prefix.is_empty() {
+        format!("h{}{suffix}", &hash[1..])
+    } else {
+        format!("{prefix}-{hash}{suffix}")
+    }
+}
+
+/// Lower-case, `[a-z0-9-]` only, starting and ending alphanumeric (may be empty).
+fn sanitize(name: &str) -> String {
+    let mapped: String = name
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9') => c,
+            _ => '-',
+        })
+        .collect();
+    mapped.trim_matches('-').to_string()
+}
+
+fn hex_prefix(digest: &[u8]) -> String {
+    digest
+        .iter()
+        .take(HASH_LEN / 2)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_dns1123_label(s: &str) -> bool {
+        !s.is_empty()
+            && s.len() <= MAX_NAME_LEN
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    }
+
+    #[test]
+    fn short_names_are_readable() {
+        assert_eq!(
+            stage_run_name("tickets", 1, Stage::Synthesize, 1),
+            "tickets-r1-synthesize"
+        );
+        assert_eq!(
+            stage_run_name("tickets", 12, Stage::Train, 3),
+            "tickets-r12-train-a3"
+        );
+    }
+
+    #[test]
+    fn long_names_are_shortened_with_a_hash_and_stay_unique() {
+        let a = "a".repeat(60) + "-one";
+        let b = "a".repeat(60) + "-two";
+        let na = stage_run_name(&a, 10, Stage::Evaluate, 7);
+        let nb = stage_run_name(&b, 10, Stage::Evaluate, 7);
+        assert!(is_dns1123_label(&na), "{na}");
+        assert!(na.ends_with("-r10-evaluate-a7"), "{na}");
+        assert_ne!(na, nb);
+        assert_eq!(
+            na,
+            stage_run_name(&a, 10, Stage::Evaluate, 7),
+            "deterministic"
+        );
+    }
+
+    #[test]
+    fn subdomain_names_become_labels() {
+        let n = stage_run_name("team.tickets", 1, Stage::Train, 1);
+        assert!(is_dns1123_label(&n), "{n}");
+        assert!(n.starts_with("team-tickets-"), "{n}");
+        assert_ne!(n, stage_run_name("team-tickets", 1, Stage::Train, 1));
+    }
+
+    #[test]
+    fn every_length_yields_a_label() {
+        for len in 1..=253 {
+            let name = "x".repeat(len);
+            for stage in Stage::ALL {
+                let n = stage_run_name(&name, u32::MAX, stage, u32::MAX);
+                assert!(is_dns1123_label(&n), "{len}: {n}");
+            }
+        }
+    }
+}

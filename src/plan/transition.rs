@@ -1,0 +1,223 @@
+//! Status transitions: the status that follows a [`Decision`]. Both executors write exactly
+//! what these functions return, so the status is the same whoever runs the stages.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::{
+    BestRound, LlamaDuoMigrationStatus, Phase, RoundOutcome, RoundStatus, Stage, StageRecord,
+    StageResult, StageRun,
+};
+
+use super::conditions::refresh;
+use super::decision::{Decision, Finish, Stall, StopReason};
+
+/// The status after `decision`, with `observedGeneration` set to `generation` and the
+/// conditions recomputed at `now` (a condition's time moves only when it flips).
+pub fn apply(
+    status: &LlamaDuoMigrationStatus,
+    decision: &Decision,
+    generation: Option<i64>,
+    now: &Time,
+) -> LlamaDuoMigrationStatus {
+    let mut next = status.clone();
+    let mut stall = None;
+    let mut failure = None;
+    match decision {
+        Decision::RecordResult { run, result } => {
+            apply_result(&mut next, run, result);
+            next.message = Some(result_message(run, result));
+        }
+        Decision::StartStage { run, .. } => start(&mut next, run),
+        Decision::Finish(Finish::Succeeded { round, mean_score }) => {
+            succeed(&mut next, *round, *mean_score)
+        }
+        Decision::Finish(Finish::Failed(reason)) => {
+            fail(&mut next, reason);
+            failure = Some(reason.reason());
+        }
+        Decision::Suspend => {
+            next.phase = Some(Phase::Suspended);
+            next.message = Some(match &next.current {
+                Some(run) => format!(
+                    "suspended (spec.suspend) before round {} {} started",
+                    run.round, run.stage
+                ),
+                None => format!("suspended (spec.suspend) after round {}", next.round),
+            });
+        }
+        Decision::Wait { run } => {
+            next.phase = Some(run.stage.phase());
+            next.message = Some(format!(
+                "round {}: {} running (attempt {}, {})",
+                run.round, run.stage, run.attempt, run.name
+            ));
+        }
+        Decision::Stall(s) => {
+            next.phase.get_or_insert(Phase::Pending);
+            next.message = Some(s.message.clone());
+            stall = Some(s);
+        }
+        Decision::Idle => {}
+    }
+    next.observed_generation = generation;
+    refresh(&mut next, stall, failure, generation, now);
+    next
+}
+
+/// The status of a migration whose spec cannot be used at all (for example it does not
+/// deserialize): Stalled with the reason; nothing else changes.
+pub fn stalled(
+    status: &LlamaDuoMigrationStatus,
+    stall: &Stall,
+    generation: Option<i64>,
+    now: &Time,
+) -> LlamaDuoMigrationStatus {
+    apply(status, &Decision::Stall(stall.clone()), generation, now)
+}
+
+/// Record a finished run's result: tokens (round and total), the stage's numbers, the stage
+/// record, the best round; clears `current`. Applying the same result twice changes nothing,
+/// so a reconcile that reads a stale status cannot count tokens twice.
+pub fn apply_result(status: &mut LlamaDuoMigrationStatus, run: &StageRun, result: &StageResult) {
+    if status.current.as_ref().is_some_and(|c| c.name == run.name) {
+        status.current = None;
+    }
+    let round = round_mut(status, run.round);
+    if round
+        .stage(run.stage)
+        .is_some_and(|r| r.attempts >= run.attempt)
+    {
+        return;
+    }
+    round.service_tokens += result.service_tokens;
+    if result.succeeded {
+        match run.stage {
+            Stage::Synthesize => {
+                round.synthesized = result.synthesize.as_ref().map(|s| s.produced);
+            }
+            Stage::Train => {
+                if let Some(t) = &result.train {
+                    round.training_samples = Some(t.training_samples);
+                    round.train_loss = Some(t.final_loss);
+                    round.model_uri = Some(t.model_uri.clone());
+                }
+            }
+            Stage::Evaluate => {
+                round.scores = result.evaluate.as_ref().map(|e| e.scores);
+            }
+        }
+    }
+    let record = StageRecord {
+        stage: run.stage,
+        attempts: run.attempt,
+        succeeded: result.succeeded,
+        message: result.message.clone(),
+        duration_seconds: result.succeeded.then_some(result.duration_seconds),
+    };
+    match round.stages.iter_mut().find(|s| s.stage == run.stage) {
+        Some(existing) => *existing = record,
+        None => round.stages.push(record),
+    }
+    let candidate = match (round.scores, &round.model_uri) {
+        (Some(s), Some(uri)) if result.succeeded && run.stage == Stage::Evaluate => {
+            Some(BestRound {
+                round: run.round,
+                mean_score: s.mean,
+                model_uri: uri.clone(),
+            })
+        }
+        _ => None,
+    };
+    status.service_tokens += result.service_tokens;
+    if let Some(c) = candidate
+        && status
+            .best
+            .as_ref()
+            .is_none_or(|b| c.mean_score > b.mean_score)
+    {
+        status.best = Some(c);
+    }
+}
+
+fn result_message(run: &StageRun, result: &StageResult) -> String {
+    if result.succeeded {
+        format!(
+            "round {}: {} succeeded (attempt {}, {:.0}s)",
+            run.round, run.stage, run.attempt, result.duration_seconds
+        )
+    } else {
+        format!(
+            "round {}: {} attempt {} failed: {}",
+            run.round,
+            run.stage,
+            run.attempt,
+            result.message.as_deref().unwrap_or("no reason given")
+        )
+    }
+}
+
+fn start(status: &mut LlamaDuoMigrationStatus, run: &StageRun) {
+    for r in status.rounds.iter_mut() {
+        if r.round < run.round && r.outcome.is_none() {
+            r.outcome = Some(RoundOutcome::BelowTarget);
+        }
+    }
+    round_mut(status, run.round);
+    status.round = run.round;
+    status.phase = Some(run.stage.phase());
+    status.message = Some(format!(
+        "round {}: {} started (attempt {}, {})",
+        run.round, run.stage, run.attempt, run.name
+    ));
+    status.current = Some(run.clone());
+}
+
+fn succeed(status: &mut LlamaDuoMigrationStatus, round: u32, mean_score: f64) {
+    status.current = None;
+    status.phase = Some(Phase::Succeeded);
+    let r = round_mut(status, round);
+    r.outcome = Some(RoundOutcome::TargetReached);
+    let model_uri = r.model_uri.clone().unwrap_or_default();
+    status.best = Some(BestRound {
+        round,
+        mean_score,
+        model_uri: model_uri.clone(),
+    });
+    status.message = Some(format!(
+        "round {round} reached the target with mean score {mean_score:.2}; best model {model_uri}"
+    ));
+}
+
+fn fail(status: &mut LlamaDuoMigrationStatus, reason: &StopReason) {
+    status.current = None;
+    status.phase = Some(Phase::Failed);
+    if let Some(last) = status.rounds.last_mut()
+        && last.outcome.is_none()
+    {
+        last.outcome = Some(match reason {
+            StopReason::StageFailed { .. } => RoundOutcome::Failed,
+            _ => RoundOutcome::Stopped,
+        });
+    }
+    status.message = Some(reason.to_string());
+}
+
+/// The entry of `round`, created (in order) when missing.
+fn round_mut(status: &mut LlamaDuoMigrationStatus, round: u32) -> &mut RoundStatus {
+    let index = match status.rounds.iter().position(|r| r.round == round) {
+        Some(i) => i,
+        None => {
+            status.rounds.push(RoundStatus {
+                round,
+                ..RoundStatus::default()
+            });
+            status.rounds.sort_by_key(|r| r.round);
+            status
+                .rounds
+                .iter()
+                .position(|r| r.round == round)
+                .unwrap_or(status.rounds.len() - 1)
+        }
+    };
+    &mut status.rounds[index]
+}
