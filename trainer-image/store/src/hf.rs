@@ -10,7 +10,7 @@
 //! ```
 //!
 //! A whole-repository download also records the file list it fetched in
-//! `{repo}/.llamaduo/complete-{sha}.json`, so the next resolution knows the snapshot is
+//! `{repo}/.llamaduo/complete-{sha}-{patterns}.json`, so the next resolution knows the snapshot is
 //! complete without asking the Hub.
 
 use std::fmt;
@@ -148,6 +148,31 @@ pub struct HfConfig {
     pub hub_cache: PathBuf,
     /// `HF_HUB_OFFLINE=1`: never touch the network; a cached snapshot directory is used as is.
     pub offline: bool,
+    /// Which files a whole-repository reference (`hf://ORG/NAME`) downloads: patterns where
+    /// `*` matches within one path segment. Default [`DEFAULT_REPO_FILES`]: the top-level
+    /// config, tokenizer and safetensors files, not ONNX/GGUF/PyTorch duplicates or subfolders.
+    /// Name a file explicitly (`hf://ORG/NAME/model.Q4_K_M.gguf`) to fetch anything else.
+    pub repo_files: Vec<String>,
+}
+
+/// The default [`HfConfig::repo_files`]: what loading a model or tokenizer needs.
+pub const DEFAULT_REPO_FILES: &[&str] =
+    &["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"];
+
+/// Whether `path` matches `pattern` (`*` matches any run of characters except `/`).
+pub(crate) fn glob_match(pattern: &str, path: &str) -> bool {
+    fn go(p: &[u8], s: &[u8]) -> bool {
+        match p.split_first() {
+            None => s.is_empty(),
+            Some((b'*', rest)) => {
+                // Try every split point up to the next '/'.
+                let limit = s.iter().position(|c| *c == b'/').unwrap_or(s.len());
+                (0..=limit).any(|i| go(rest, &s[i..]))
+            }
+            Some((c, rest)) => s.first() == Some(c) && go(rest, &s[1..]),
+        }
+    }
+    go(pattern.as_bytes(), path.as_bytes())
 }
 
 impl fmt::Debug for HfConfig {
@@ -157,6 +182,7 @@ impl fmt::Debug for HfConfig {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("hub_cache", &self.hub_cache)
             .field("offline", &self.offline)
+            .field("repo_files", &self.repo_files)
             .finish()
     }
 }
@@ -197,7 +223,13 @@ impl HfConfig {
             token,
             hub_cache,
             offline,
+            repo_files: DEFAULT_REPO_FILES.iter().map(|p| p.to_string()).collect(),
         }
+    }
+
+    /// Whether a whole-repository download takes `file` (see [`HfConfig::repo_files`]).
+    pub fn wants(&self, file: &str) -> bool {
+        self.repo_files.iter().any(|p| glob_match(p, file))
     }
 
     /// The repository's folder in the cache.
@@ -212,10 +244,19 @@ pub(crate) struct CompleteSnapshot {
     pub files: Vec<String>,
 }
 
-pub(crate) fn complete_marker(repo_dir: &Path, sha: &str) -> PathBuf {
-    repo_dir
+/// Where a complete whole-repository download of `sha` with `cfg`'s file patterns is recorded
+/// (keyed by the patterns too: a record for fewer files must not satisfy a wider request).
+pub(crate) fn complete_marker(cfg: &HfConfig, r: &HfRef, sha: &str) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let patterns = Sha256::digest(cfg.repo_files.join("\n").as_bytes());
+    let tag: String = patterns
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    cfg.repo_dir(r)
         .join(".llamaduo")
-        .join(format!("complete-{sha}.json"))
+        .join(format!("complete-{sha}-{tag}.json"))
 }
 
 /// The commit a reference points at, from the cache alone.
@@ -245,7 +286,7 @@ pub(crate) fn lookup_cached(cfg: &HfConfig, r: &HfRef) -> Option<PathBuf> {
             if cfg.offline && snapshot.is_dir() {
                 return Some(snapshot);
             }
-            let marker = std::fs::read(complete_marker(&cfg.repo_dir(r), &sha)).ok()?;
+            let marker = std::fs::read(complete_marker(cfg, r, &sha)).ok()?;
             let complete: CompleteSnapshot = serde_json::from_slice(&marker).ok()?;
             complete
                 .files
@@ -293,6 +334,34 @@ mod tests {
             let e = HfRef::parse(bad).unwrap_err().to_string();
             assert!(e.contains("hf://ORG/NAME"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn default_repo_files_take_what_loading_needs() {
+        let cfg = HfConfig::from_lookup(|_| None);
+        for f in [
+            "config.json",
+            "tokenizer.json",
+            "model-00001-of-00002.safetensors",
+            "merges.txt",
+            "tokenizer.model",
+        ] {
+            assert!(cfg.wants(f), "{f}");
+        }
+        for f in [
+            "onnx/model.onnx",
+            "pytorch_model.bin",
+            "model.Q4_K_M.gguf",
+            "sub/config.json",
+            ".gitattributes",
+            "README.md",
+        ] {
+            assert!(!cfg.wants(f), "{f}");
+        }
+        assert!(glob_match("*", "a"));
+        assert!(glob_match("a*b*c", "aXXbYc"));
+        assert!(!glob_match("a*c", "ab/c"));
+        assert!(glob_match("onnx/*.onnx", "onnx/m.onnx"));
     }
 
     #[test]

@@ -148,7 +148,7 @@ pub(crate) async fn download(
             }
             vec![file.clone()]
         }
-        None => listed.clone(),
+        None => listed.iter().filter(|f| cfg.wants(f)).cloned().collect(),
     };
     for file in &wanted {
         // Hub listings are trusted no further than our own keys: no '..', no absolute paths.
@@ -164,6 +164,7 @@ pub(crate) async fn download(
         segments.extend([org, name, "resolve", info.sha.as_str()]);
         segments.extend(file.split('/'));
         let url = endpoint_url(cfg, &segments)?;
+        tracing::info!(url = %url, "downloading from the Hugging Face Hub");
         let resp = send(cfg, client, &url, r).await?;
         fetch_blob(resp, &repo_dir, &target, file, url.as_str()).await?;
     }
@@ -180,9 +181,9 @@ pub(crate) async fn download(
     match &r.file {
         Some(file) => Ok(snapshot.join(file)),
         None => {
-            let marker = complete_marker(&repo_dir, &info.sha);
+            let marker = complete_marker(cfg, r, &info.sha);
             let json =
-                serde_json::to_vec(&CompleteSnapshot { files: listed }).map_err(|source| {
+                serde_json::to_vec(&CompleteSnapshot { files: wanted }).map_err(|source| {
                     StoreError::Json {
                         url: marker.display().to_string(),
                         source,

@@ -45,7 +45,7 @@ mod store;
 pub mod tls;
 
 pub use error::{Result, StoreError, redact_url};
-pub use hf::{HfConfig, HfRef, HfRepoType};
+pub use hf::{DEFAULT_REPO_FILES, HfConfig, HfRef, HfRepoType};
 pub use jsonl::{
     JsonlParts, JsonlRows, TailPolicy, TruncatedTail, parse_jsonl, read_jsonl, read_jsonl_with,
     to_jsonl, write_jsonl,

@@ -305,6 +305,8 @@ async fn hf_downloads_over_the_wire_into_the_hf_cache_layout() {
             ),
             ("model.safetensors".to_string(), "weights".repeat(1000)),
             ("nested/tokenizer.json".to_string(), "{\"v\":1}".to_string()),
+            ("onnx/model.onnx".to_string(), "onnx".to_string()),
+            ("README.md".to_string(), "# tiny".to_string()),
         ]
         .into(),
         ..Hub::default()
@@ -349,24 +351,43 @@ async fn hf_downloads_over_the_wire_into_the_hf_cache_layout() {
     assert_eq!(r.resolve("hf://org/tiny/config.json").await.unwrap(), cfg);
     assert_eq!(hub.requests.load(Ordering::SeqCst), 3);
 
-    // The whole repository: fetches only the two missing files.
+    // The whole repository: fetches only the missing files it needs to load the model; the
+    // ONNX export, the README and subfolders stay on the Hub.
     let snap = r.resolve("hf://org/tiny").await.unwrap();
     assert_eq!(snap, repo.join("snapshots").join(SHA));
-    assert_eq!(
-        std::fs::read_to_string(snap.join("nested/tokenizer.json")).unwrap(),
-        "{\"v\":1}"
-    );
     assert_eq!(
         std::fs::read(snap.join("model.safetensors")).unwrap().len(),
         7000
     );
-    assert_eq!(hub.requests.load(Ordering::SeqCst), 3 + 1 + 2 * 2);
+    assert!(!snap.join("onnx").exists() && !snap.join("README.md").exists());
+    assert!(!snap.join("nested").exists());
+    assert_eq!(hub.requests.load(Ordering::SeqCst), 3 + 1 + 2);
     // ...and is complete in the cache from now on, even for a fresh resolver with no network.
     let offline_dead = Resolver::new(
         dir.path().join("cache"),
         config(&hub_dir, DEAD, None, false),
     );
     assert_eq!(offline_dead.resolve("hf://org/tiny").await.unwrap(), snap);
+    // Anything else can be named explicitly.
+    let tok = r
+        .resolve("hf://org/tiny/nested/tokenizer.json")
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(tok).unwrap(), "{\"v\":1}");
+    // A wider file selection is a different request: it is not satisfied by the first record.
+    let mut wide = config(&hub_dir, &endpoint, Some("hf_test_token"), false);
+    wide.repo_files.push("onnx/*".into());
+    let before = hub.requests.load(Ordering::SeqCst);
+    let snap2 = Resolver::new(dir.path().join("cache"), wide)
+        .resolve("hf://org/tiny")
+        .await
+        .unwrap();
+    assert_eq!(snap2, snap);
+    assert_eq!(
+        std::fs::read_to_string(snap.join("onnx/model.onnx")).unwrap(),
+        "onnx"
+    );
+    assert_eq!(hub.requests.load(Ordering::SeqCst), before + 1 + 2);
 
     // A dataset file.
     let data = r
