@@ -109,6 +109,8 @@ pub struct EvaluateConfig {
 }
 
 /// The config of one stage run, tagged by `stage`.
+// One config is parsed per process, so boxing the large variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "stage", rename_all = "camelCase")]
 pub enum StageConfig {
