@@ -1,0 +1,25 @@
+//! Trainable Llama-family models, LoRA, training and generation on candle.
+//!
+//! - [`config`]: Hugging Face config.json → [`config::ModelConfig`].
+//! - [`models`]: the trainable decoder [`models::CausalLm`] (Llama, Qwen2, Mistral, Gemma) and
+//!   its KV cache.
+//! - [`lora`], [`optim`], [`schedule`], [`train`]: fine-tuning.
+//! - [`peft`]: PEFT adapter and full-weight output.
+//! - [`alloc`]: malloc tuning the trainer binary applies at start.
+
+pub mod alloc;
+pub mod chat_template;
+pub mod config;
+pub mod embedding;
+pub mod from_scratch;
+pub mod generate;
+pub mod gguf;
+pub mod hub_dir;
+pub mod lora;
+pub mod models;
+pub mod optim;
+pub mod peft;
+pub mod rng;
+pub mod schedule;
+pub mod tokenizer;
+pub mod train;

@@ -1,0 +1,472 @@
+//! The shared trainable decoder of the Llama family: embedding, N × (RMSNorm → GQA attention
+//! with RoPE → residual → RMSNorm → gated MLP → residual), final RMSNorm, lm_head. Family
+//! differences are the flags of [`Flavor`]; tensor names are those of Hugging Face checkpoints.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_nn::VarBuilder;
+
+use super::kv_cache::KvCache;
+use super::linear::{DropoutCtl, Linear, Weight};
+use super::ops::{apply_rope, rms_norm, softmax_last};
+use super::{Activation, Flavor, LoadOptions, Trainable};
+use crate::config::ModelConfig;
+use crate::lora::LoraAdapter;
+
+/// Additive mask value for keys a query must not see (finite, so fully masked pad rows give a
+/// uniform softmax instead of NaN).
+const MASKED: f32 = -1e9;
+
+/// Collects weights from a VarBuilder, making them frozen or trainable as asked.
+struct Builder<'a, 'b> {
+    vb: VarBuilder<'a>,
+    opts: &'b LoadOptions,
+    device: Device,
+    weights: Vec<(String, Weight)>,
+    trainable: Vec<(String, Var)>,
+    adapters: Vec<(String, LoraAdapter)>,
+}
+
+impl Builder<'_, '_> {
+    fn weight(&mut self, name: &str, shape: &[usize]) -> Result<Weight> {
+        let t = self.vb.get(shape, name)?;
+        let w = match self.opts.trainable {
+            Trainable::Full => {
+                let v = Var::from_tensor(&t.to_dtype(DType::F32)?)?;
+                self.trainable.push((name.to_string(), v.clone()));
+                Weight::Trained(v)
+            }
+            _ => Weight::Frozen(t.to_dtype(self.opts.dtype)?),
+        };
+        self.weights.push((name.to_string(), w.clone()));
+        Ok(w)
+    }
+
+    fn linear(&mut self, prefix: &str, out_f: usize, in_f: usize, bias: bool) -> Result<Linear> {
+        let weight = self.weight(&format!("{prefix}.weight"), &[out_f, in_f])?;
+        let bias = if bias {
+            Some(self.weight(&format!("{prefix}.bias"), &[out_f])?)
+        } else {
+            None
+        };
+        let module = prefix.rsplit('.').next().unwrap_or(prefix);
+        let lora = match &self.opts.trainable {
+            Trainable::Lora(cfg) if cfg.targets(module) => {
+                let a = LoraAdapter::init(cfg, prefix, out_f, in_f, self.opts.seed, &self.device)?;
+                self.trainable
+                    .push((format!("{prefix}.lora_A.weight"), a.a.clone()));
+                self.trainable
+                    .push((format!("{prefix}.lora_B.weight"), a.b.clone()));
+                self.adapters.push((prefix.to_string(), a.clone()));
+                Some(a)
+            }
+            _ => None,
+        };
+        Ok(Linear { weight, bias, lora })
+    }
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+struct Layer {
+    input_norm: Weight,
+    post_norm: Weight,
+    attn: Attention,
+    mlp: Mlp,
+}
+
+/// Per-call inputs shared by all layers.
+struct Step<'a> {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Option<Tensor>,
+    dropout: &'a DropoutCtl,
+}
+
+/// A trainable Llama-family causal language model (see the module docs of [`super`]).
+pub struct CausalLm {
+    cfg: ModelConfig,
+    flavor: Flavor,
+    dtype: DType,
+    device: Device,
+    embed: Weight,
+    layers: Vec<Layer>,
+    norm: Weight,
+    lm_head: Linear,
+    dropout: DropoutCtl,
+    inv_freq: Vec<f32>,
+    weights: Vec<(String, Weight)>,
+    trainable: Vec<(String, Var)>,
+    adapters: Vec<(String, LoraAdapter)>,
+}
+
+impl CausalLm {
+    /// Builds the model from the tensors of `vb` (names as in a Hugging Face checkpoint; any
+    /// stored dtype, cast to `opts.dtype`). LoRA adapters are created fresh from `opts.seed`.
+    pub fn load(cfg: &ModelConfig, vb: VarBuilder, opts: &LoadOptions) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::wrap)?;
+        if let Trainable::Lora(l) = &opts.trainable {
+            l.validate().map_err(candle_core::Error::wrap)?;
+        }
+        let flavor = Flavor::of(cfg).map_err(candle_core::Error::wrap)?;
+        let device = vb.device().clone();
+        let mut b = Builder {
+            vb,
+            opts,
+            device: device.clone(),
+            weights: Vec::new(),
+            trainable: Vec::new(),
+            adapters: Vec::new(),
+        };
+        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+        let (nh, nkv, hd, inter) = (
+            cfg.num_attention_heads,
+            cfg.num_kv_heads(),
+            cfg.head_dim(),
+            cfg.intermediate_size,
+        );
+        let embed = b.weight("model.embed_tokens.weight", &[v, h])?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let input_norm = b.weight(&format!("{p}.input_layernorm.weight"), &[h])?;
+            let qb = flavor.qkv_bias;
+            let attn = Attention {
+                q: b.linear(&format!("{p}.self_attn.q_proj"), nh * hd, h, qb)?,
+                k: b.linear(&format!("{p}.self_attn.k_proj"), nkv * hd, h, qb)?,
+                v: b.linear(&format!("{p}.self_attn.v_proj"), nkv * hd, h, qb)?,
+                o: b.linear(&format!("{p}.self_attn.o_proj"), h, nh * hd, flavor.o_bias)?,
+                heads: nh,
+                kv_heads: nkv,
+                head_dim: hd,
+            };
+            let post_norm = b.weight(&format!("{p}.post_attention_layernorm.weight"), &[h])?;
+            let mlp = Mlp {
+                gate: b.linear(&format!("{p}.mlp.gate_proj"), inter, h, false)?,
+                up: b.linear(&format!("{p}.mlp.up_proj"), inter, h, false)?,
+                down: b.linear(&format!("{p}.mlp.down_proj"), h, inter, false)?,
+            };
+            layers.push(Layer {
+                input_norm,
+                post_norm,
+                attn,
+                mlp,
+            });
+        }
+        let norm = b.weight("model.norm.weight", &[h])?;
+        let lm_head = if cfg.tied_embeddings() {
+            Linear {
+                weight: embed.clone(),
+                bias: None,
+                lora: None,
+            }
+        } else {
+            Linear {
+                weight: b.weight("lm_head.weight", &[v, h])?,
+                bias: None,
+                lora: None,
+            }
+        };
+        let inv_freq = (0..hd / 2)
+            .map(|i| (1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32)
+            .collect();
+        Ok(Self {
+            cfg: cfg.clone(),
+            flavor,
+            dtype: opts.dtype,
+            device,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            dropout: DropoutCtl::default(),
+            inv_freq,
+            weights: b.weights,
+            trainable: b.trainable,
+            adapters: b.adapters,
+        })
+    }
+
+    /// Builds the model from named tensors (e.g. a loaded safetensors file).
+    pub fn from_tensors(
+        cfg: &ModelConfig,
+        tensors: HashMap<String, Tensor>,
+        device: &Device,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
+        let vb = VarBuilder::from_tensors(tensors, opts.dtype, device);
+        Self::load(cfg, vb, opts)
+    }
+
+    /// The config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The trained tensors by name: HF names for full fine-tuning; for LoRA the PEFT names
+    /// without the `base_model.model.` prefix (`model.layers.0.self_attn.q_proj.lora_A.weight`).
+    pub fn trainable(&self) -> &[(String, Var)] {
+        &self.trainable
+    }
+
+    /// Every base weight by its checkpoint name (frozen ones in the compute dtype, trained ones
+    /// as their f32 master). A tied lm_head is not listed separately.
+    pub fn weights(&self) -> &[(String, Weight)] {
+        &self.weights
+    }
+
+    /// The LoRA adapters by module prefix (`model.layers.0.self_attn.q_proj`).
+    pub fn adapters(&self) -> &[(String, LoraAdapter)] {
+        &self.adapters
+    }
+
+    /// Switches adapter dropout on with a seed (training) or off (`None`).
+    pub fn set_dropout_seed(&self, seed: Option<u64>) {
+        self.dropout.set(seed);
+    }
+
+    /// Logits for every position: (batch, seq, vocab) in the compute dtype. `input_ids`
+    /// (batch, seq) u32; `start_pos` the number of positions already in `cache` (0 without).
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        start_pos: usize,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let h = self.hidden_states(input_ids, start_pos, None, cache)?;
+        self.logits(&h)
+    }
+
+    /// [`Self::forward`] for a left-padded batch: row r starts with `left_pad[r]` pad tokens
+    /// (counted from position 0 of the whole sequence, cache included). Pads are masked as
+    /// keys and real tokens get positions 0, 1, ... from their first real token.
+    pub fn forward_padded(
+        &self,
+        input_ids: &Tensor,
+        start_pos: usize,
+        left_pad: &[usize],
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let h = self.hidden_states(input_ids, start_pos, Some(left_pad), cache)?;
+        self.logits(&h)
+    }
+
+    /// Hidden states after the final norm: (batch, seq, hidden).
+    pub fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        start_pos: usize,
+        left_pad: Option<&[usize]>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, s) = input_ids.dims2()?;
+        if let Some(c) = cache.as_deref() {
+            if c.len() != start_pos {
+                candle_core::bail!("start_pos {start_pos} but the kv cache holds {}", c.len());
+            }
+            if c.num_layers() != self.layers.len() {
+                candle_core::bail!("kv cache made for {} layers", c.num_layers());
+            }
+        }
+        if let Some(p) = left_pad
+            && p.len() != b
+        {
+            candle_core::bail!("left_pad has {} entries for a batch of {b}", p.len());
+        }
+        let ids = input_ids.flatten_all()?.to_dtype(DType::U32)?;
+        let embed = self.embed.as_dtype(self.dtype)?;
+        let mut x = embed
+            .index_select(&ids, 0)?
+            .reshape((b, s, self.cfg.hidden_size))?;
+        if self.flavor.embed_scale {
+            x = x.affine((self.cfg.hidden_size as f64).sqrt(), 0.0)?;
+        }
+        let (cos, sin) = self.rope_tables(b, s, start_pos, left_pad)?;
+        let step = Step {
+            cos,
+            sin,
+            mask: self.mask(b, s, start_pos, left_pad)?,
+            dropout: &self.dropout,
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = self.layer_forward(layer, &x, &step, cache.as_deref_mut().map(|c| (c, i)))?;
+        }
+        if let Some(c) = cache {
+            c.advance(s);
+        }
+        self.norm_fwd(&x, &self.norm)
+    }
+
+    /// lm_head on hidden states (..., hidden) -> (..., vocab).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(hidden, &self.dropout)
+    }
+
+    fn norm_fwd(&self, x: &Tensor, w: &Weight) -> Result<Tensor> {
+        rms_norm(x, w.tensor(), self.cfg.rms_norm_eps, self.flavor.gemma_norm)
+    }
+
+    /// cos/sin of shape (b or 1, 1, s, head_dim/2) for the positions of this call.
+    fn rope_tables(
+        &self,
+        b: usize,
+        s: usize,
+        start: usize,
+        left_pad: Option<&[usize]>,
+    ) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let rows: Vec<usize> = match left_pad {
+            Some(p) => p.to_vec(),
+            None => vec![0],
+        };
+        let mut cos = Vec::with_capacity(rows.len() * s * half);
+        let mut sin = Vec::with_capacity(rows.len() * s * half);
+        for pad in &rows {
+            for j in 0..s {
+                let pos = (start + j).saturating_sub(*pad) as f32;
+                for f in &self.inv_freq {
+                    let a = pos * f;
+                    cos.push(a.cos());
+                    sin.push(a.sin());
+                }
+            }
+        }
+        let shape = (rows.len(), 1, s, half);
+        let _ = b;
+        Ok((
+            Tensor::from_vec(cos, shape, &self.device)?.to_dtype(self.dtype)?,
+            Tensor::from_vec(sin, shape, &self.device)?.to_dtype(self.dtype)?,
+        ))
+    }
+
+    /// Additive mask (b or 1, 1, 1, s, t): causal, left pads, and the sliding window.
+    fn mask(
+        &self,
+        b: usize,
+        s: usize,
+        start: usize,
+        left_pad: Option<&[usize]>,
+    ) -> Result<Option<Tensor>> {
+        let t = start + s;
+        let window = self.flavor.sliding_window.filter(|w| *w < t);
+        let has_pad = left_pad.is_some_and(|p| p.iter().any(|x| *x > 0));
+        if s == 1 && !has_pad && window.is_none() {
+            return Ok(None);
+        }
+        let rows: Vec<usize> = match left_pad {
+            Some(p) if has_pad => p.to_vec(),
+            _ => vec![0],
+        };
+        let mut m = Vec::with_capacity(rows.len() * s * t);
+        for pad in &rows {
+            for i in 0..s {
+                let q = start + i;
+                for k in 0..t {
+                    let visible = k <= q && k >= *pad && window.is_none_or(|w| q - k < w);
+                    m.push(if visible { 0.0 } else { MASKED });
+                }
+            }
+        }
+        let _ = b;
+        let mask = Tensor::from_vec(m, (rows.len(), 1, 1, s, t), &self.device)?;
+        Ok(Some(mask.to_dtype(self.dtype)?))
+    }
+
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        step: &Step,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor> {
+        let h = self.norm_fwd(x, &layer.input_norm)?;
+        let a = self.attention(&layer.attn, &h, step, cache)?;
+        let x = (x + a)?;
+        let h = self.norm_fwd(&x, &layer.post_norm)?;
+        let m = &layer.mlp;
+        let gate = m.gate.forward(&h, step.dropout)?;
+        let gate = match self.flavor.activation {
+            Activation::Silu => gate.silu()?,
+            Activation::GeluTanh => gate.gelu()?,
+        };
+        let up = m.up.forward(&h, step.dropout)?;
+        let y = m.down.forward(&(gate * up)?, step.dropout)?;
+        x + y
+    }
+
+    fn attention(
+        &self,
+        at: &Attention,
+        x: &Tensor,
+        step: &Step,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let (nh, nkv, hd) = (at.heads, at.kv_heads, at.head_dim);
+        let rep = nh / nkv;
+        let q = at.q.forward(x, step.dropout)?.reshape((b, s, nh, hd))?;
+        let k = at.k.forward(x, step.dropout)?.reshape((b, s, nkv, hd))?;
+        let v = at.v.forward(x, step.dropout)?.reshape((b, s, nkv, hd))?;
+        let q = apply_rope(&q.transpose(1, 2)?, &step.cos, &step.sin)?;
+        let k = apply_rope(&k.transpose(1, 2)?, &step.cos, &step.sin)?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let (k, v) = match cache {
+            Some((c, i)) => c.append(i, &k, &v)?,
+            None => (k, v),
+        };
+        let t = k.dim(2)?;
+        // GQA without copying K/V: group the query heads that share a KV head along the
+        // sequence axis, (b, kv, rep·s, d) × (b, kv, d, t).
+        let q = q
+            .affine(1.0 / (hd as f64).sqrt(), 0.0)?
+            .reshape((b, nkv, rep * s, hd))?;
+        let scores = q.matmul(&k.t()?)?;
+        let scores = match &step.mask {
+            Some(m) => scores.reshape((b, nkv, rep, s, t))?.broadcast_add(m)?,
+            None => scores.reshape((b, nkv, rep, s, t))?,
+        };
+        let probs = softmax_last(&scores)?.reshape((b, nkv, rep * s, t))?;
+        let out = probs
+            .matmul(&v)?
+            .reshape((b, nh, s, hd))?
+            .transpose(1, 2)?
+            .reshape((b, s, nh * hd))?;
+        at.o.forward(&out, step.dropout)
+    }
+}
+
+impl std::fmt::Debug for CausalLm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CausalLm")
+            .field("architectures", &self.cfg.architectures)
+            .field("layers", &self.layers.len())
+            .field("dtype", &self.dtype)
+            .field("trainable", &self.trainable.len())
+            .finish()
+    }
+}

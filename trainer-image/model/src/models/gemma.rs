@@ -1,0 +1,20 @@
+//! Gemma (1): embeddings scaled by sqrt(hidden_size), RMSNorm scaling by (1 + w), a
+//! GELU-tanh gated MLP, `head_dim` from the config (256 in Gemma-2B, not hidden/heads), tied
+//! embeddings. Gemma 2/3 (extra norms, logit soft-capping) are other architectures and are
+//! rejected by `ModelConfig::architecture`.
+
+use super::{Activation, Flavor};
+use crate::config::ModelConfig;
+
+/// Gemma's flavor.
+pub fn flavor(cfg: &ModelConfig) -> Flavor {
+    let bias = cfg.attention_bias.unwrap_or(false);
+    Flavor {
+        qkv_bias: bias,
+        o_bias: bias,
+        gemma_norm: true,
+        embed_scale: true,
+        activation: Activation::GeluTanh,
+        sliding_window: None,
+    }
+}

@@ -1,0 +1,18 @@
+//! Llama (2/3, SmolLM, TinyLlama...): the reference layout. SiLU-gated MLP, plain RMSNorm,
+//! no biases unless `attention_bias` is set (then q/k/v/o all carry one, as in transformers).
+
+use super::{Activation, Flavor};
+use crate::config::ModelConfig;
+
+/// Llama's flavor.
+pub fn flavor(cfg: &ModelConfig) -> Flavor {
+    let bias = cfg.attention_bias.unwrap_or(false);
+    Flavor {
+        qkv_bias: bias,
+        o_bias: bias,
+        gemma_norm: false,
+        embed_scale: false,
+        activation: Activation::Silu,
+        sliding_window: None,
+    }
+}

@@ -1,0 +1,174 @@
+//! Fine-tuning: tokenised chat samples in, a trained [`crate::models::CausalLm`] and a
+//! [`TrainReport`] out.
+//!
+//! ```text
+//! let data = data::tokenize_rows(&template, &tokenizer, &rows, opts.max_seq_len)?;
+//! let model = CausalLm::load(&cfg, vb, &LoadOptions { dtype, trainable, seed })?;
+//! let report = train(&model, data, &opts, &mut |p| { println!("{}", p.to_json()); ControlFlow::Continue(()) })?;
+//! peft::save_adapter(&model, &lora, base_name, &out_dir)?;   // or peft::save_full
+//! ```
+//!
+//! Order of work: the data is split once (seeded) into a training set and a held-out slice;
+//! every epoch visits the training set in a seeded permutation, in micro-batches of
+//! `batch_size`, right-padded to the longest sample of the batch; every
+//! `gradient_accumulation` micro-batches (counted across epoch boundaries) make one optimizer
+//! step. All randomness is a function of (seed, step), so a run resumed from a checkpoint
+//! continues exactly as the uninterrupted run would have.
+
+pub mod checkpoint;
+pub mod data;
+pub mod trainer;
+
+pub use data::{Batch, Dataset, Sample};
+pub use trainer::{Progress, TrainReport, train};
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device};
+use llamaduo::api::{Precision, TrainingSpec};
+
+/// Why training failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A tensor operation failed.
+    #[error("tensor error: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// Nothing to train on.
+    #[error("the training set is empty{0}")]
+    EmptyDataset(String),
+    /// A row could not be rendered or tokenised.
+    #[error("row {index}{id}: {message}")]
+    Row {
+        /// Position in the input.
+        index: usize,
+        /// `(id X)` when the row has one.
+        id: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// Bad options.
+    #[error("invalid training options: {0}")]
+    Options(String),
+    /// Reading or writing checkpoints or outputs.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A checkpoint that cannot be resumed from.
+    #[error("checkpoint {0}")]
+    Checkpoint(String),
+}
+
+/// Training options (the trainer-side view of the CRD's `TrainingSpec`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainOptions {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Peak learning rate.
+    pub learning_rate: f64,
+    /// Share of steps spent in linear warmup.
+    pub warmup_ratio: f64,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub gradient_accumulation: usize,
+    /// Longest sample in tokens (longer ones are truncated by [`data::prepare`]).
+    pub max_seq_len: usize,
+    /// Seed of the split, shuffling and dropout.
+    pub seed: u64,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (0: off).
+    pub max_grad_norm: f64,
+    /// Share of samples held out for the eval loss (0: none).
+    pub eval_fraction: f64,
+    /// At most this many held-out samples.
+    pub max_eval_samples: usize,
+    /// Token id written into pad positions (masked from the loss either way).
+    pub pad_id: u32,
+    /// Optimizer steps between checkpoints (0: never).
+    pub checkpoint_every: u64,
+    /// Where checkpoints go (round-{n}/checkpoints); None: no checkpoints, no resume.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Checkpoints kept (oldest deleted first).
+    pub keep_checkpoints: usize,
+    /// Steps between progress reports (the last step is always reported).
+    pub log_every: u64,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            epochs: 3,
+            learning_rate: 2e-4,
+            warmup_ratio: 0.1,
+            batch_size: 4,
+            gradient_accumulation: 2,
+            max_seq_len: 1024,
+            seed: 42,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            eval_fraction: 0.05,
+            max_eval_samples: 200,
+            pad_id: 0,
+            checkpoint_every: 50,
+            checkpoint_dir: None,
+            keep_checkpoints: 2,
+            log_every: 1,
+        }
+    }
+}
+
+impl TrainOptions {
+    /// Options from the CRD's training spec (checkpoint dir and pad id are the caller's).
+    pub fn from_spec(spec: &TrainingSpec) -> Self {
+        Self {
+            epochs: spec.epochs as usize,
+            learning_rate: spec.learning_rate,
+            warmup_ratio: spec.warmup_ratio,
+            batch_size: spec.batch_size as usize,
+            gradient_accumulation: spec.gradient_accumulation as usize,
+            max_seq_len: spec.max_seq_len as usize,
+            seed: spec.seed,
+            checkpoint_every: spec.checkpoint_every as u64,
+            ..Self::default()
+        }
+    }
+
+    /// Checks the numbers.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |m: &str| Err(TrainError::Options(m.to_string()));
+        if self.epochs == 0 {
+            return bad("epochs must be >= 1");
+        }
+        if self.batch_size == 0 || self.gradient_accumulation == 0 {
+            return bad("batchSize and gradientAccumulation must be >= 1");
+        }
+        if self.max_seq_len < 2 {
+            return bad("maxSeqLen must be >= 2");
+        }
+        if !self.learning_rate.is_finite() || self.learning_rate <= 0.0 {
+            return bad("learningRate must be a positive number");
+        }
+        if !(0.0..=1.0).contains(&self.warmup_ratio) {
+            return bad("warmupRatio must be in [0, 1]");
+        }
+        if !(0.0..1.0).contains(&self.eval_fraction) {
+            return bad("eval fraction must be in [0, 1)");
+        }
+        Ok(())
+    }
+}
+
+/// The compute dtype for a precision on a device: bf16 on CUDA and f32 on CPU for `auto`.
+pub fn compute_dtype(precision: Precision, device: &Device) -> DType {
+    match precision {
+        Precision::Auto if device.is_cuda() => DType::BF16,
+        Precision::Auto => DType::F32,
+        Precision::Bf16 => DType::BF16,
+        Precision::F32 => DType::F32,
+    }
+}
