@@ -6,6 +6,9 @@
 #   e2e/run.sh up | down   start / stop a cluster (E2E_CLUSTER_DIR, default /tmp/llamaduo-e2e)
 #   e2e/run.sh smoke       build what is missing (unless E2E_NO_BUILD=1), start a fresh cluster,
 #                          run tests/smoke.sh, tear the cluster down (also on failure)
+#   e2e/run.sh operator    the same for tests/operator.sh, on a cluster whose kwok leaves the
+#                          operator's stage pods to e2e/podrunner; builds llamaduo and
+#                          llamaduo-trainer (cargo, debug) unless E2E_LLAMADUO/E2E_TRAINER name them
 #   e2e/run.sh paths       print `export PATH=...` putting the cached binaries first
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -56,5 +59,19 @@ case "$cmd" in
     fi
     with_cluster "$here/tests/smoke.sh"
     ;;
-  *) sed -n '3,9p' "$0" >&2; exit 2 ;;
+  operator)
+    if ! all_cached 2>/dev/null; then
+      [[ "${E2E_NO_BUILD:-0}" != 1 ]] || { all_cached; echo "binaries missing and E2E_NO_BUILD=1" >&2; exit 1; }
+      "$here/cluster/build.sh"
+    fi
+    if [[ -z "${E2E_LLAMADUO:-}" || -z "${E2E_TRAINER:-}" ]]; then
+      t=$SECONDS
+      (cd "$here/.." && cargo build --bin llamaduo --bin llamaduo-trainer)
+      echo "[run] cargo build: $((SECONDS - t))s" >&2
+    fi
+    # kwok's pod-complete stage leaves the operator's pods to podrunner.
+    export E2E_KWOK_RUNTIME_LABEL="app.kubernetes.io/managed-by=llamaduo-operator"
+    with_cluster "$here/tests/operator.sh"
+    ;;
+  *) sed -n '3,12p' "$0" >&2; exit 2 ;;
 esac

@@ -53,6 +53,7 @@ type options struct {
 	env        []string
 	passEnv    []string
 	maxGrace   time.Duration
+	holdDir    string
 }
 
 func parseFlags(args []string) (options, error) {
@@ -70,6 +71,8 @@ func parseFlags(args []string) (options, error) {
 	fs.Var(&envs, "env", "K=V added to every process's environment before the pod's own; repeatable")
 	fs.Var(&pass, "pass-env", "host environment variable passed to every process; repeatable")
 	fs.DurationVar(&o.maxGrace, "max-grace", 10*time.Second, "longest wait between SIGTERM and SIGKILL of a deleted pod's process")
+	fs.StringVar(&o.holdDir, "hold-dir", "", "while a file <namespace>_<job-name> exists here, a finished pod of that Job "+
+		"keeps looking Running (its end is reported when the file is removed): lets a test act at a chosen moment")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}

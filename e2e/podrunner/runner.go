@@ -155,8 +155,39 @@ func (r *runner) runPod(ctx context.Context, pod *corev1.Pod) {
 		out = outcome{exitCode: 128, reason: "ContainerCannotRun", message: err.Error(), started: started, finished: time.Now()}
 	}
 	log.Printf("%s: exited %d (%s) after %.1fs", key, out.exitCode, out.reason, out.finished.Sub(out.started).Seconds())
+	if !r.hold(ctx, pod) {
+		log.Printf("%s: stopped while held; no status reported", key)
+		return
+	}
 	if err := reportTerminated(context.Background(), r.client, pod, out); err != nil {
 		log.Printf("%s: reporting the status: %v", key, err)
+	}
+}
+
+// hold waits while the pod's hold file exists (see --hold-dir); false when ctx ended first.
+func (r *runner) hold(ctx context.Context, pod *corev1.Pod) bool {
+	if r.o.holdDir == "" {
+		return true
+	}
+	job := pod.Labels["batch.kubernetes.io/job-name"]
+	if job == "" {
+		return true
+	}
+	file := filepath.Join(r.o.holdDir, pod.Namespace+"_"+job)
+	logged := false
+	for {
+		if _, err := os.Stat(file); err != nil {
+			return true
+		}
+		if !logged {
+			log.Printf("%s/%s: holding its status while %s exists", pod.Namespace, pod.Name, file)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
 }
 

@@ -10,7 +10,7 @@ on failure.
 Knobs (environment):
   E2E_FAKE_STAGE_SECONDS  seconds each run takes (default 2): room to kill things mid-stage
   E2E_FAKE_SCORES         comma-separated mean scores of rounds 1, 2, ... (default 40,60,80)
-  E2E_FAKE_FAIL           "stage" or "stage:round": fail that stage with a message
+  E2E_FAKE_FAIL           comma-separated "[migration/]stage[:round]": fail those runs
 """
 import json
 import os
@@ -39,6 +39,33 @@ def write_result(result, root):
             f.write(text)
 
 
+def read_rows(url):
+    if not url.startswith("file://"):
+        raise SystemExit(f"coverage source {url!r}: the fake stage reads file:// sources only")
+    with open(url[len("file://"):]) as f:
+        return [line for line in f if line.strip()]
+
+
+def freeze_coverage(config, root):
+    """Round 1 materializes coverage/train.jsonl and coverage/test.jsonl (the contract's
+    layout) from the coverage source; later rounds find them frozen."""
+    cov_dir = os.path.join(root, "coverage")
+    if os.path.exists(os.path.join(cov_dir, "train.jsonl")):
+        return
+    os.makedirs(cov_dir, exist_ok=True)
+    cov = config["coverage"]
+    rows = read_rows(cov["source"])
+    if cov.get("testSource"):
+        train, test = rows, read_rows(cov["testSource"])
+    else:
+        every = max(2, round(1 / float(cov.get("testFraction", 0.1))))
+        train = [r for i, r in enumerate(rows) if i % every]
+        test = [r for i, r in enumerate(rows) if i % every == 0]
+    for name, part in (("test.jsonl", test), ("train.jsonl", train)):  # train last: the marker
+        with open(os.path.join(cov_dir, name), "w") as f:
+            f.writelines(part)
+
+
 def main():
     stage = sys.argv[1] if len(sys.argv) > 1 else ""
     if stage not in ("synthesize", "train", "evaluate"):
@@ -57,13 +84,16 @@ def main():
     os.makedirs(os.path.join(root, f"round-{rnd}"), exist_ok=True)
     started = time.time()
     time.sleep(float(os.environ.get("E2E_FAKE_STAGE_SECONDS", "2")))
-    target = os.environ.get("E2E_FAKE_FAIL", "")
-    if target in (stage, f"{stage}:{rnd}"):
+    migration = config.get("migration", "")
+    targets = [t for t in os.environ.get("E2E_FAKE_FAIL", "").split(",") if t]
+    forms = {stage, f"{stage}:{rnd}", f"{migration}/{stage}", f"{migration}/{stage}:{rnd}"}
+    if forms.intersection(targets):
         fail(stage, rnd, f"injected failure of {stage} in round {rnd} (E2E_FAKE_FAIL)")
 
     result = {"stage": stage, "round": rnd, "succeeded": True,
               "serviceTokens": {"input": 0, "output": 0}}
     if stage == "synthesize":
+        freeze_coverage(config, root)
         samples = int(config.get("samples", 0))
         with open(os.path.join(root, f"round-{rnd}", "synthetic.jsonl"), "w") as f:
             for i in range(samples):
