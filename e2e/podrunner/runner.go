@@ -106,6 +106,10 @@ func (r *runner) observe(ctx context.Context, obj any) {
 	go func() {
 		defer r.wg.Done()
 		r.runPod(pctx, pod.DeepCopy())
+		cancel()
+		r.mu.Lock()
+		r.pods[pod.UID] = nil // done: never started again, nothing left to stop
+		r.mu.Unlock()
 	}()
 }
 
