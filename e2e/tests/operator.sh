@@ -27,7 +27,7 @@ llamaduo="${E2E_LLAMADUO:-$repo/target/debug/llamaduo}"
 trainer="${E2E_TRAINER:-$repo/target/debug/llamaduo-trainer}"
 timeout="${E2E_STAGE_TIMEOUT:-900}"
 work="$E2E_CLUSTER_DIR/operator-test"
-opns=llamaduo-system
+opns="llamaduo-system"
 ns="op-$(date +%s)"
 rm -rf "$work"; mkdir -p "$work"
 
