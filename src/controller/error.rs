@@ -1,0 +1,113 @@
+//! Errors of the operator: one variant per failing action, each carrying what it acted on.
+//!
+//! The variant name is the reason of the Warning Event published for the error
+//! ([`Error::reason`]), so `kubectl describe` shows which action failed, and the message carries
+//! the whole source chain.
+
+use std::error::Error as _;
+
+/// A reconcile (or operator start-up) step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object has no namespace or uid (it cannot own a Job).
+    #[error("LlamaDuoMigration {name} has no metadata.{field}")]
+    MissingObjectKey {
+        /// Name of the migration.
+        name: String,
+        /// The missing field.
+        field: &'static str,
+    },
+    /// Reading the Job of a stage run failed.
+    #[error("reading Job {namespace}/{name}")]
+    GetJob {
+        /// Namespace.
+        namespace: String,
+        /// Job name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// Listing the pods of a finished Job failed.
+    #[error("listing the pods of Job {namespace}/{job}")]
+    ListPods {
+        /// Namespace.
+        namespace: String,
+        /// Job name.
+        job: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// Checking that a referenced object exists failed (other than it being absent).
+    #[error("reading {kind} {namespace}/{name}")]
+    GetPrerequisite {
+        /// Secret, PersistentVolumeClaim or ConfigMap.
+        kind: &'static str,
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// Writing the status failed.
+    #[error("writing the status of LlamaDuoMigration {namespace}/{name}")]
+    PatchStatus {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// Creating the Job of a stage run failed.
+    #[error("creating Job {namespace}/{name}")]
+    CreateJob {
+        /// Namespace.
+        namespace: String,
+        /// Job name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// Serializing a stage config or status failed.
+    #[error("serializing the {what}")]
+    Serialize {
+        /// What was serialized.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    /// The variant name: the reason of the Warning Event and the `error` metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::MissingObjectKey { .. } => "MissingObjectKey",
+            Error::GetJob { .. } => "GetJob",
+            Error::ListPods { .. } => "ListPods",
+            Error::GetPrerequisite { .. } => "GetPrerequisite",
+            Error::PatchStatus { .. } => "PatchStatus",
+            Error::CreateJob { .. } => "CreateJob",
+            Error::Serialize { .. } => "Serialize",
+        }
+    }
+
+    /// The error and all its sources, joined with ": ".
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = self.source();
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
+    }
+}

@@ -1,0 +1,149 @@
+//! Prometheus metrics of the operator: reconcile counts, durations and failures, decisions,
+//! and per-migration round, best score and service tokens.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::api::LlamaDuoMigrationStatus;
+
+/// Labels naming a migration.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MigrationLabels {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+/// Labels of a failed reconcile.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// The error variant ([`super::Error::reason`]).
+    pub error: String,
+}
+
+/// Labels of a decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// [`crate::plan::Decision::kind`].
+    pub decision: String,
+}
+
+/// All operator metrics, registered in one registry served at /metrics.
+pub struct Metrics {
+    /// The registry `/metrics` encodes.
+    pub registry: Registry,
+    reconciliations: Counter,
+    failures: Family<ErrorLabels, Counter>,
+    duration: Histogram,
+    decisions: Family<DecisionLabels, Counter>,
+    round: Family<MigrationLabels, Gauge>,
+    best_score: Family<MigrationLabels, Gauge<f64, AtomicU64>>,
+    tokens: Family<MigrationLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("llamaduo");
+        let reconciliations = Counter::default();
+        let failures = Family::<ErrorLabels, Counter>::default();
+        let duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        let round = Family::<MigrationLabels, Gauge>::default();
+        let best_score = Family::<MigrationLabels, Gauge<f64, AtomicU64>>::default();
+        let tokens = Family::<MigrationLabels, Gauge>::default();
+        registry.register("reconciliations", "Reconciles run", reconciliations.clone());
+        registry.register(
+            "reconcile_failures",
+            "Reconciles that failed, by error",
+            failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile took",
+            duration.clone(),
+        );
+        registry.register("decisions", "Decisions taken by plan()", decisions.clone());
+        registry.register(
+            "migration_round",
+            "Current round of a migration",
+            round.clone(),
+        );
+        registry.register(
+            "migration_best_score",
+            "Best mean score of a migration",
+            best_score.clone(),
+        );
+        registry.register(
+            "migration_service_tokens",
+            "Service LLM tokens a migration spent",
+            tokens.clone(),
+        );
+        Self {
+            registry,
+            reconciliations,
+            failures,
+            duration,
+            decisions,
+            round,
+            best_score,
+            tokens,
+        }
+    }
+}
+
+impl Metrics {
+    /// Count one reconcile and its duration.
+    pub fn reconciled(&self, seconds: f64) {
+        self.reconciliations.inc();
+        self.duration.observe(seconds);
+    }
+
+    /// Count a failed reconcile.
+    pub fn failed(&self, error: &str) {
+        self.failures
+            .get_or_create(&ErrorLabels {
+                error: error.into(),
+            })
+            .inc();
+    }
+
+    /// Count a decision.
+    pub fn decided(&self, kind: &str) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                decision: kind.into(),
+            })
+            .inc();
+    }
+
+    /// Publish a migration's progress.
+    pub fn migration(&self, namespace: &str, name: &str, status: &LlamaDuoMigrationStatus) {
+        let labels = MigrationLabels {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        self.round
+            .get_or_create(&labels)
+            .set(i64::from(status.round));
+        if let Some(best) = &status.best {
+            self.best_score.get_or_create(&labels).set(best.mean_score);
+        }
+        self.tokens
+            .get_or_create(&labels)
+            .set(i64::try_from(status.service_tokens.total()).unwrap_or(i64::MAX));
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}

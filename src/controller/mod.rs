@@ -1,0 +1,258 @@
+//! The Kubernetes operator (`llamaduo operator`): watches `LlamaDuoMigration`s and the Jobs
+//! they own, and per reconcile observes the current stage run, asks [`crate::plan::plan`]
+//! what to do, and acts (status first, then the Job, then an Event).
+//!
+//! Around the loop: leader election through a Lease, `/metrics`, `/healthz` and `/readyz` on
+//! one port, and JSON logs filtered by `--log-filter` / `RUST_LOG`.
+
+mod error;
+mod http;
+pub mod job;
+mod leader;
+mod metrics;
+mod observe;
+mod reconcile;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{ApiResource, DynamicObject};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client};
+
+pub use error::Error;
+pub use http::{HttpState, router};
+pub use job::{JobInputs, Prerequisite, build_job, prerequisites};
+pub use leader::{LeaderElector, LeaseStep, lease_step};
+pub use metrics::Metrics;
+pub use observe::observation_from;
+pub use reconcile::{error_policy, parse_spec, reconcile};
+
+/// Command-line options of `llamaduo operator` (each with an environment fallback).
+#[derive(clap::Args, Debug, Clone)]
+pub struct OperatorArgs {
+    /// Image that runs the stages when a migration sets no spec.image.
+    #[arg(
+        long,
+        env = "LLAMADUO_TRAINER_IMAGE",
+        default_value = "ghcr.io/llamaduo/llamaduo-trainer:latest"
+    )]
+    pub trainer_image: String,
+    /// Watch only this namespace. Unset: all namespaces.
+    #[arg(long, env = "LLAMADUO_WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "LLAMADUO_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Run only while holding a Lease, so replicas never act at once.
+    #[arg(long, env = "LLAMADUO_LEADER_ELECTION", default_value_t = false)]
+    pub leader_election: bool,
+    /// Name of the leader Lease.
+    #[arg(long, env = "LLAMADUO_LEASE_NAME", default_value = "llamaduo-operator")]
+    pub lease_name: String,
+    /// Namespace of the leader Lease. Unset: POD_NAMESPACE, else "default".
+    #[arg(long, env = "LLAMADUO_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Seconds a lease stays valid without renewal.
+    #[arg(long, env = "LLAMADUO_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+    /// This replica's identity (Lease holder, Event reporting instance). Unset: the hostname.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Namespace this pod runs in (default namespace of the Lease).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+    /// Migrations reconciled at once.
+    #[arg(long, env = "LLAMADUO_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: u16,
+    /// Log filter (tracing EnvFilter syntax, e.g. "info,llamaduo=debug").
+    #[arg(long, env = "RUST_LOG", default_value = "info,kube=warn")]
+    pub log_filter: String,
+}
+
+/// Settings the reconciler reads.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The default stage image.
+    pub trainer_image: String,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// Operator metrics.
+    pub metrics: Arc<Metrics>,
+    /// Settings.
+    pub config: Config,
+    /// The migration resource as a dynamic type (it is watched untyped, see [`reconcile`]).
+    pub api_resource: ApiResource,
+    /// Consecutive stalls or failures per migration, for the requeue backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context for `client`, reporting Events as `instance` (a pod name).
+    pub fn new(
+        client: Client,
+        config: Config,
+        metrics: Arc<Metrics>,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: job::FIELD_MANAGER.into(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            config,
+            api_resource: ApiResource::erase::<crate::api::LlamaDuoMigration>(&()),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The next requeue delay for `key`: 5 s doubling to at most 5 min.
+    pub fn backoff(&self, key: &str) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = failures.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        let secs = 5u64.saturating_mul(1 << (*n - 1).min(6));
+        Duration::from_secs(secs.min(300))
+    }
+
+    /// Forget `key`'s failures after progress.
+    pub fn reset_backoff(&self, key: &str) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.remove(key);
+    }
+}
+
+/// Install the JSON log subscriber with `filter` (EnvFilter syntax). A second call is a
+/// no-op.
+pub fn init_logging(filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("--log-filter / RUST_LOG {filter:?} is not a valid filter"))?;
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(false)
+        .try_init();
+    Ok(())
+}
+
+/// Run the operator until it is stopped (SIGTERM / Ctrl-C) or loses its leader lease.
+pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
+    init_logging(&args.log_filter)?;
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let http_state = HttpState {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    };
+    let addr = args.metrics_addr;
+    let server = tokio::spawn(async move { http::serve(addr, http_state).await });
+
+    let identity = match &args.pod_name {
+        Some(p) => p.clone(),
+        None => std::env::var("HOSTNAME").unwrap_or_else(|_| "llamaduo-operator".into()),
+    };
+    client
+        .apiserver_version()
+        .await
+        .context("reaching the Kubernetes API server")?;
+    // A standby replica is healthy and ready: it serves metrics and waits for the lease.
+    ready.store(true, Ordering::Relaxed);
+
+    let elector = if args.leader_election {
+        let ns = args
+            .lease_namespace
+            .clone()
+            .or(args.pod_namespace.clone())
+            .unwrap_or_else(|| "default".into());
+        let elector = LeaderElector::new(
+            Api::<Lease>::namespaced(client.clone(), &ns),
+            &args.lease_name,
+            &identity,
+            Duration::from_secs(args.lease_duration_seconds.max(3)),
+        );
+        elector.acquire().await;
+        Some(Arc::new(elector))
+    } else {
+        None
+    };
+
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Config {
+            trainer_image: args.trainer_image.clone(),
+        },
+        metrics,
+        Some(identity),
+    ));
+    let (migrations, jobs) = match &args.namespace {
+        Some(ns) => (
+            Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ctx.api_resource),
+            Api::<Job>::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::<DynamicObject>::all_with(client.clone(), &ctx.api_resource),
+            Api::<Job>::all(client.clone()),
+        ),
+    };
+    let lost = Arc::new(AtomicBool::new(false));
+    let mut controller = Controller::new_with(
+        migrations,
+        watcher::Config::default(),
+        ctx.api_resource.clone(),
+    )
+    .owns(
+        jobs,
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=llamaduo-operator"),
+    )
+    .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
+    .shutdown_on_signal();
+    if let Some(elector) = elector.clone() {
+        let lost = lost.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            elector.keep_renewing().await;
+            lost.store(true, Ordering::Relaxed);
+            let _ = tx.send(());
+        });
+        controller = controller.graceful_shutdown_on(async move {
+            let _ = rx.await;
+        });
+    }
+    tracing::info!(namespace = ?args.namespace, image = %args.trainer_image, "operator started");
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(migration = %obj, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
+    server.abort();
+    if lost.load(Ordering::Relaxed) {
+        anyhow::bail!("lost the leader lease; exiting so a fresh replica can take over");
+    }
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! One reconcile of a `LlamaDuoMigration`: observe -> plan -> act.
+//!
+//! The migration is watched as a `DynamicObject` and parsed here, so a spec that does not
+//! deserialize becomes a Stalled status with the field path instead of a watch error that
+//! would stop every other migration (or a hot loop). Status is written first (server-side
+//! apply, one field manager, status subresource) and only when it changed; then the Job is
+//! created; then the Event is published.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+
+use crate::api::{LlamaDuoMigration, LlamaDuoMigrationSpec, LlamaDuoMigrationStatus};
+use crate::plan::{self, Decision, Finish, MigrationId, Observation, Stall};
+
+use super::Context;
+use super::error::Error;
+use super::job::{FIELD_MANAGER, JobInputs, build_job};
+use super::observe::observe;
+
+/// Requeue while a stage runs (Job events normally come first).
+const WAIT_REQUEUE: Duration = Duration::from_secs(300);
+/// Requeue after progress (the status write's own watch event normally comes first).
+const PROGRESS_REQUEUE: Duration = Duration::from_secs(5);
+/// Requeue of finished, suspended or invalid migrations: only a change moves them.
+const IDLE_REQUEUE: Duration = Duration::from_secs(3600);
+
+/// Reconcile one migration; failures are published as Warning Events and counted.
+pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&obj, &ctx).await;
+    ctx.metrics.reconciled(started.elapsed().as_secs_f64());
+    if let Err(e) = &result {
+        ctx.metrics.failed(e.reason());
+        tracing::warn!(migration = %obj.name_any(), error = %e.chain(), "reconcile failed");
+        publish(
+            &ctx,
+            &obj,
+            EventType::Warning,
+            e.reason(),
+            "Reconcile",
+            e.chain(),
+        )
+        .await;
+    }
+    result
+}
+
+/// Requeue a failed reconcile with a per-migration exponential backoff.
+pub fn error_policy(obj: Arc<DynamicObject>, _error: &Error, ctx: Arc<Context>) -> Action {
+    Action::requeue(ctx.backoff(&key(&obj)))
+}
+
+fn key(obj: &DynamicObject) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, Error> {
+    let name = obj.name_any();
+    let namespace = obj.namespace().ok_or_else(|| Error::MissingObjectKey {
+        name: name.clone(),
+        field: "namespace",
+    })?;
+    let uid = obj.uid().ok_or_else(|| Error::MissingObjectKey {
+        name: name.clone(),
+        field: "uid",
+    })?;
+    let generation = obj.metadata.generation;
+    let status = parse_status(obj);
+    let now = Time(Timestamp::now());
+    let spec = match parse_spec(obj) {
+        Ok(spec) => spec,
+        Err(message) => {
+            // Waits for a spec change; writing the same stall again is a no-op.
+            let stall = Stall::new("InvalidSpec", message);
+            let next = plan::stalled(&status, &stall, generation, &now);
+            if write_status(ctx, &namespace, &name, &status, &next).await? {
+                publish(
+                    ctx,
+                    obj,
+                    EventType::Warning,
+                    "InvalidSpec",
+                    "Validate",
+                    stall.message,
+                )
+                .await;
+            }
+            ctx.metrics.decided("stall");
+            return Ok(Action::requeue(IDLE_REQUEUE));
+        }
+    };
+    let id = MigrationId::new(&namespace, &name);
+    let run = plan::run_to_observe(&id, &spec, &status, generation);
+    let observation = match &run {
+        Some(run) => observe(ctx, &namespace, &uid, &spec, run).await?,
+        None => Observation::Missing,
+    };
+    let decision = plan::plan(&id, &spec, &status, generation, &observation);
+    ctx.metrics.decided(decision.kind());
+    tracing::info!(migration = %key(obj), decision = decision.kind(), "planned");
+    let next = plan::apply(&status, &decision, generation, &now);
+    let changed = write_status(ctx, &namespace, &name, &status, &next).await?;
+    ctx.metrics.migration(&namespace, &name, &next);
+    act(ctx, obj, &namespace, &uid, &spec, &decision, changed).await?;
+    Ok(match decision {
+        Decision::Stall(_) => Action::requeue(ctx.backoff(&key(obj))),
+        Decision::Wait { .. } => {
+            ctx.reset_backoff(&key(obj));
+            Action::requeue(WAIT_REQUEUE)
+        }
+        Decision::Idle | Decision::Suspend | Decision::Finish(_) => {
+            ctx.reset_backoff(&key(obj));
+            Action::requeue(IDLE_REQUEUE)
+        }
+        Decision::StartStage { .. } | Decision::RecordResult { .. } => {
+            ctx.reset_backoff(&key(obj));
+            Action::requeue(PROGRESS_REQUEUE)
+        }
+    })
+}
+
+/// The spec, or a message naming the field that does not deserialize.
+pub fn parse_spec(obj: &DynamicObject) -> Result<LlamaDuoMigrationSpec, String> {
+    let Some(spec) = obj.data.get("spec") else {
+        return Err("spec is missing".into());
+    };
+    serde_path_to_error::deserialize(spec).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            format!("spec: {inner}")
+        } else {
+            format!("spec.{path}: {inner}")
+        }
+    })
+}
+
+/// The recorded status; one that does not parse (written by someone else) counts as empty.
+fn parse_status(obj: &DynamicObject) -> LlamaDuoMigrationStatus {
+    match obj.data.get("status") {
+        None | Some(serde_json::Value::Null) => LlamaDuoMigrationStatus::default(),
+        Some(v) => serde_json::from_value(v.clone()).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "status does not parse; starting from an empty status");
+            LlamaDuoMigrationStatus::default()
+        }),
+    }
+}
+
+/// Server-side apply `next` to the status subresource when it differs from `current`.
+/// Returns whether it wrote.
+async fn write_status(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    current: &LlamaDuoMigrationStatus,
+    next: &LlamaDuoMigrationStatus,
+) -> Result<bool, Error> {
+    if current == next {
+        return Ok(false);
+    }
+    // Untyped, so the answer parses even when the spec it carries does not.
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), namespace, &ctx.api_resource);
+    let body = serde_json::json!({
+        "apiVersion": LlamaDuoMigration::api_version(&()),
+        "kind": LlamaDuoMigration::kind(&()),
+        "status": next,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|source| Error::PatchStatus {
+        namespace: namespace.into(),
+        name: name.into(),
+        source,
+    })?;
+    Ok(true)
+}
+
+/// Carry out a decision after its status is written: create the Job, publish the Event.
+async fn act(
+    ctx: &Context,
+    obj: &DynamicObject,
+    namespace: &str,
+    uid: &str,
+    spec: &LlamaDuoMigrationSpec,
+    decision: &Decision,
+    status_changed: bool,
+) -> Result<(), Error> {
+    match decision {
+        Decision::StartStage { run, config } => {
+            let job = build_job(&JobInputs {
+                migration: &obj.name_any(),
+                namespace,
+                uid,
+                spec,
+                run,
+                config,
+                default_image: &ctx.config.trainer_image,
+            })
+            .map_err(|source| Error::Serialize {
+                what: "stage config",
+                source,
+            })?;
+            let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+            match jobs.create(&PostParams::default(), &job).await {
+                Ok(_) => {
+                    let note = format!(
+                        "round {}: {} started (attempt {}) as Job {}",
+                        run.round, run.stage, run.attempt, run.name
+                    );
+                    publish(
+                        ctx,
+                        obj,
+                        EventType::Normal,
+                        "StageStarted",
+                        "StartStage",
+                        note,
+                    )
+                    .await;
+                }
+                // Created by an earlier reconcile whose status write we now repeated.
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(source) => {
+                    return Err(Error::CreateJob {
+                        namespace: namespace.into(),
+                        name: run.name.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        Decision::RecordResult { run, result } if status_changed => {
+            let (type_, reason, note) = if result.succeeded {
+                (
+                    EventType::Normal,
+                    "StageSucceeded",
+                    format!(
+                        "round {}: {} succeeded (attempt {}, {:.0}s, {} service tokens)",
+                        run.round,
+                        run.stage,
+                        run.attempt,
+                        result.duration_seconds,
+                        result.service_tokens.total()
+                    ),
+                )
+            } else {
+                (
+                    EventType::Warning,
+                    "StageFailed",
+                    format!(
+                        "round {}: {} attempt {} failed: {}",
+                        run.round,
+                        run.stage,
+                        run.attempt,
+                        result.message.as_deref().unwrap_or("no reason given")
+                    ),
+                )
+            };
+            publish(ctx, obj, type_, reason, "RecordResult", note).await;
+        }
+        Decision::Finish(f) if status_changed => {
+            let (type_, reason, note) = match f {
+                Finish::Succeeded { round, mean_score } => (
+                    EventType::Normal,
+                    "TargetReached",
+                    format!("round {round} reached the target with mean score {mean_score:.2}"),
+                ),
+                Finish::Failed(r) => (EventType::Warning, r.reason(), r.to_string()),
+            };
+            publish(ctx, obj, type_, reason, "Finish", note).await;
+        }
+        Decision::Suspend if status_changed => {
+            let note = "spec.suspend is set: no new stage starts".to_string();
+            publish(ctx, obj, EventType::Normal, "Suspended", "Suspend", note).await;
+        }
+        Decision::Stall(s) if status_changed => {
+            publish(
+                ctx,
+                obj,
+                EventType::Warning,
+                &s.reason,
+                "Stall",
+                s.message.clone(),
+            )
+            .await;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Publish an Event about the migration. A failed publish is logged, never fatal: events are
+/// a courtesy, status is the record.
+async fn publish(
+    ctx: &Context,
+    obj: &DynamicObject,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let reference = obj.object_ref(&ctx.api_resource);
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        // The events API caps notes at 1 KiB.
+        note: Some(truncate(note, 1024)),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        tracing::warn!(error = %e, reason, "publishing an event failed");
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max.saturating_sub(3);
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}

@@ -1,0 +1,614 @@
+//! Reconcile scenarios against a mocked API server (tower-test): each test scripts the exact
+//! sequence of API calls one reconcile must make, answers them, and checks the requests (the
+//! Job spec, the status patch, the Events). A request outside the script hangs the reconcile,
+//! which the timeout turns into a failure, so "no Job created" is proven, not assumed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+use http_body_util::BodyExt;
+use kube::Client;
+use kube::api::DynamicObject;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+
+use super::{Config, Context, Metrics, reconcile};
+use crate::api::{Stage, StageResult, SynthesizeOutcome, TokenUsage};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// The scripted API server.
+struct ApiServer(Handle);
+
+/// One request as the server saw it.
+struct Seen {
+    uri: String,
+    content_type: String,
+    body: Value,
+}
+
+impl ApiServer {
+    /// Expect `method` on `path` (query ignored), answer `status` with `body`.
+    async fn expect(&mut self, method: Method, path: &str, status: u16, body: Value) -> Seen {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(5), self.0.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("no request came; expected {method} {path}"))
+            .unwrap_or_else(|| panic!("client gone; expected {method} {path}"));
+        let uri = request.uri().to_string();
+        assert_eq!(request.method(), method, "{uri}");
+        assert_eq!(request.uri().path(), path, "{method} {uri}");
+        let content_type = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let bytes = request
+            .into_body()
+            .collect()
+            .await
+            .expect("request body")
+            .to_bytes();
+        let seen = Seen {
+            uri,
+            content_type,
+            body: if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).expect("request body is JSON")
+            },
+        };
+        let answer = if body.is_null() {
+            seen.body.clone()
+        } else {
+            body
+        };
+        send.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&answer).expect("json")))
+                .expect("response"),
+        );
+        seen
+    }
+}
+
+fn not_found(kind: &str, name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+           "message": format!("{kind} \"{name}\" not found"), "reason": "NotFound", "code": 404})
+}
+
+fn context() -> (Arc<Context>, ApiServer) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let ctx = Context::new(
+        client,
+        Config {
+            trainer_image: "registry.example/llamaduo-trainer:1.0".into(),
+        },
+        Arc::new(Metrics::default()),
+        Some("llamaduo-operator-0".into()),
+    );
+    (Arc::new(ctx), ApiServer(handle))
+}
+
+fn spec() -> Value {
+    json!({
+        "task": {"description": "Add two numbers"},
+        "coverage": {"source": "configmap://coverage/rows.jsonl"},
+        "teacher": {"provider": "openai", "model": "gpt-4o",
+                    "apiKeySecretRef": {"name": "openai", "key": "api-key"}},
+        "student": {"fromScratch": {}},
+        "target": {"meanScore": 80.0},
+        "storage": {"url": "file:///artifacts", "volume": {"claimName": "artifacts"}}
+    })
+}
+
+fn migration(spec: Value, status: Value) -> DynamicObject {
+    let mut obj = json!({
+        "apiVersion": "llamaduo.dev/v1alpha1",
+        "kind": "LlamaDuoMigration",
+        "metadata": {"name": "tickets", "namespace": "team-a", "uid": "uid-1",
+                     "generation": 1, "resourceVersion": "10"},
+        "spec": spec,
+    });
+    if !status.is_null() {
+        obj["status"] = status;
+    }
+    serde_json::from_value(obj).expect("migration fixture")
+}
+
+/// Run one reconcile while `script` answers the API calls; both must finish.
+async fn scenario<F>(obj: DynamicObject, script: F) -> (Result<Action, super::Error>, Vec<Seen>)
+where
+    F: AsyncFnOnce(&mut ApiServer) -> Vec<Seen>,
+{
+    let (ctx, mut server) = context();
+    let reconciled = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(obj), ctx));
+    let (result, seen) = tokio::join!(reconciled, script(&mut server));
+    let result = result.expect("reconcile made a request outside the script, or hung");
+    (result, seen)
+}
+
+const JOBS: &str = "/apis/batch/v1/namespaces/team-a/jobs";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/team-a/events";
+const STATUS: &str =
+    "/apis/llamaduo.dev/v1alpha1/namespaces/team-a/llamaduomigrations/tickets/status";
+
+fn env<'a>(container: &'a Value, name: &str) -> &'a Value {
+    container["env"]
+        .as_array()
+        .and_then(|e| e.iter().find(|v| v["name"] == name))
+        .unwrap_or_else(|| panic!("env {name} missing in {container}"))
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("condition {type_} missing in {status}"))
+}
+
+#[tokio::test]
+async fn a_new_migration_starts_round_one_synthesis_as_a_restricted_job() {
+    let obj = migration(spec(), Value::Null);
+    let (result, seen) =
+        scenario(obj, async |s: &mut ApiServer| {
+            vec![
+            s.expect(Method::GET, &format!("{JOBS}/tickets-r1-synthesize"), 404,
+                not_found("jobs.batch", "tickets-r1-synthesize")).await,
+            s.expect(Method::GET, "/api/v1/namespaces/team-a/secrets/openai", 200,
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "openai"},
+                       "data": {"api-key": "c2VjcmV0"}})).await,
+            s.expect(Method::GET, "/api/v1/namespaces/team-a/configmaps/coverage", 200,
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "coverage"},
+                       "data": {"rows.jsonl": "{}"}})).await,
+            s.expect(Method::GET, "/api/v1/namespaces/team-a/persistentvolumeclaims/artifacts", 200,
+                json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                       "metadata": {"name": "artifacts"}})).await,
+            s.expect(Method::PATCH, STATUS, 200, Value::Null).await,
+            s.expect(Method::POST, JOBS, 201, Value::Null).await,
+            s.expect(Method::POST, EVENTS, 201, Value::Null).await,
+        ]
+        })
+        .await;
+    assert_eq!(
+        result.expect("reconcile"),
+        Action::requeue(Duration::from_secs(5))
+    );
+
+    // Status first: server-side apply by one field manager, with the run recorded.
+    let patch = &seen[4];
+    assert!(
+        patch.uri.contains("fieldManager=llamaduo-operator"),
+        "{}",
+        patch.uri
+    );
+    assert!(patch.uri.contains("force=true"), "{}", patch.uri);
+    assert_eq!(patch.content_type, "application/apply-patch+yaml");
+    assert_eq!(patch.body["apiVersion"], "llamaduo.dev/v1alpha1");
+    assert_eq!(patch.body["kind"], "LlamaDuoMigration");
+    let status = &patch.body["status"];
+    assert_eq!(status["phase"], "Synthesizing");
+    assert_eq!(status["round"], 1);
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(status["current"]["name"], "tickets-r1-synthesize");
+    assert_eq!(condition(status, "Reconciling")["status"], "True");
+    assert_eq!(condition(status, "Ready")["status"], "False");
+    assert_eq!(condition(status, "Stalled")["status"], "False");
+
+    // Then the Job, exactly.
+    let job = &seen[5].body;
+    assert_eq!(job["metadata"]["name"], "tickets-r1-synthesize");
+    assert_eq!(job["metadata"]["namespace"], "team-a");
+    assert_eq!(
+        job["metadata"]["ownerReferences"],
+        json!([{"apiVersion": "llamaduo.dev/v1alpha1", "kind": "LlamaDuoMigration",
+                "name": "tickets", "uid": "uid-1", "controller": true,
+                "blockOwnerDeletion": true}])
+    );
+    let labels = &job["metadata"]["labels"];
+    assert_eq!(labels["app.kubernetes.io/name"], "llamaduo-trainer");
+    assert_eq!(labels["app.kubernetes.io/instance"], "tickets");
+    assert_eq!(labels["app.kubernetes.io/component"], "synthesize");
+    assert_eq!(labels["app.kubernetes.io/part-of"], "llamaduo");
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "llamaduo-operator");
+    assert_eq!(labels["llamaduo.dev/round"], "1");
+    assert_eq!(job["spec"]["backoffLimit"], 0);
+    let template = &job["spec"]["template"];
+    assert_eq!(template["metadata"]["labels"], *labels);
+    let pod = &template["spec"];
+    assert_eq!(pod["restartPolicy"], "Never");
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let c = &pod["containers"][0];
+    assert_eq!(c["name"], "trainer");
+    assert_eq!(c["image"], "registry.example/llamaduo-trainer:1.0");
+    assert_eq!(c["command"], json!(["llamaduo-trainer", "synthesize"]));
+    assert_eq!(c["terminationMessagePolicy"], "FallbackToLogsOnError");
+    assert_eq!(c["terminationMessagePath"], "/dev/termination-log");
+    assert_eq!(
+        c["securityContext"],
+        json!({"runAsNonRoot": true, "readOnlyRootFilesystem": true,
+               "allowPrivilegeEscalation": false, "privileged": false,
+               "capabilities": {"drop": ["ALL"]},
+               "seccompProfile": {"type": "RuntimeDefault"}})
+    );
+    assert_eq!(
+        env(c, "LLAMADUO_TEACHER_API_KEY")["valueFrom"],
+        json!({"secretKeyRef": {"name": "openai", "key": "api-key", "optional": false}})
+    );
+    let config: Value = serde_json::from_str(
+        env(c, "LLAMADUO_STAGE_CONFIG")["value"]
+            .as_str()
+            .expect("config string"),
+    )
+    .expect("config JSON");
+    assert_eq!(config["stage"], "synthesize");
+    assert_eq!(config["artifacts"], "file:///artifacts/team-a/tickets");
+    assert_eq!(config["samples"], 1000);
+    // The ConfigMap source is rewritten to its mounted file.
+    assert_eq!(
+        config["coverage"]["source"],
+        "file:///etc/llamaduo/coverage/coverage/rows.jsonl"
+    );
+    assert!(
+        !config.to_string().contains("c2VjcmV0"),
+        "no secret in the config"
+    );
+    let mounts = c["volumeMounts"].as_array().expect("mounts");
+    let mount = |path: &str| {
+        mounts
+            .iter()
+            .find(|m| m["mountPath"] == path)
+            .unwrap_or_else(|| panic!("no mount at {path}: {mounts:?}"))
+            .clone()
+    };
+    let volumes = pod["volumes"].as_array().expect("volumes");
+    let volume = |name: &Value| {
+        volumes
+            .iter()
+            .find(|v| v["name"] == *name)
+            .unwrap_or_else(|| panic!("no volume {name}"))
+            .clone()
+    };
+    assert_eq!(volume(&mount("/tmp")["name"])["emptyDir"], json!({}));
+    assert_eq!(
+        volume(&mount("/artifacts")["name"])["persistentVolumeClaim"]["claimName"],
+        "artifacts"
+    );
+    assert_eq!(
+        volume(&mount("/etc/llamaduo/coverage/coverage")["name"])["configMap"]["name"],
+        "coverage"
+    );
+
+    // Then the Event.
+    let event = &seen[6].body;
+    assert_eq!(event["type"], "Normal");
+    assert_eq!(event["reason"], "StageStarted");
+    assert_eq!(event["regarding"]["name"], "tickets");
+    assert_eq!(event["regarding"]["kind"], "LlamaDuoMigration");
+    assert_eq!(event["reportingController"], "llamaduo-operator");
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("tickets-r1-synthesize")
+    );
+}
+
+#[tokio::test]
+async fn a_missing_secret_stalls_with_its_name_and_creates_no_job() {
+    let obj = migration(spec(), Value::Null);
+    let (result, seen) = scenario(obj, async |s: &mut ApiServer| {
+        vec![
+            s.expect(
+                Method::GET,
+                &format!("{JOBS}/tickets-r1-synthesize"),
+                404,
+                not_found("jobs.batch", "tickets-r1-synthesize"),
+            )
+            .await,
+            s.expect(
+                Method::GET,
+                "/api/v1/namespaces/team-a/secrets/openai",
+                404,
+                not_found("secrets", "openai"),
+            )
+            .await,
+            s.expect(Method::PATCH, STATUS, 200, Value::Null).await,
+            s.expect(Method::POST, EVENTS, 201, Value::Null).await,
+        ]
+    })
+    .await;
+    // Retried with backoff (Secrets are not watched), starting at 5 s.
+    assert_eq!(
+        result.expect("reconcile"),
+        Action::requeue(Duration::from_secs(5))
+    );
+    let status = &seen[2].body["status"];
+    let stalled = condition(status, "Stalled");
+    assert_eq!(stalled["status"], "True");
+    assert_eq!(stalled["reason"], "SecretNotFound");
+    assert!(
+        stalled["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("team-a/openai")
+    );
+    assert!(status.get("current").is_none(), "no run recorded: {status}");
+    assert_eq!(seen[3].body["type"], "Warning");
+    assert_eq!(seen[3].body["reason"], "SecretNotFound");
+}
+
+#[tokio::test]
+async fn an_undeserializable_spec_stalls_with_the_field_path() {
+    let mut bad = spec();
+    bad["target"]["meanScore"] = json!("high");
+    let obj = migration(bad, Value::Null);
+    let (result, seen) = scenario(obj, async |s: &mut ApiServer| {
+        vec![
+            s.expect(Method::PATCH, STATUS, 200, Value::Null).await,
+            s.expect(Method::POST, EVENTS, 201, Value::Null).await,
+        ]
+    })
+    .await;
+    // Waits for a change instead of hot-looping.
+    assert_eq!(
+        result.expect("reconcile"),
+        Action::requeue(Duration::from_secs(3600))
+    );
+    let stalled = condition(&seen[0].body["status"], "Stalled");
+    assert_eq!(stalled["status"], "True");
+    assert_eq!(stalled["reason"], "InvalidSpec");
+    let message = stalled["message"].as_str().unwrap_or("");
+    assert!(message.starts_with("spec.target.meanScore:"), "{message}");
+    assert_eq!(seen[1].body["reason"], "InvalidSpec");
+    assert_eq!(seen[1].body["type"], "Warning");
+}
+
+#[tokio::test]
+async fn an_unchanged_stall_writes_nothing() {
+    let mut bad = spec();
+    bad["target"] = json!(5);
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(1_000).expect("ts"),
+    );
+    let parsed = super::parse_spec(&migration(bad.clone(), Value::Null)).expect_err("invalid");
+    let status = crate::plan::stalled(
+        &Default::default(),
+        &crate::plan::Stall::new("InvalidSpec", parsed),
+        Some(1),
+        &now,
+    );
+    let obj = migration(bad, serde_json::to_value(&status).expect("status"));
+    let (result, seen) = scenario(obj, async |_s: &mut ApiServer| Vec::new()).await;
+    assert!(result.is_ok());
+    assert!(seen.is_empty());
+}
+
+fn started_status() -> Value {
+    json!({
+        "phase": "Synthesizing", "round": 1, "observedGeneration": 1,
+        "current": {"round": 1, "stage": "synthesize", "attempt": 1,
+                    "name": "tickets-r1-synthesize", "generation": 1},
+        "rounds": [{"round": 1}]
+    })
+}
+
+fn finished_job(condition: &str) -> Value {
+    json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "tickets-r1-synthesize", "namespace": "team-a",
+                     "ownerReferences": [{"apiVersion": "llamaduo.dev/v1alpha1",
+                        "kind": "LlamaDuoMigration", "name": "tickets", "uid": "uid-1",
+                        "controller": true}]},
+        "status": {"conditions": [{"type": condition, "status": "True"}]}
+    })
+}
+
+fn pods_with_message(exit_code: i32, message: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "PodList", "metadata": {},
+        "items": [{
+            "metadata": {"name": "tickets-r1-synthesize-x7k2p", "namespace": "team-a"},
+            "status": {"containerStatuses": [{
+                "name": "trainer", "image": "img", "imageID": "", "ready": false,
+                "restartCount": 0,
+                "state": {"terminated": {"exitCode": exit_code, "message": message}}
+            }]}
+        }]
+    })
+}
+
+#[tokio::test]
+async fn a_restart_records_a_finished_job_before_anything_else() {
+    let mut result = StageResult::failure(Stage::Synthesize, 1, "");
+    result.succeeded = true;
+    result.message = None;
+    result.service_tokens = TokenUsage {
+        input: 700,
+        output: 300,
+    };
+    result.synthesize = Some(SynthesizeOutcome {
+        requested: 1000,
+        produced: 990,
+        ..SynthesizeOutcome::default()
+    });
+    let message = result.to_termination_message();
+    let obj = migration(spec(), started_status());
+    let (r, seen) = scenario(obj, async move |s: &mut ApiServer| {
+        vec![
+            s.expect(
+                Method::GET,
+                &format!("{JOBS}/tickets-r1-synthesize"),
+                200,
+                finished_job("Complete"),
+            )
+            .await,
+            s.expect(
+                Method::GET,
+                "/api/v1/namespaces/team-a/pods",
+                200,
+                pods_with_message(0, &message),
+            )
+            .await,
+            s.expect(Method::PATCH, STATUS, 200, Value::Null).await,
+            s.expect(Method::POST, EVENTS, 201, Value::Null).await,
+        ]
+    })
+    .await;
+    r.expect("reconcile");
+    assert!(
+        seen[1]
+            .uri
+            .contains("labelSelector=job-name%3Dtickets-r1-synthesize"),
+        "{}",
+        seen[1].uri
+    );
+    let status = &seen[2].body["status"];
+    assert!(status.get("current").is_none(), "{status}");
+    assert_eq!(
+        status["serviceTokens"],
+        json!({"input": 700, "output": 300})
+    );
+    assert_eq!(status["rounds"][0]["synthesized"], 990);
+    assert_eq!(status["rounds"][0]["stages"][0]["succeeded"], true);
+    assert_eq!(seen[3].body["reason"], "StageSucceeded");
+    assert_eq!(seen[3].body["type"], "Normal");
+}
+
+#[tokio::test]
+async fn a_failed_job_is_recorded_with_its_log_tail_and_a_warning() {
+    let obj = migration(spec(), started_status());
+    let (r, seen) = scenario(obj, async |s: &mut ApiServer| {
+        vec![
+            s.expect(
+                Method::GET,
+                &format!("{JOBS}/tickets-r1-synthesize"),
+                200,
+                finished_job("Failed"),
+            )
+            .await,
+            s.expect(
+                Method::GET,
+                "/api/v1/namespaces/team-a/pods",
+                200,
+                pods_with_message(1, "loading\nError: teacher returned 401 Unauthorized\n"),
+            )
+            .await,
+            s.expect(Method::PATCH, STATUS, 200, Value::Null).await,
+            s.expect(Method::POST, EVENTS, 201, Value::Null).await,
+        ]
+    })
+    .await;
+    r.expect("reconcile");
+    let record = &seen[2].body["status"]["rounds"][0]["stages"][0];
+    assert_eq!(record["succeeded"], false);
+    assert_eq!(record["attempts"], 1);
+    assert_eq!(
+        record["message"],
+        "container exited with code 1: Error: teacher returned 401 Unauthorized"
+    );
+    assert_eq!(seen[3].body["type"], "Warning");
+    assert_eq!(seen[3].body["reason"], "StageFailed");
+}
+
+#[tokio::test]
+async fn a_running_job_is_waited_for() {
+    let mut job = finished_job("Complete");
+    job["status"] = json!({"active": 1});
+    let obj = migration(spec(), started_status());
+    let (r, seen) = scenario(obj, async move |s: &mut ApiServer| {
+        vec![
+            s.expect(
+                Method::GET,
+                &format!("{JOBS}/tickets-r1-synthesize"),
+                200,
+                job,
+            )
+            .await,
+            s.expect(Method::PATCH, STATUS, 200, Value::Null).await,
+        ]
+    })
+    .await;
+    assert_eq!(
+        r.expect("reconcile"),
+        Action::requeue(Duration::from_secs(300))
+    );
+    assert_eq!(seen[1].body["status"]["phase"], "Synthesizing");
+}
+
+#[tokio::test]
+async fn a_failed_status_write_is_a_warning_event_named_after_the_error() {
+    let obj = migration(spec(), started_status());
+    let (r, seen) = scenario(obj, async |s: &mut ApiServer| {
+        vec![
+            s.expect(
+                Method::GET,
+                &format!("{JOBS}/tickets-r1-synthesize"),
+                200,
+                finished_job("Complete"),
+            )
+            .await,
+            s.expect(
+                Method::GET,
+                "/api/v1/namespaces/team-a/pods",
+                200,
+                pods_with_message(0, "not json"),
+            )
+            .await,
+            s.expect(
+                Method::PATCH,
+                STATUS,
+                500,
+                json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                       "message": "etcd timeout", "reason": "InternalError", "code": 500}),
+            )
+            .await,
+            s.expect(Method::POST, EVENTS, 201, Value::Null).await,
+        ]
+    })
+    .await;
+    let err = r.expect_err("the write failed");
+    assert_eq!(err.reason(), "PatchStatus");
+    assert_eq!(seen[3].body["type"], "Warning");
+    assert_eq!(seen[3].body["reason"], "PatchStatus");
+    let note = seen[3].body["note"].as_str().unwrap_or("");
+    assert!(
+        note.contains("team-a/tickets") && note.contains("etcd timeout"),
+        "{note}"
+    );
+}
+
+#[tokio::test]
+async fn a_job_we_do_not_own_blocks_the_run() {
+    let mut job = finished_job("Complete");
+    job["metadata"]["ownerReferences"][0]["uid"] = json!("someone-else");
+    let obj = migration(spec(), started_status());
+    let (r, seen) = scenario(obj, async move |s: &mut ApiServer| {
+        vec![
+            s.expect(
+                Method::GET,
+                &format!("{JOBS}/tickets-r1-synthesize"),
+                200,
+                job,
+            )
+            .await,
+            s.expect(Method::PATCH, STATUS, 200, Value::Null).await,
+            s.expect(Method::POST, EVENTS, 201, Value::Null).await,
+        ]
+    })
+    .await;
+    r.expect("reconcile");
+    assert_eq!(
+        condition(&seen[1].body["status"], "Stalled")["reason"],
+        "JobNameConflict"
+    );
+}
