@@ -9,3 +9,5 @@ pub mod crd;
 pub mod plan;
 #[cfg(feature = "controller")]
 pub mod validate;
+#[cfg(feature = "controller")]
+pub mod run;

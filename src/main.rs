@@ -29,6 +29,9 @@ enum Command {
         #[arg(long)]
         local: bool,
     },
+    /// Run a migration on this machine: stage processes of llamaduo-trainer, status in
+    /// DIR/status.yaml; running it again resumes.
+    Run(llamaduo::run::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +46,9 @@ fn main() -> ExitCode {
                 Target::Cluster
             },
         ),
+        Command::Run(args) => tokio::runtime::Runtime::new()
+            .context("starting the async runtime")
+            .and_then(|rt| rt.block_on(llamaduo::run::run(args))),
     };
     match result {
         Ok(code) => code,

@@ -8,9 +8,11 @@
 pub mod artifacts;
 pub mod dataset;
 pub mod migration;
+pub mod progress;
 pub mod stage;
 
 pub use artifacts::ArtifactLayout;
 pub use dataset::*;
 pub use migration::*;
+pub use progress::{Progress, ProgressLine};
 pub use stage::*;
