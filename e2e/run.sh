@@ -66,7 +66,7 @@ case "$cmd" in
     fi
     if [[ -z "${E2E_LLAMADUO:-}" || -z "${E2E_TRAINER:-}" ]]; then
       t=$SECONDS
-      (cd "$here/.." && cargo build --bin llamaduo --bin llamaduo-trainer)
+      (cd "$here/.." && cargo build -p llamaduo --bin llamaduo -p llamaduo-trainer --bin llamaduo-trainer)
       echo "[run] cargo build: $((SECONDS - t))s" >&2
     fi
     # kwok's pod-complete stage leaves the operator's pods to podrunner.
