@@ -1,0 +1,111 @@
+//! Errors of a service LLM call, classified by what the caller should do next: retry (429,
+//! 5xx, timeouts, broken connections, unreadable bodies), stop (the token budget), or fail
+//! (authentication, bad requests, bad configuration).
+
+use std::time::Duration;
+
+/// Why a call to a service LLM did not produce a reply.
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    /// The provider answered with an HTTP error status.
+    #[error("{provider} returned HTTP {status}{}: {message}", kind.as_deref().map(|k| format!(" ({k})")).unwrap_or_default())]
+    Status {
+        /// Which provider (for messages).
+        provider: &'static str,
+        /// HTTP status code.
+        status: u16,
+        /// The provider's error type or status string (e.g. `rate_limit_error`,
+        /// `RESOURCE_EXHAUSTED`), when its error body says.
+        kind: Option<String>,
+        /// The provider's error message (or the start of the body).
+        message: String,
+        /// How long the provider asked us to wait (Retry-After, retry-after-ms, RetryInfo).
+        retry_after: Option<Duration>,
+    },
+    /// No complete reply within the per-request timeout.
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    /// Connecting, sending or reading the body failed (refused, reset, truncated).
+    #[error("connection error: {0}")]
+    Connection(String),
+    /// A 2xx reply whose body is not the provider's documented shape.
+    #[error("{provider} sent an unreadable reply: {message}")]
+    InvalidResponse {
+        /// Which provider.
+        provider: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+    /// The next request could exceed the stage's token budget, so it was not sent.
+    #[error(
+        "token budget exhausted: {used} of {budget} tokens used, the next request may need up to {needed}"
+    )]
+    BudgetExhausted {
+        /// Tokens used so far (reported by the provider).
+        used: u64,
+        /// The budget.
+        budget: u64,
+        /// The worst-case size of the request that was refused.
+        needed: u64,
+    },
+    /// The client is misconfigured (bad base URL, missing API key, bad header value).
+    #[error("configuration error: {0}")]
+    Config(String),
+}
+
+impl LlmError {
+    /// Whether retrying the same request may succeed: 408, 409, 425, 429 and 5xx statuses
+    /// (including Anthropic's 529 overloaded), timeouts, connection errors and unreadable bodies.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            LlmError::Status { status, .. } => {
+                matches!(status, 408 | 409 | 425 | 429) || (500..=599).contains(status)
+            }
+            LlmError::Timeout(_) | LlmError::Connection(_) | LlmError::InvalidResponse { .. } => {
+                true
+            }
+            LlmError::BudgetExhausted { .. } | LlmError::Config(_) => false,
+        }
+    }
+
+    /// The wait the provider asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            LlmError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> LlmError {
+        LlmError::Status {
+            provider: "openai",
+            status: code,
+            kind: None,
+            message: "x".into(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn classifies_retryable_errors() {
+        for code in [408, 429, 500, 502, 503, 529] {
+            assert!(status(code).is_retryable(), "{code}");
+        }
+        for code in [400, 401, 403, 404, 422] {
+            assert!(!status(code).is_retryable(), "{code}");
+        }
+        assert!(LlmError::Timeout(Duration::from_secs(1)).is_retryable());
+        assert!(LlmError::Connection("reset".into()).is_retryable());
+        let budget = LlmError::BudgetExhausted {
+            used: 1,
+            budget: 2,
+            needed: 3,
+        };
+        assert!(!budget.is_retryable());
+    }
+}

@@ -1,0 +1,262 @@
+//! Google Gemini generateContent (`POST {base}/models/{model}:generateContent`, header
+//! `x-goog-api-key`). Request: `contents` (`role` user/model, `parts[].text`),
+//! `systemInstruction`, `generationConfig` (`temperature`, `maxOutputTokens`,
+//! `responseMimeType: application/json`, `responseSchema` in Gemini's OpenAPI subset).
+//! Reply: `candidates[0].content.parts[].text` (thought parts skipped), `finishReason`,
+//! `usageMetadata.promptTokenCount` / `candidatesTokenCount` (+ `thoughtsTokenCount`, billed as
+//! output). Errors: `{"error": {"code", "message", "status", "details"}}`, where a
+//! `google.rpc.RetryInfo` detail carries `retryDelay` ("37s").
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use llamaduo::api::{Role, TokenUsage};
+use serde_json::{Map, Value, json};
+
+use super::http::{self, str_at, u64_at};
+use super::{ChatProvider, ChatRequest, ChatResponse, ResponseFormat};
+use crate::error::LlmError;
+use crate::secret::Secret;
+
+/// generativelanguage.googleapis.com's base URL (with the API version path).
+pub const GEMINI_DEFAULT_BASE: &str = "https://generativelanguage.googleapis.com/v1beta";
+
+/// A client for the Gemini API.
+pub struct GeminiProvider {
+    url: String,
+    model: String,
+    key: Option<Secret>,
+    client: reqwest::Client,
+}
+
+impl std::fmt::Debug for GeminiProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GeminiProvider")
+            .field("url", &self.url)
+            .field("model", &self.model)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl GeminiProvider {
+    /// A client posting to `{base}/models/{model}:generateContent`.
+    pub fn new(base: &str, model: &str, key: Option<Secret>) -> Result<Self, LlmError> {
+        let base = base.trim_end_matches('/');
+        url::Url::parse(base)
+            .map_err(|e| LlmError::Config(format!("baseUrl {base:?} is not a URL: {e}")))?;
+        let model_path = model.strip_prefix("models/").unwrap_or(model);
+        Ok(Self {
+            url: format!("{base}/models/{model_path}:generateContent"),
+            model: model.to_string(),
+            key,
+            client: http::build_client()?,
+        })
+    }
+
+    /// The JSON body of a request.
+    pub fn body(&self, req: &ChatRequest) -> Value {
+        let contents: Vec<Value> = req
+            .messages
+            .iter()
+            .filter(|m| m.role != Role::System)
+            .map(|m| {
+                let role = if m.role == Role::Assistant {
+                    "model"
+                } else {
+                    "user"
+                };
+                json!({"role": role, "parts": [{"text": m.content}]})
+            })
+            .collect();
+        let mut config = json!({"maxOutputTokens": req.max_tokens});
+        if let Some(t) = req.temperature {
+            config["temperature"] = json!(t);
+        }
+        match &req.format {
+            ResponseFormat::Text => {}
+            ResponseFormat::JsonObject => config["responseMimeType"] = json!("application/json"),
+            ResponseFormat::JsonSchema { schema, .. } => {
+                config["responseMimeType"] = json!("application/json");
+                config["responseSchema"] = to_gemini_schema(schema);
+            }
+        }
+        let mut body = json!({"contents": contents, "generationConfig": config});
+        if let Some(system) = req.system_text() {
+            body["systemInstruction"] = json!({"parts": [{"text": system}]});
+        }
+        body
+    }
+
+    /// Reads a 2xx reply. A prompt blocked by safety filters gives an empty text (the caller
+    /// counts it as unusable) with the block reason as finish reason.
+    pub fn parse_reply(v: &Value) -> Result<ChatResponse, LlmError> {
+        let usage = v
+            .get("usageMetadata")
+            .ok_or_else(|| LlmError::InvalidResponse {
+                provider: "gemini",
+                message: "the reply has no usageMetadata".into(),
+            })?;
+        let input = u64_at(usage, &["promptTokenCount"]).unwrap_or(0);
+        let output = u64_at(usage, &["candidatesTokenCount"]).unwrap_or(0)
+            + u64_at(usage, &["thoughtsTokenCount"]).unwrap_or(0);
+        let usage = TokenUsage { input, output };
+        let Some(candidate) = v.get("candidates").and_then(|c| c.get(0)) else {
+            let reason = str_at(v, &["promptFeedback", "blockReason"]).ok_or_else(|| {
+                LlmError::InvalidResponse {
+                    provider: "gemini",
+                    message: "no candidates and no promptFeedback.blockReason".into(),
+                }
+            })?;
+            return Ok(ChatResponse {
+                text: String::new(),
+                usage,
+                finish_reason: Some(format!("blocked: {reason}")),
+            });
+        };
+        let text = candidate
+            .get("content")
+            .and_then(|c| c.get("parts"))
+            .and_then(Value::as_array)
+            .map(|parts| {
+                parts
+                    .iter()
+                    .filter(|p| p.get("thought").and_then(Value::as_bool) != Some(true))
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join("")
+            })
+            .unwrap_or_default();
+        Ok(ChatResponse {
+            text,
+            usage,
+            finish_reason: str_at(candidate, &["finishReason"]).map(str::to_string),
+        })
+    }
+}
+
+/// Converts the JSON Schema subset we use into Gemini's `responseSchema` (an OpenAPI 3.0
+/// Schema subset): upper-case `type`, `propertyOrdering` from the property order, and no
+/// `additionalProperties` (which `responseSchema` does not accept).
+pub fn to_gemini_schema(schema: &Value) -> Value {
+    let Some(obj) = schema.as_object() else {
+        return schema.clone();
+    };
+    let mut out = Map::new();
+    for (k, v) in obj {
+        match k.as_str() {
+            "type" => {
+                if let Some(t) = v.as_str() {
+                    out.insert("type".into(), json!(t.to_ascii_uppercase()));
+                }
+            }
+            "properties" => {
+                if let Some(props) = v.as_object() {
+                    let converted: Map<String, Value> = props
+                        .iter()
+                        .map(|(name, s)| (name.clone(), to_gemini_schema(s)))
+                        .collect();
+                    out.insert(
+                        "propertyOrdering".into(),
+                        json!(props.keys().collect::<Vec<_>>()),
+                    );
+                    out.insert("properties".into(), Value::Object(converted));
+                }
+            }
+            "items" => {
+                out.insert("items".into(), to_gemini_schema(v));
+            }
+            "required" | "description" | "enum" | "minItems" | "maxItems" | "minimum"
+            | "maximum" | "nullable" | "format" => {
+                out.insert(k.clone(), v.clone());
+            }
+            _ => {}
+        }
+    }
+    Value::Object(out)
+}
+
+fn error_fields(v: &Value) -> (Option<String>, Option<String>) {
+    (
+        str_at(v, &["error", "status"]).map(str::to_string),
+        str_at(v, &["error", "message"]).map(str::to_string),
+    )
+}
+
+/// `retryDelay` of a `google.rpc.RetryInfo` detail (`"37s"`, `"1.5s"`).
+fn retry_info(body: &[u8]) -> Option<Duration> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let details = v.get("error")?.get("details")?.as_array()?;
+    details.iter().find_map(|d| {
+        let delay = d.get("retryDelay")?.as_str()?;
+        let secs: f64 = delay.strip_suffix('s')?.parse().ok()?;
+        (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    })
+}
+
+impl ChatProvider for GeminiProvider {
+    fn name(&self) -> &'static str {
+        "gemini"
+    }
+
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn chat<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+        Box::pin(async move {
+            let mut req = self.client.post(&self.url).json(&self.body(request));
+            if let Some(key) = &self.key {
+                req = req.header("x-goog-api-key", key.expose());
+            }
+            let (status, headers, body) = http::send(req).await?;
+            if !(200..300).contains(&status) {
+                let mut err = http::status_error(
+                    "gemini",
+                    status,
+                    &headers,
+                    &body,
+                    self.key.as_ref(),
+                    error_fields,
+                );
+                if let LlmError::Status { retry_after, .. } = &mut err
+                    && retry_after.is_none()
+                {
+                    *retry_after = retry_info(&body);
+                }
+                return Err(err);
+            }
+            Self::parse_reply(&http::parse_body("gemini", &body)?)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_conversion_uppercases_and_orders() {
+        let s = json!({
+            "type": "object",
+            "properties": {"b": {"type": "string"}, "a": {"type": "array", "items": {"type": "number"}}},
+            "required": ["b", "a"],
+            "additionalProperties": false
+        });
+        let g = to_gemini_schema(&s);
+        assert_eq!(g["type"], "OBJECT");
+        assert_eq!(g["properties"]["a"]["items"]["type"], "NUMBER");
+        assert!(g.get("additionalProperties").is_none());
+        assert_eq!(g["required"], json!(["b", "a"]));
+        assert_eq!(g["propertyOrdering"].as_array().map(Vec::len), Some(2));
+    }
+
+    #[test]
+    fn retry_info_is_read() {
+        let body = br#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"37s"}]}}"#;
+        assert_eq!(retry_info(body), Some(Duration::from_secs(37)));
+    }
+}

@@ -1,0 +1,192 @@
+//! OpenAI chat completions (`POST {base}/chat/completions`), which vLLM, Ollama, llama.cpp
+//! server, TGI and the simulated teacher speak too. Request: `model`, `messages`,
+//! `temperature`, `max_completion_tokens` (OpenAI) or `max_tokens` (compatible servers, which
+//! mostly know only that one), `response_format` (`json_object` or `json_schema` with a strict
+//! schema). Reply: `choices[0].message.content`, `usage.prompt_tokens` /
+//! `usage.completion_tokens`. Errors: `{"error": {"message", "type", "param", "code"}}`.
+
+use futures::future::BoxFuture;
+use llamaduo::api::{Role, TokenUsage};
+use serde_json::{Value, json};
+
+use super::http::{self, str_at, u64_at};
+use super::{ChatProvider, ChatRequest, ChatResponse, ResponseFormat};
+use crate::error::LlmError;
+use crate::secret::Secret;
+
+/// api.openai.com's base URL.
+pub const OPENAI_DEFAULT_BASE: &str = "https://api.openai.com/v1";
+
+/// A client for OpenAI chat completions or a server that speaks it.
+pub struct OpenAiProvider {
+    name: &'static str,
+    url: String,
+    model: String,
+    key: Option<Secret>,
+    /// OpenAI proper: `max_completion_tokens` and strict schemas.
+    official: bool,
+    client: reqwest::Client,
+}
+
+impl std::fmt::Debug for OpenAiProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiProvider")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("model", &self.model)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl OpenAiProvider {
+    /// A client posting to `{base}/chat/completions` (`base` ends with the API version, e.g.
+    /// `https://api.openai.com/v1` or `http://vllm:8000/v1`).
+    pub fn new(
+        name: &'static str,
+        base: &str,
+        model: &str,
+        key: Option<Secret>,
+        official: bool,
+    ) -> Result<Self, LlmError> {
+        let base = base.trim_end_matches('/');
+        url::Url::parse(base)
+            .map_err(|e| LlmError::Config(format!("baseUrl {base:?} is not a URL: {e}")))?;
+        Ok(Self {
+            name,
+            url: format!("{base}/chat/completions"),
+            model: model.to_string(),
+            key,
+            official,
+            client: http::build_client()?,
+        })
+    }
+
+    /// The JSON body of a request.
+    pub fn body(&self, req: &ChatRequest) -> Value {
+        let mut messages = Vec::new();
+        if let Some(system) = req.system_text() {
+            messages.push(json!({"role": "system", "content": system}));
+        }
+        for m in req.messages.iter().filter(|m| m.role != Role::System) {
+            let role = if m.role == Role::Assistant {
+                "assistant"
+            } else {
+                "user"
+            };
+            messages.push(json!({"role": role, "content": m.content}));
+        }
+        let mut body = json!({"model": self.model, "messages": messages});
+        let tokens_field = if self.official {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        body[tokens_field] = json!(req.max_tokens);
+        if let Some(t) = req.temperature {
+            body["temperature"] = json!(t);
+        }
+        match &req.format {
+            ResponseFormat::Text => {}
+            ResponseFormat::JsonObject => body["response_format"] = json!({"type": "json_object"}),
+            ResponseFormat::JsonSchema { name, schema } => {
+                body["response_format"] = json!({
+                    "type": "json_schema",
+                    "json_schema": {"name": name, "strict": true, "schema": schema}
+                });
+            }
+        }
+        body
+    }
+
+    /// Reads a 2xx reply.
+    pub fn parse_reply(name: &'static str, v: &Value) -> Result<ChatResponse, LlmError> {
+        let choice =
+            v.get("choices")
+                .and_then(|c| c.get(0))
+                .ok_or_else(|| LlmError::InvalidResponse {
+                    provider: name,
+                    message: "no choices[0] in the reply".into(),
+                })?;
+        let message = choice.get("message");
+        let text = match message.and_then(|m| m.get("content")) {
+            Some(Value::String(s)) => s.clone(),
+            // Content parts (some compatible servers): join the text parts.
+            Some(Value::Array(parts)) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(""),
+            // null content with a refusal: an empty reply the caller counts as unusable.
+            _ => String::new(),
+        };
+        let usage = v.get("usage").ok_or_else(|| LlmError::InvalidResponse {
+            provider: name,
+            message: "the reply has no usage block, so its tokens cannot be counted".into(),
+        })?;
+        let input = u64_at(usage, &["prompt_tokens"]);
+        let output = u64_at(usage, &["completion_tokens"]);
+        let (Some(input), Some(output)) = (input, output) else {
+            return Err(LlmError::InvalidResponse {
+                provider: name,
+                message: "usage lacks prompt_tokens or completion_tokens".into(),
+            });
+        };
+        Ok(ChatResponse {
+            text,
+            usage: TokenUsage { input, output },
+            finish_reason: str_at(choice, &["finish_reason"]).map(str::to_string),
+        })
+    }
+}
+
+/// `(error.type or error.code, error.message)` of an OpenAI error body.
+fn error_fields(v: &Value) -> (Option<String>, Option<String>) {
+    let err = v.get("error");
+    let kind = err
+        .and_then(|e| {
+            e.get("code")
+                .and_then(Value::as_str)
+                .or_else(|| e.get("type")?.as_str())
+        })
+        .map(str::to_string);
+    let message = err
+        .and_then(|e| e.get("message").and_then(Value::as_str))
+        .or_else(|| err.and_then(Value::as_str))
+        .map(str::to_string);
+    (kind, message)
+}
+
+impl ChatProvider for OpenAiProvider {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn chat<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+        Box::pin(async move {
+            let mut req = self.client.post(&self.url).json(&self.body(request));
+            if let Some(key) = &self.key {
+                req = req.bearer_auth(key.expose());
+            }
+            let (status, headers, body) = http::send(req).await?;
+            if !(200..300).contains(&status) {
+                return Err(http::status_error(
+                    self.name,
+                    status,
+                    &headers,
+                    &body,
+                    self.key.as_ref(),
+                    error_fields,
+                ));
+            }
+            Self::parse_reply(self.name, &http::parse_body(self.name, &body)?)
+        })
+    }
+}

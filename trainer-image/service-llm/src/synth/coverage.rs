@@ -1,0 +1,175 @@
+//! Round 1 freezes the coverage dataset into `coverage/train.jsonl` and `coverage/test.jsonl`:
+//! rows from `coverage.source` (any URL the store resolves: file://, s3://, gs://, az://,
+//! hf://datasets/...), validated, given stable ids, and split deterministically by
+//! `synthesis.seed` (each row's place is a hash of seed and id, so the split does not depend
+//! on a random number generator's version) unless `coverage.testSource` names the test set.
+//! Later rounds, and reruns, read the frozen files.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use llamaduo::api::{ArtifactLayout, CoverageSpec, DatasetRow, RowSource};
+use llamaduo_store::{Store, TailPolicy, parse_jsonl, read_jsonl, resolve_to_local, write_jsonl};
+use sha2::{Digest, Sha256};
+
+use super::SynthError;
+
+/// The frozen coverage split.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Coverage {
+    /// Seeds for synthesis (and training data).
+    pub train: Vec<DatasetRow>,
+    /// The frozen test set.
+    pub test: Vec<DatasetRow>,
+}
+
+/// Reads the frozen split, creating it from the coverage source first if it is not there.
+pub async fn materialize(
+    store: &Store,
+    spec: &CoverageSpec,
+    seed: u64,
+    cache_dir: &Path,
+) -> Result<Coverage, SynthError> {
+    let (train_key, test_key) = (
+        ArtifactLayout::COVERAGE_TRAIN,
+        ArtifactLayout::COVERAGE_TEST,
+    );
+    if store.exists(train_key).await? && store.exists(test_key).await? {
+        return Ok(Coverage {
+            train: read_jsonl(store, train_key).await?,
+            test: read_jsonl(store, test_key).await?,
+        });
+    }
+    let source = load_rows(&spec.source, "coverage.source", "c", cache_dir).await?;
+    let coverage = match &spec.test_source {
+        Some(test_url) => Coverage {
+            train: source,
+            test: load_rows(test_url, "coverage.testSource", "t", cache_dir).await?,
+        },
+        None => split(source, spec.test_fraction, seed)?,
+    };
+    let mut ids = HashSet::new();
+    for row in coverage.train.iter().chain(&coverage.test) {
+        let id = row.id.as_deref().unwrap_or_default();
+        if !ids.insert(id.to_string()) {
+            return Err(SynthError::Coverage(format!(
+                "row id {id:?} appears twice in the coverage data: ids must be unique"
+            )));
+        }
+    }
+    // Test first: train's presence is what a later run checks last.
+    write_jsonl(store, test_key, &coverage.test).await?;
+    write_jsonl(store, train_key, &coverage.train).await?;
+    tracing::info!(
+        train = coverage.train.len(),
+        test = coverage.test.len(),
+        "coverage split frozen"
+    );
+    Ok(coverage)
+}
+
+/// Reads and validates rows from a source URL; rows without an id get `{prefix}{line}`.
+async fn load_rows(
+    url: &str,
+    field: &str,
+    id_prefix: &str,
+    cache_dir: &Path,
+) -> Result<Vec<DatasetRow>, SynthError> {
+    if url.starts_with("configmap://") {
+        return Err(SynthError::Coverage(format!(
+            "{field} {url}: configmap:// sources are mounted into the stage as files by the operator; the stage was given the unresolved URL"
+        )));
+    }
+    let path = resolve_to_local(url, cache_dir).await?;
+    let bytes = tokio::fs::read(&path).await.map_err(|e| {
+        SynthError::Coverage(format!(
+            "{field} {url}: cannot read {}: {e}",
+            path.display()
+        ))
+    })?;
+    let rows = parse_jsonl::<DatasetRow>(&bytes, url, TailPolicy::Strict)?.rows;
+    if rows.is_empty() {
+        return Err(SynthError::Coverage(format!("{field} {url} holds no rows")));
+    }
+    rows.into_iter()
+        .enumerate()
+        .map(|(i, mut row)| {
+            row.validate()
+                .map_err(|e| SynthError::Coverage(format!("{field} {url} row {}: {e}", i + 1)))?;
+            if row.id.as_deref().is_none_or(str::is_empty) {
+                row.id = Some(format!("{id_prefix}{:06}", i + 1));
+            }
+            row.source = Some(RowSource::Coverage);
+            Ok(row)
+        })
+        .collect()
+}
+
+/// Holds out `fraction` of the rows (at least one, leaving at least one) as the test set,
+/// choosing by a hash of seed and id; both sides keep the source order.
+pub fn split(rows: Vec<DatasetRow>, fraction: f64, seed: u64) -> Result<Coverage, SynthError> {
+    if rows.len() < 2 {
+        return Err(SynthError::Coverage(format!(
+            "coverage.source has {} row(s): at least 2 are needed to hold out a test set (or set coverage.testSource)",
+            rows.len()
+        )));
+    }
+    if !(fraction > 0.0 && fraction < 1.0) {
+        return Err(SynthError::Coverage(format!(
+            "coverage.testFraction {fraction} must be greater than 0 and less than 1"
+        )));
+    }
+    let n_test = ((rows.len() as f64 * fraction).round() as usize).clamp(1, rows.len() - 1);
+    let mut order: Vec<(u64, usize)> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (rank(seed, r.id.as_deref().unwrap_or_default()), i))
+        .collect();
+    order.sort_unstable();
+    let test_idx: HashSet<usize> = order.iter().take(n_test).map(|&(_, i)| i).collect();
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for (i, row) in rows.into_iter().enumerate() {
+        if test_idx.contains(&i) {
+            test.push(row);
+        } else {
+            train.push(row);
+        }
+    }
+    Ok(Coverage { train, test })
+}
+
+fn rank(seed: u64, id: &str) -> u64 {
+    let mut h = Sha256::new();
+    h.update(seed.to_le_bytes());
+    h.update(id.as_bytes());
+    let d = h.finalize();
+    u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(n: usize) -> Vec<DatasetRow> {
+        (0..n)
+            .map(|i| {
+                let mut r = DatasetRow::single_turn(format!("q{i}"), format!("a{i}"));
+                r.id = Some(format!("c{i:06}"));
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn split_is_deterministic_and_sized() {
+        let a = split(rows(100), 0.1, 42).expect("splits");
+        let b = split(rows(100), 0.1, 42).expect("splits");
+        assert_eq!(a, b);
+        assert_eq!((a.train.len(), a.test.len()), (90, 10));
+        let c = split(rows(100), 0.1, 7).expect("splits");
+        assert_ne!(a.test, c.test, "another seed holds out other rows");
+        let tiny = split(rows(2), 0.01, 1).expect("splits");
+        assert_eq!((tiny.train.len(), tiny.test.len()), (1, 1));
+        assert!(split(rows(1), 0.5, 1).is_err());
+    }
+}
