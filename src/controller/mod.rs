@@ -48,7 +48,7 @@ pub struct OperatorArgs {
         default_value = "ghcr.io/llamaduo/llamaduo-trainer:latest"
     )]
     pub trainer_image: String,
-    /// Watch only this namespace. Unset: all namespaces.
+    /// Watch only this namespace. Unset or empty: all namespaces.
     #[arg(long, env = "LLAMADUO_WATCH_NAMESPACE")]
     pub namespace: Option<String>,
     /// Address of /metrics, /healthz and /readyz.
@@ -75,9 +75,26 @@ pub struct OperatorArgs {
     /// Migrations reconciled at once.
     #[arg(long, env = "LLAMADUO_CONCURRENCY", default_value_t = 8)]
     pub concurrency: u16,
-    /// Log filter (tracing EnvFilter syntax, e.g. "info,llamaduo=debug").
-    #[arg(long, env = "RUST_LOG", default_value = "info,kube=warn")]
-    pub log_filter: String,
+    /// Log filter (tracing EnvFilter syntax, e.g. "info,llamaduo=debug"). Unset: RUST_LOG,
+    /// else "info,kube=warn".
+    #[arg(long, env = "LLAMADUO_LOG")]
+    pub log_filter: Option<String>,
+}
+
+impl OperatorArgs {
+    /// The namespace to watch; `None` (also for an empty value) watches all namespaces.
+    pub fn watch_namespace(&self) -> Option<&str> {
+        self.namespace.as_deref().filter(|n| !n.is_empty())
+    }
+
+    /// The log filter: `--log-filter` / LLAMADUO_LOG, else RUST_LOG, else "info,kube=warn".
+    pub fn log_filter(&self) -> String {
+        self.log_filter
+            .clone()
+            .filter(|f| !f.is_empty())
+            .or_else(|| std::env::var("RUST_LOG").ok().filter(|f| !f.is_empty()))
+            .unwrap_or_else(|| "info,kube=warn".into())
+    }
 }
 
 /// Settings the reconciler reads.
@@ -156,7 +173,7 @@ pub fn init_logging(filter: &str) -> anyhow::Result<()> {
 
 /// Run the operator until it is stopped (SIGTERM / Ctrl-C) or loses its leader lease.
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
-    init_logging(&args.log_filter)?;
+    init_logging(&args.log_filter())?;
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
@@ -206,7 +223,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         metrics,
         Some(identity),
     ));
-    let (migrations, jobs) = match &args.namespace {
+    let (migrations, jobs) = match args.watch_namespace() {
         Some(ns) => (
             Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ctx.api_resource),
             Api::<Job>::namespaced(client.clone(), ns),
@@ -240,7 +257,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             let _ = rx.await;
         });
     }
-    tracing::info!(namespace = ?args.namespace, image = %args.trainer_image, "operator started");
+    tracing::info!(namespace = ?args.watch_namespace(), image = %args.trainer_image, "operator started");
     controller
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {

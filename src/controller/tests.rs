@@ -612,3 +612,214 @@ async fn a_job_we_do_not_own_blocks_the_run() {
         "JobNameConflict"
     );
 }
+
+mod pure {
+    use clap::Parser;
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::Pod;
+    use serde_json::{Value, json};
+
+    use super::super::job::{JobInputs, build_job, label_value, prerequisites};
+    use super::super::{OperatorArgs, Prerequisite, observation_from};
+    use super::{finished_job, pods_with_message, spec};
+    use crate::api::{LlamaDuoMigrationSpec, Stage, StageRun};
+    use crate::plan::{MigrationId, Observation, stage_config, stage_run_name};
+
+    fn typed(v: Value) -> LlamaDuoMigrationSpec {
+        serde_json::from_value(v).expect("spec")
+    }
+
+    fn job_for(spec: &LlamaDuoMigrationSpec, migration: &str, stage: Stage) -> Value {
+        let run = StageRun {
+            round: 2,
+            stage,
+            attempt: 3,
+            name: stage_run_name(migration, 2, stage, 3),
+            generation: Some(4),
+        };
+        let config = stage_config(&MigrationId::new("team-a", migration), spec, &run, Some(99))
+            .expect("config");
+        let job = build_job(&JobInputs {
+            migration,
+            namespace: "team-a",
+            uid: "uid-1",
+            spec,
+            run: &run,
+            config: &config,
+            default_image: "img:1",
+        })
+        .expect("job");
+        serde_json::to_value(job).expect("json")
+    }
+
+    #[test]
+    fn train_pods_get_the_training_scheduling_and_no_keys() {
+        let mut v = spec();
+        v["training"] = json!({
+            "resources": {"limits": {"nvidia.com/gpu": "1"}},
+            "nodeSelector": {"gpu": "h100"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "priorityClassName": "training"
+        });
+        v["image"] = json!("custom:2");
+        let s = typed(v);
+        let job = job_for(&s, "tickets", Stage::Train);
+        let pod = &job["spec"]["template"]["spec"];
+        assert_eq!(pod["nodeSelector"], json!({"gpu": "h100"}));
+        assert_eq!(pod["priorityClassName"], "training");
+        assert_eq!(pod["tolerations"][0]["key"], "nvidia.com/gpu");
+        let c = &pod["containers"][0];
+        assert_eq!(c["image"], "custom:2");
+        assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], "1");
+        assert_eq!(c["command"], json!(["llamaduo-trainer", "train"]));
+        let env = c["env"].to_string();
+        assert!(!env.contains("API_KEY"), "train gets no API key: {env}");
+        assert_eq!(job["metadata"]["name"], "tickets-r2-train-a3");
+        assert_eq!(job["metadata"]["labels"]["llamaduo.dev/attempt"], "3");
+        // Other stages are not scheduled like training.
+        let synth = job_for(&s, "tickets", Stage::Synthesize);
+        assert!(
+            synth["spec"]["template"]["spec"]
+                .get("nodeSelector")
+                .is_none()
+        );
+        assert!(
+            synth["spec"]["template"]["spec"]["containers"][0]
+                .get("resources")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn evaluate_pods_get_the_judge_key_and_object_store_credentials() {
+        let mut v = spec();
+        v["judge"] = json!({"provider": "anthropic", "model": "claude",
+                            "apiKeySecretRef": {"name": "anthropic", "key": "key"}});
+        v["evaluation"] = json!({"baseline": true});
+        v["storage"] = json!({"url": "s3://bucket/llamaduo",
+                              "credentialsSecretRef": {"name": "s3-creds"}});
+        let s = typed(v);
+        let job = job_for(&s, "tickets", Stage::Evaluate);
+        let c = &job["spec"]["template"]["spec"]["containers"][0];
+        let env = c["env"].as_array().expect("env");
+        let key = |name: &str| {
+            env.iter()
+                .find(|e| e["name"] == name)
+                .map(|e| e["valueFrom"]["secretKeyRef"]["name"].clone())
+        };
+        assert_eq!(key("LLAMADUO_JUDGE_API_KEY"), Some(json!("anthropic")));
+        assert_eq!(key("LLAMADUO_TEACHER_API_KEY"), Some(json!("openai")));
+        assert_eq!(
+            c["envFrom"],
+            json!([{"secretRef": {"name": "s3-creds", "optional": false}}])
+        );
+        let volumes = job["spec"]["template"]["spec"]["volumes"].to_string();
+        assert!(!volumes.contains("persistentVolumeClaim"), "{volumes}");
+        assert_eq!(
+            prerequisites(&s, Stage::Evaluate),
+            vec![
+                Prerequisite::SecretKey {
+                    name: "anthropic".into(),
+                    key: "key".into(),
+                    field: "spec.judge.apiKeySecretRef"
+                },
+                Prerequisite::SecretKey {
+                    name: "openai".into(),
+                    key: "api-key".into(),
+                    field: "spec.teacher.apiKeySecretRef"
+                },
+                Prerequisite::Secret {
+                    name: "s3-creds".into(),
+                    field: "spec.storage.credentialsSecretRef"
+                },
+            ]
+        );
+        assert_eq!(
+            prerequisites(&s, Stage::Train),
+            vec![Prerequisite::Secret {
+                name: "s3-creds".into(),
+                field: "spec.storage.credentialsSecretRef"
+            }]
+        );
+    }
+
+    #[test]
+    fn long_migration_names_give_valid_job_names_and_labels() {
+        let name = format!("{}.example", "very-long-migration-name-".repeat(9));
+        let s = typed(spec());
+        let job = job_for(&s, &name, Stage::Evaluate);
+        let job_name = job["metadata"]["name"].as_str().expect("name");
+        assert!(job_name.len() <= 63, "{job_name}");
+        assert!(job_name.ends_with("-r2-evaluate-a3"), "{job_name}");
+        for (k, v) in job["metadata"]["labels"].as_object().expect("labels") {
+            let v = v.as_str().expect("label value");
+            assert!(v.len() <= 63 && !v.contains('.'), "{k}={v}");
+        }
+        assert_eq!(job["metadata"]["ownerReferences"][0]["name"], name.as_str());
+        assert_eq!(label_value("tickets"), "tickets");
+    }
+
+    #[test]
+    fn job_outcomes_map_to_observations() {
+        let job = |c: &str| -> Job { serde_json::from_value(finished_job(c)).expect("job") };
+        let pods = |code, msg: &str| -> Vec<Pod> {
+            serde_json::from_value(pods_with_message(code, msg)["items"].clone()).expect("pods")
+        };
+        let mut running: Job = job("Complete");
+        running.status = None;
+        assert_eq!(observation_from(&running, &[]), Observation::Running);
+        let ok = crate::api::StageResult::failure(Stage::Synthesize, 1, "x");
+        let msg = ok.to_termination_message();
+        assert_eq!(
+            observation_from(&job("Complete"), &pods(0, &msg)),
+            Observation::Succeeded(ok.clone())
+        );
+        assert!(matches!(
+            observation_from(&job("Complete"), &pods(0, "plain log line")),
+            Observation::Failed { result: None, .. }
+        ));
+        assert_eq!(
+            observation_from(&job("Failed"), &pods(2, &msg)),
+            Observation::Failed {
+                reason: "container exited with code 2".into(),
+                result: Some(ok)
+            }
+        );
+        match observation_from(&job("Failed"), &[]) {
+            Observation::Failed {
+                reason,
+                result: None,
+            } => {
+                assert!(reason.starts_with("Job failed"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: OperatorArgs,
+    }
+
+    #[test]
+    fn operator_args_parse_with_defaults() {
+        let cli = Cli::try_parse_from([
+            "llamaduo",
+            "--trainer-image",
+            "t:1",
+            "--namespace",
+            "",
+            "--leader-election",
+            "--log-filter",
+            "debug",
+        ])
+        .expect("parses");
+        assert_eq!(cli.args.trainer_image, "t:1");
+        assert_eq!(cli.args.watch_namespace(), None);
+        assert!(cli.args.leader_election);
+        assert_eq!(cli.args.lease_name, "llamaduo-operator");
+        assert_eq!(cli.args.metrics_addr.port(), 8080);
+        assert_eq!(cli.args.log_filter(), "debug");
+    }
+}
