@@ -141,7 +141,8 @@ pub(crate) fn is_commit(rev: &str) -> bool {
 pub struct HfConfig {
     /// `HF_ENDPOINT`, default `https://huggingface.co`, no trailing `/`.
     pub endpoint: String,
-    /// `HF_TOKEN` (or `HUGGING_FACE_HUB_TOKEN`); never printed.
+    /// `HF_TOKEN`, else `HUGGING_FACE_HUB_TOKEN`, else the token file of `hf auth login`
+    /// (`HF_TOKEN_PATH` or `HF_HOME/token`); never printed.
     pub token: Option<String>,
     /// The hub cache: `HF_HUB_CACHE`, else `HF_HOME/hub`, else
     /// `XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`.
@@ -188,8 +189,8 @@ impl fmt::Debug for HfConfig {
 }
 
 impl HfConfig {
-    /// Reads `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_CACHE`, `HF_HOME`, `XDG_CACHE_HOME`, `HOME` and
-    /// `HF_HUB_OFFLINE` from the process environment.
+    /// Reads `HF_ENDPOINT`, `HF_TOKEN`, `HF_TOKEN_PATH`, `HF_HUB_CACHE`, `HF_HOME`,
+    /// `XDG_CACHE_HOME`, `HOME` and `HF_HUB_OFFLINE` from the process environment.
     pub fn from_env() -> HfConfig {
         Self::from_lookup(|k| std::env::var(k).ok())
     }
@@ -202,19 +203,30 @@ impl HfConfig {
             .unwrap_or_else(|| "https://huggingface.co".to_string())
             .trim_end_matches('/')
             .to_string();
-        let token = set("HF_TOKEN").or_else(|| set("HUGGING_FACE_HUB_TOKEN"));
-        let hub_cache = if let Some(c) = set("HF_HUB_CACHE") {
-            PathBuf::from(c)
-        } else if let Some(home) = set("HF_HOME") {
-            Path::new(&home).join("hub")
-        } else if let Some(xdg) = set("XDG_CACHE_HOME") {
-            Path::new(&xdg).join("huggingface").join("hub")
-        } else {
-            Path::new(&set("HOME").unwrap_or_else(|| "/root".into()))
-                .join(".cache")
-                .join("huggingface")
-                .join("hub")
-        };
+        // huggingface_hub's HF_HOME: where `hf auth login` leaves its token file.
+        let hf_home =
+            set("HF_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| match set("XDG_CACHE_HOME") {
+                    Some(xdg) => Path::new(&xdg).join("huggingface"),
+                    None => Path::new(&set("HOME").unwrap_or_else(|| "/root".into()))
+                        .join(".cache")
+                        .join("huggingface"),
+                });
+        let token_file = set("HF_TOKEN_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| hf_home.join("token"));
+        let token = set("HF_TOKEN")
+            .or_else(|| set("HUGGING_FACE_HUB_TOKEN"))
+            .or_else(|| {
+                std::fs::read_to_string(token_file)
+                    .ok()
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+            });
+        let hub_cache = set("HF_HUB_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| hf_home.join("hub"));
         let offline = set("HF_HUB_OFFLINE").is_some_and(|v| {
             matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
         });
@@ -379,6 +391,13 @@ mod tests {
         assert_eq!(cfg.hub_cache, PathBuf::from("/data/hf/hub"));
         assert!(cfg.offline);
         assert!(!format!("{cfg:?}").contains("hf_secret"));
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "hf_from_login\n").unwrap();
+        let home = dir.path().display().to_string();
+        let cfg = HfConfig::from_lookup(|k| (k == "HF_HOME").then(|| home.clone()));
+        assert_eq!(cfg.token.as_deref(), Some("hf_from_login"));
+        assert_eq!(cfg.hub_cache, dir.path().join("hub"));
 
         let cfg = HfConfig::from_lookup(|k| (k == "HOME").then(|| "/home/u".to_string()));
         assert_eq!(cfg.endpoint, "https://huggingface.co");

@@ -20,6 +20,8 @@ fn config(hub: &Path, endpoint: &str, token: Option<&str>, offline: bool) -> HfC
     let mut vars: HashMap<&str, String> = HashMap::new();
     vars.insert("HF_HUB_CACHE", hub.display().to_string());
     vars.insert("HF_ENDPOINT", endpoint.to_string());
+    // Hermetic: no token file from this machine's `hf auth login`.
+    vars.insert("HF_TOKEN_PATH", hub.join("no-token").display().to_string());
     if let Some(t) = token {
         vars.insert("HF_TOKEN", t.to_string());
     }
