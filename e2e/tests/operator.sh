@@ -16,7 +16,8 @@
 #   - deleting a migration garbage-collects its Jobs and their pods;
 #   - the operator's log has no "forbidden" (every call it made was allowed by the chart).
 # Environment: E2E_LLAMADUO, E2E_TRAINER (binaries; default target/debug), E2E_REAL_STAGES
-# (stages run by the real trainer: default auto-detected), E2E_STAGE_TIMEOUT (s, default 900).
+# (stages run by the real trainer: default auto-detected), E2E_STAGE_TIMEOUT (s, default 900),
+# E2E_CHART (the chart whose RBAC and Deployment are used; default charts/llamaduo).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/lib.sh"
@@ -26,6 +27,7 @@ node="${E2E_NODE_NAME:-kwok-node-0}"
 llamaduo="${E2E_LLAMADUO:-$repo/target/debug/llamaduo}"
 trainer="${E2E_TRAINER:-$repo/target/debug/llamaduo-trainer}"
 timeout="${E2E_STAGE_TIMEOUT:-900}"
+chart="${E2E_CHART:-$repo/charts/llamaduo}"
 work="$E2E_CLUSTER_DIR/operator-test"
 opns="llamaduo-system"
 ns="op-$(date +%s)"
@@ -77,6 +79,10 @@ wait_migration() {
     if [[ "$cond" != *Failed* ]] && [[ $(jq -r '.status.phase // ""' <<<"$m") == Failed ]]; then
       fail "$name failed while waiting for $what: $(jq -c '.status | {message, rounds}' <<<"$m")"
     fi
+    # A permission the chart lacks shows as a 403 in the operator's log: fail on it at once.
+    if grep -m1 -iE 'forbidden' "$work/operator.log" >"$work/forbidden.txt" 2>/dev/null; then
+      fail "the operator was refused by RBAC while waiting for $what: $(cut -c1-600 "$work/forbidden.txt")"
+    fi
     ((SECONDS < deadline)) || fail "timed out after ${timeout}s waiting for $what: $(jq -c .status <<<"$m")"
     sleep 0.5
   done
@@ -126,7 +132,7 @@ kubectl wait --for=condition=Established crd/llamaduomigrations.llamaduo.dev --t
 check "operator RBAC from the chart; a ServiceAccount token kubeconfig"
 kubectl create namespace "$opns" >/dev/null
 version=$(kubectl version -o json | jq -r .serverVersion.gitVersion)
-helm template llamaduo "$repo/charts/llamaduo" --namespace "$opns" --kube-version "$version" \
+helm template llamaduo "$chart" --namespace "$opns" --kube-version "$version" \
   >"$work/chart.yaml" || fail "helm template failed"
 python3 "$here/chart-operator.py" rbac <"$work/chart.yaml" >"$work/rbac.yaml"
 kubectl apply -n "$opns" -f "$work/rbac.yaml" >/dev/null || fail "could not apply the chart's RBAC"
