@@ -29,6 +29,8 @@ enum Command {
         #[arg(long)]
         local: bool,
     },
+    /// Run the controller: watch LlamaDuoMigrations and drive their rounds as Jobs.
+    Operator(llamaduo::controller::OperatorArgs),
     /// Run a migration on this machine: stage processes of llamaduo-trainer, status in
     /// DIR/status.yaml; running it again resumes.
     Run(llamaduo::run::RunArgs),
@@ -46,6 +48,10 @@ fn main() -> ExitCode {
                 Target::Cluster
             },
         ),
+        Command::Operator(args) => tokio::runtime::Runtime::new()
+            .context("starting the async runtime")
+            .and_then(|rt| rt.block_on(llamaduo::controller::run(args)))
+            .map(|()| ExitCode::SUCCESS),
         Command::Run(args) => tokio::runtime::Runtime::new()
             .context("starting the async runtime")
             .and_then(|rt| rt.block_on(llamaduo::run::run(args))),
