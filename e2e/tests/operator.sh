@@ -213,6 +213,7 @@ start_operator() { # start_operator: a new "pod" of the operator Deployment
   env -i PATH="$PATH" HOME="$work" KUBECONFIG="$work/operator.kubeconfig" "${env[@]}" \
     "$llamaduo" "${op_args[@]}" >>"$work/operator.log" 2>&1 &
   child[operator]=$!
+  op_port=$port
   eventually 60 "operator $pod /readyz" curl -fsS -o /dev/null "http://127.0.0.1:$port/readyz"
   printf '[test]      operator %s (pid %s) ready on 127.0.0.1:%s\n' "$pod" "${child[operator]}" "$port" >&2
 }
@@ -313,6 +314,17 @@ for want in "Normal StageStarted 6" "Normal StageSucceeded 6" "Normal TargetReac
 done
 ! grep -q '^Warning ' <<<"$ev" || fail "unexpected Warning Events: $(grep '^Warning ' <<<"$ev")"
 [[ -f "$work/pv/$ns/sort/round-2/evaluate.result.json" ]] || fail "round-2/evaluate.result.json not in the artifact store"
+# /metrics of the operator that finished the migration: its round, best score and tokens.
+metrics=$(curl -fsS "http://127.0.0.1:$op_port/metrics") || fail "no /metrics on 127.0.0.1:$op_port"
+best=$(jq -r .status.best.meanScore <<<"$m"); tokens=$(jq -r '.status.serviceTokens | .input + .output' <<<"$m")
+for want in "llamaduo_migration_round 2" "llamaduo_migration_best_score $best" "llamaduo_migration_service_tokens $tokens"; do
+  read -r metric value <<<"$want"
+  got=$(awk -v m="$metric" -v ns="namespace=\"$ns\"" 'index($1, m "{") == 1 && index($1, ns) && index($1, "name=\"sort\"") {print $2}' <<<"$metrics")
+  if [[ -z "$got" ]] || ! awk -v a="$got" -v b="$value" 'BEGIN {exit !(a + 0 == b + 0)}'; then
+    fail "$metric for $ns/sort is '$got', expected $value:"$'\n'"$(grep '^llamaduo_' <<<"$metrics")"
+  fi
+done
+grep -Eq '^llamaduo_reconciliations_total [1-9]' <<<"$metrics" || fail "llamaduo_reconciliations_total not counting"
 
 check "a failing stage is retried, then reported: Failed"
 closed_port=$(free_port) # nothing listens there: the real synthesize cannot reach its teacher
