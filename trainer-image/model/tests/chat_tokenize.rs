@@ -56,7 +56,11 @@ fn bpe_round_trips_exactly_after_save_and_reload() {
     let trained = train_bpe(&corpus(), 500, &CHATML_SPECIALS).expect("trains");
     let tok = chatml_tokenizer(tmp.path(), CHATML_TEMPLATE);
     // At most the requested size; fewer when the data runs out of pairs seen twice.
-    assert!((300..=500).contains(&tok.vocab_size()), "{}", tok.vocab_size());
+    assert!(
+        (300..=500).contains(&tok.vocab_size()),
+        "{}",
+        tok.vocab_size()
+    );
     assert_eq!(tok.eos_ids(), &[2]);
     assert_eq!(tok.pad_id(), 0);
     assert_eq!(tok.bos_id(), None);

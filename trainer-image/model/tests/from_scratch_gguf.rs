@@ -88,7 +88,10 @@ fn every_family_builds_and_loads_through_the_hf_path() {
             .filter(|(_, m)| **m)
             .map(|(i, _)| *i)
             .collect();
-        assert_eq!(tok.decode(&answer, false).expect("decodes"), "hardware<|im_end|>");
+        assert_eq!(
+            tok.decode(&answer, false).expect("decodes"),
+            "hardware<|im_end|>"
+        );
         let l = logits(&model, &t.input_ids);
         assert_eq!(l.len(), t.input_ids.len() * cfg.vocab_size, "{arch:?}");
         assert!(l.iter().all(|x| x.is_finite()));
@@ -100,13 +103,26 @@ fn builds_are_reproducible_in_the_seed() {
     let texts = tokenizer_corpus(&rows());
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tmp")).collect();
     for (d, seed) in dirs.iter().zip([7, 7, 8]) {
-        build_from_scratch(&spec(Architecture::Llama), &texts, seed, 256, d.path()).expect("builds");
+        build_from_scratch(&spec(Architecture::Llama), &texts, seed, 256, d.path())
+            .expect("builds");
     }
     let read = |d: &tempfile::TempDir, f: &str| std::fs::read(d.path().join(f)).expect("reads");
-    for f in ["model.safetensors", "tokenizer.json", "config.json", "tokenizer_config.json"] {
-        assert_eq!(read(&dirs[0], f), read(&dirs[1], f), "{f} differs for one seed");
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "config.json",
+        "tokenizer_config.json",
+    ] {
+        assert_eq!(
+            read(&dirs[0], f),
+            read(&dirs[1], f),
+            "{f} differs for one seed"
+        );
     }
-    assert_ne!(read(&dirs[0], "model.safetensors"), read(&dirs[2], "model.safetensors"));
+    assert_ne!(
+        read(&dirs[0], "model.safetensors"),
+        read(&dirs[2], "model.safetensors")
+    );
     let empty: Vec<String> = vec![];
     let err = build_from_scratch(&spec(Architecture::Llama), &empty, 1, 256, dirs[2].path())
         .expect_err("no data");
@@ -182,7 +198,10 @@ fn write_gguf(dir: &Path, arch: &str, out: &Path) {
         (k("attention.head_count"), u(cfg.num_attention_heads)),
         (k("attention.head_count_kv"), u(cfg.num_kv_heads())),
         (k("rope.freq_base"), Value::F32(cfg.rope_theta as f32)),
-        (k("attention.layer_norm_rms_epsilon"), Value::F32(cfg.rms_norm_eps as f32)),
+        (
+            k("attention.layer_norm_rms_epsilon"),
+            Value::F32(cfg.rms_norm_eps as f32),
+        ),
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
         ("tokenizer.ggml.pre".into(), Value::String("gpt-2".into())),
         (
@@ -210,7 +229,10 @@ fn write_gguf(dir: &Path, arch: &str, out: &Path) {
         if arch == "gemma" && name.ends_with("norm.weight") {
             t = (t + 1.0).expect("gemma norm");
         }
-        q.push((gguf_name(name), QTensor::quantize(&t, GgmlDType::F32).expect("quantize")));
+        q.push((
+            gguf_name(name),
+            QTensor::quantize(&t, GgmlDType::F32).expect("quantize"),
+        ));
     }
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let q_refs: Vec<(&str, &QTensor)> = q.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -237,7 +259,8 @@ fn gguf_conversion_restores_the_hf_checkpoint() {
                 *t = t.rand_like(0.5, 1.5).expect("rand");
             }
         }
-        candle_core::safetensors::save(&weights, src.path().join("model.safetensors")).expect("save");
+        candle_core::safetensors::save(&weights, src.path().join("model.safetensors"))
+            .expect("save");
         let gguf = src.path().join("model.gguf");
         write_gguf(src.path(), gguf_arch, &gguf);
         let out = tempfile::tempdir().expect("tmp");
@@ -246,11 +269,14 @@ fn gguf_conversion_restores_the_hf_checkpoint() {
             conv.parameters,
             weights.values().map(Tensor::elem_count).sum::<usize>()
         );
-        let back = candle_core::safetensors::load(out.path().join("model.safetensors"), &Device::Cpu)
-            .expect("converted weights");
+        let back =
+            candle_core::safetensors::load(out.path().join("model.safetensors"), &Device::Cpu)
+                .expect("converted weights");
         assert_eq!(back.len(), weights.len(), "{arch:?}");
         for (name, t) in &weights {
-            let b = back.get(name).unwrap_or_else(|| panic!("{arch:?}: {name} missing"));
+            let b = back
+                .get(name)
+                .unwrap_or_else(|| panic!("{arch:?}: {name} missing"));
             let diff = (t - b)
                 .and_then(|d| d.abs())
                 .and_then(|d| d.max_all())
@@ -262,8 +288,12 @@ fn gguf_conversion_restores_the_hf_checkpoint() {
         let (m_src, _) = load(src.path());
         let (m_out, cfg_out) = load(out.path());
         assert_eq!(cfg_out.architecture().expect("arch"), arch);
-        let tok_src = HubDir::open(src.path()).and_then(|h| h.tokenizer()).expect("tok");
-        let tok_out = HubDir::open(out.path()).and_then(|h| h.tokenizer()).expect("tok");
+        let tok_src = HubDir::open(src.path())
+            .and_then(|h| h.tokenizer())
+            .expect("tok");
+        let tok_out = HubDir::open(out.path())
+            .and_then(|h| h.tokenizer())
+            .expect("tok");
         let text = "Classify ticket 99: printer 3 is offline. ✓";
         let ids = tok_src.encode(text).expect("encodes");
         assert_eq!(ids, tok_out.encode(text).expect("encodes"), "{arch:?}");
@@ -272,7 +302,10 @@ fn gguf_conversion_restores_the_hf_checkpoint() {
         let tmpl = ChatTemplate::for_tokenizer(&tok_out, None).expect("template");
         assert!(tmpl.source().contains("<|im_start|>"));
         let file = GgufFile::open(&gguf).expect("opens");
-        assert_eq!(file.hf_config().expect("config")["tie_word_embeddings"], arch == Architecture::Gemma);
+        assert_eq!(
+            file.hf_config().expect("config")["tie_word_embeddings"],
+            arch == Architecture::Gemma
+        );
     }
 }
 

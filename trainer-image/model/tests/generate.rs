@@ -30,7 +30,13 @@ fn fixture() -> Fixture {
     )
     .expect("spec");
     let texts: Vec<String> = (0..200)
-        .map(|i| format!("Question {i}: how many apples are in basket {}? Answer: {}.", i % 9, i % 4))
+        .map(|i| {
+            format!(
+                "Question {i}: how many apples are in basket {}? Answer: {}.",
+                i % 9,
+                i % 4
+            )
+        })
         .collect();
     build_from_scratch(&spec, &texts, 11, 512, dir.path()).expect("builds");
     let hub = HubDir::open(dir.path()).expect("opens");
@@ -39,12 +45,21 @@ fn fixture() -> Fixture {
     let scaled: HashMap<String, Tensor> = raw
         .into_iter()
         .map(|(n, t)| {
-            let t = if t.rank() == 2 { (t * 40.0).expect("scale") } else { t };
+            let t = if t.rank() == 2 {
+                (t * 40.0).expect("scale")
+            } else {
+                t
+            };
             (n, t)
         })
         .collect();
-    let model = CausalLm::from_tensors(&cfg, scaled, &Device::Cpu, &LoadOptions::inference(DType::F32))
-        .expect("model");
+    let model = CausalLm::from_tensors(
+        &cfg,
+        scaled,
+        &Device::Cpu,
+        &LoadOptions::inference(DType::F32),
+    )
+    .expect("model");
     let tok = hub.tokenizer().expect("tokenizer");
     let prompts = [
         "Question 3: how many apples?",
@@ -86,7 +101,11 @@ fn kv_cache_equals_full_recomputation_and_batching_is_invisible() {
         .with_batch_size(1)
         .generate(&f.prompts, &params, 2)
         .expect("one by one");
-    assert_eq!(ids(&cached), ids(&single), "left-padded batching changes greedy tokens");
+    assert_eq!(
+        ids(&cached),
+        ids(&single),
+        "left-padded batching changes greedy tokens"
+    );
     // Greedy answers of one prompt are identical copies with their own index.
     assert_eq!(cached[0][0].token_ids, cached[0][1].token_ids);
     assert_eq!(cached[0][1].answer_index, 1);
@@ -119,9 +138,14 @@ fn sampling_is_seeded_per_answer() {
         .with_batch_size(2)
         .generate(&f.prompts, &params, 3)
         .expect("b");
-    assert_eq!(ids(&a), ids(&b), "same seed, different batching: same samples");
+    assert_eq!(
+        ids(&a),
+        ids(&b),
+        "same seed, different batching: same samples"
+    );
     assert!(
-        a.iter().any(|answers| answers[0].token_ids != answers[1].token_ids),
+        a.iter()
+            .any(|answers| answers[0].token_ids != answers[1].token_ids),
         "answers of one prompt should differ when sampling"
     );
     let c = Generator::new(&f.model, &f.tok)
@@ -156,7 +180,16 @@ fn stop_strings_cut_the_text() {
 fn bad_requests_are_errors() {
     let f = fixture();
     let g = Generator::new(&f.model, &f.tok);
-    assert!(g.generate(&[vec![]], &SamplingParams::greedy(4), 1).is_err());
-    assert!(g.generate(&f.prompts, &SamplingParams::greedy(4), 0).is_err());
-    assert!(g.generate(&f.prompts, &SamplingParams::greedy(0), 1).is_err());
+    assert!(
+        g.generate(&[vec![]], &SamplingParams::greedy(4), 1)
+            .is_err()
+    );
+    assert!(
+        g.generate(&f.prompts, &SamplingParams::greedy(4), 0)
+            .is_err()
+    );
+    assert!(
+        g.generate(&f.prompts, &SamplingParams::greedy(0), 1)
+            .is_err()
+    );
 }

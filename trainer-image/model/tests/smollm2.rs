@@ -34,14 +34,26 @@ fn conversion_writes_a_complete_hf_directory() {
     let tmp = tempfile::tempdir().expect("tmp");
     let t0 = Instant::now();
     let conv = file.convert_to_hf_dir(tmp.path()).expect("converts");
-    eprintln!("SmolLM2 GGUF -> HF conversion: {:.2} s", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "SmolLM2 GGUF -> HF conversion: {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
     assert_eq!(conv.parameters, 134_515_008);
     let hub = HubDir::open(tmp.path()).expect("opens the converted directory");
     let t = hub.tensors();
-    assert_eq!(t["model.layers.0.self_attn.q_proj.weight"].shape, vec![576, 576]);
-    assert_eq!(t["model.layers.29.self_attn.k_proj.weight"].shape, vec![192, 576]);
+    assert_eq!(
+        t["model.layers.0.self_attn.q_proj.weight"].shape,
+        vec![576, 576]
+    );
+    assert_eq!(
+        t["model.layers.29.self_attn.k_proj.weight"].shape,
+        vec![192, 576]
+    );
     assert_eq!(t["model.embed_tokens.weight"].shape, vec![49152, 576]);
-    assert!(!t.contains_key("lm_head.weight"), "tied embeddings are not duplicated");
+    assert!(
+        !t.contains_key("lm_head.weight"),
+        "tied embeddings are not duplicated"
+    );
     assert_eq!(t.len(), 30 * 9 + 2);
 }
 

@@ -51,6 +51,10 @@ pub fn smollm2_hf_dir() -> PathBuf {
     if std::fs::rename(&tmp, &dir).is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
-    assert!(dir.join("config.json").exists(), "conversion left no {}", dir.display());
+    assert!(
+        dir.join("config.json").exists(),
+        "conversion left no {}",
+        dir.display()
+    );
     dir
 }
