@@ -9,7 +9,6 @@
 //! and `summary.json`. Judge and teacher tokens count against `token_budget`.
 
 pub mod aggregate;
-pub mod embedding;
 pub mod judging;
 pub mod ledger;
 pub mod load;
@@ -503,8 +502,11 @@ async fn offline_scores(
                 .await
                 .map_err(|e| EvalError::Embedding(e.to_string()))?;
             tokio::task::spawn_blocking(move || -> Result<Vec<f64>, String> {
-                let embedder =
-                    embedding::SentenceEmbedder::load(&dir).map_err(|e| e.to_string())?;
+                let embedder = llamaduo_model::embedding::SentenceEmbedder::load(
+                    &dir,
+                    &candle_core::Device::Cpu,
+                )
+                .map_err(|e| e.to_string())?;
                 let mut out = Vec::with_capacity(pairs.len());
                 for chunk in pairs.chunks(32) {
                     let texts: Vec<&str> = chunk
