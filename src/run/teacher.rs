@@ -1,10 +1,10 @@
 //! The offline teacher of a local run: when the teacher or judge is `simulated` without a
-//! `baseUrl`, `llamaduo run` starts `llamaduo-trainer simulate-teacher --port P` on a free
-//! loopback port, points the stage configs at `http://127.0.0.1:P/v1`, and stops it at the end.
+//! `baseUrl`, `llamaduo run` starts `llamaduo-trainer simulate-teacher` on a free loopback
+//! port, points the stage configs at the `baseUrl` it reports, and stops it at the end.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::io::AsyncBufReadExt;
@@ -14,7 +14,7 @@ use crate::api::{LlamaDuoMigrationSpec, ProviderKind, ProviderSpec, StageConfig}
 
 use super::process::{child_command, terminate};
 
-/// How long the teacher may take to accept connections.
+/// How long the teacher may take to report its address.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Whether a provider is simulated and has no server of its own.
@@ -48,70 +48,71 @@ pub struct SimulatedTeacher {
 }
 
 impl SimulatedTeacher {
-    /// Starts `trainer simulate-teacher --port P` on a free loopback port and waits until it
-    /// accepts connections. Its output goes to `log`.
+    /// Starts `trainer simulate-teacher --listen 127.0.0.1:0` (the kernel picks a free port)
+    /// and waits for the `{"baseUrl": ...}` line it prints once it listens. Its output goes to
+    /// `log`.
     pub async fn start(trainer: &Path, log: &Path) -> anyhow::Result<Self> {
-        let port = free_port().context("reserving a loopback port for simulate-teacher")?;
         let mut cmd = child_command(trainer);
         cmd.arg("simulate-teacher")
-            .arg("--port")
-            .arg(port.to_string());
+            .arg("--listen")
+            .arg("127.0.0.1:0");
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {} simulate-teacher", trainer.display()))?;
-        let log_file = std::fs::OpenOptions::new()
+        let mut log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .with_context(|| format!("opening {}", log.display()))?;
-        for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        if let Some(err) = child.stderr.take() {
             let mut file = log_file.try_clone()?;
             tokio::spawn(async move {
-                use std::io::Write;
-                let mut lines = tokio::io::BufReader::new(stream).split(b'\n');
+                let mut lines = tokio::io::BufReader::new(err).split(b'\n');
                 while let Ok(Some(l)) = lines.next_segment().await {
                     let _ = writeln!(file, "{}", String::from_utf8_lossy(&l));
                 }
             });
         }
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let started = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait()? {
+        let Some(out) = child.stdout.take() else {
+            bail!("simulate-teacher has no stdout");
+        };
+        let mut lines = tokio::io::BufReader::new(out).split(b'\n');
+        let found = tokio::time::timeout(READY_TIMEOUT, async {
+            while let Ok(Some(l)) = lines.next_segment().await {
+                let line = String::from_utf8_lossy(&l).to_string();
+                let _ = writeln!(log_file, "{line}");
+                if let Some(url) = base_url_of(&line) {
+                    return Some(url);
+                }
+            }
+            None
+        })
+        .await;
+        let base_url = match found {
+            Ok(Some(url)) => url,
+            Ok(None) => {
+                let status = child.wait().await?;
                 bail!(
-                    "simulate-teacher exited with {status} before accepting connections; see {}",
+                    "simulate-teacher exited ({status}) before it listened; see {}",
                     log.display()
                 );
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                break;
-            }
-            if started.elapsed() > READY_TIMEOUT {
+            Err(_) => {
                 let _ = terminate(&mut child, Duration::from_secs(2)).await;
                 bail!(
-                    "simulate-teacher did not accept connections on {addr} within {}s; see {}",
+                    "simulate-teacher did not report its address within {}s; see {}",
                     READY_TIMEOUT.as_secs(),
                     log.display()
                 );
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(Self {
-            child,
-            base_url: format!("http://{addr}/v1"),
-        })
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        tokio::spawn(async move {
+            while let Ok(Some(l)) = lines.next_segment().await {
+                let _ = writeln!(log_file, "{}", String::from_utf8_lossy(&l));
+            }
+        });
+        Ok(Self { child, base_url })
     }
 
     /// The OpenAI-compatible base URL (`http://127.0.0.1:P/v1`).
@@ -125,10 +126,10 @@ impl SimulatedTeacher {
     }
 }
 
-/// A loopback port that was free a moment ago.
-fn free_port() -> std::io::Result<u16> {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok(l.local_addr()?.port())
+/// The `baseUrl` of simulate-teacher's ready line `{"baseUrl": "http://127.0.0.1:P/v1"}`.
+fn base_url_of(line: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+    v.get("baseUrl")?.as_str().map(str::to_string)
 }
 
 #[cfg(test)]
@@ -178,6 +179,15 @@ mod tests {
             unreachable!()
         };
         assert_eq!(c.teacher.base_url.as_deref(), Some("http://127.0.0.1:9/v1"));
+    }
+
+    #[test]
+    fn the_ready_line_gives_the_address() {
+        assert_eq!(
+            base_url_of(r#"{"baseUrl": "http://127.0.0.1:4242/v1"}"#).as_deref(),
+            Some("http://127.0.0.1:4242/v1")
+        );
+        assert_eq!(base_url_of("listening"), None);
     }
 
     #[tokio::test]

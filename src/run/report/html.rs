@@ -72,13 +72,7 @@ fn axes(svg: &mut String, n: u32, max: f64, ticks: &[f64], label: &str) {
 }
 
 fn format_tick(v: f64) -> String {
-    if v >= 1_000_000.0 {
-        format!("{:.1}M", v / 1_000_000.0)
-    } else if v >= 10_000.0 {
-        format!("{:.0}k", v / 1000.0)
-    } else {
-        format!("{v:.0}")
-    }
+    super::short_number(v)
 }
 
 /// The score chart: mean score per round (line and points) against the target (dashed).

@@ -96,6 +96,22 @@ pub fn nice_ceiling(v: u64) -> u64 {
     }
 }
 
+/// A compact axis label: 750, 2.5k, 20k, 1.2M.
+pub fn short_number(v: f64) -> String {
+    let (scaled, suffix) = if v >= 1_000_000.0 {
+        (v / 1_000_000.0, "M")
+    } else if v >= 1000.0 {
+        (v / 1000.0, "k")
+    } else {
+        (v, "")
+    };
+    if (scaled - scaled.round()).abs() < 0.05 {
+        format!("{scaled:.0}{suffix}")
+    } else {
+        format!("{scaled:.1}{suffix}")
+    }
+}
+
 /// `DIR/report.html` and `DIR/report.png`.
 pub fn paths(workdir: &Path) -> (PathBuf, PathBuf) {
     (workdir.join("report.html"), workdir.join("report.png"))
@@ -119,6 +135,14 @@ pub fn write_reports(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_numbers() {
+        assert_eq!(short_number(750.0), "750");
+        assert_eq!(short_number(2500.0), "2.5k");
+        assert_eq!(short_number(20_000.0), "20k");
+        assert_eq!(short_number(1_250_000.0), "1.2M");
+    }
 
     #[test]
     fn axis_ceilings_are_round_numbers() {

@@ -165,11 +165,7 @@ impl Panel {
 }
 
 fn tick_label(v: f64) -> String {
-    if v >= 10_000.0 {
-        format!("{:.0}k", v / 1000.0)
-    } else {
-        format!("{v:.0}")
-    }
+    super::short_number(v)
 }
 
 fn axes(c: &mut Canvas, p: Panel, n: u32, max: f64, ticks: &[f64], title: &str) {
