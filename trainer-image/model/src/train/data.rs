@@ -178,7 +178,7 @@ mod tests {
 
     #[test]
     fn truncation_is_counted_and_answerless_samples_dropped() {
-        let d = prepare(vec![sample(10, 6), sample(4, 2), sample(10, 9)], 6);
+        let d = prepare(vec![sample(10, 3), sample(4, 2), sample(10, 9)], 6);
         assert_eq!(d.truncated, 2);
         assert_eq!(d.dropped, 1);
         assert_eq!(d.samples.len(), 2);
