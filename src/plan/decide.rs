@@ -1,6 +1,6 @@
 //! [`plan`]: the round rules of ARCHITECTURE §4 as one pure function.
 //!
-//! A round runs synthesize (skipped when it asks for no samples), train and evaluate, then
+//! A round runs synthesize (skipped after round 1 when it asks for no samples), train and evaluate, then
 //! decides: target reached -> Succeeded; `stop.maxRounds`, a plateau or the token budget ->
 //! Failed with the reason; else the next round. A failed stage is retried up to
 //! `stop.stageRetries` more times (each attempt under its own run name), then the migration
@@ -171,7 +171,9 @@ fn checked(run: &StageRun, mut result: StageResult, failed_exit: Option<&String>
 
 /// Stages round `round` runs, in order.
 fn stages_of_round(spec: &LlamaDuoMigrationSpec, round: u32) -> impl Iterator<Item = Stage> {
-    let skip_synthesis = samples_for_round(spec, round) == 0;
+    // Round 1 always synthesizes: besides new samples, it freezes coverage/train.jsonl and
+    // coverage/test.jsonl, which every later stage reads.
+    let skip_synthesis = round > 1 && samples_for_round(spec, round) == 0;
     Stage::ALL
         .into_iter()
         .filter(move |s| !(skip_synthesis && *s == Stage::Synthesize))

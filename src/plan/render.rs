@@ -19,7 +19,7 @@ pub enum RenderError {
 }
 
 /// Synthetic samples round `round` asks for: `synthesis.initialSamples` in round 1,
-/// `synthesis.samplesPerRound` later. Zero skips the synthesize stage.
+/// `synthesis.samplesPerRound` later. Zero skips the synthesize stage after round 1.
 pub fn samples_for_round(spec: &LlamaDuoMigrationSpec, round: u32) -> u32 {
     if round <= 1 {
         spec.synthesis.initial_samples

@@ -62,11 +62,11 @@ fn table_of_transitions() {
             Want::Start(1, Stage::Synthesize, 1),
         ),
         (
-            "round asking for no samples skips synthesis",
+            "round 1 synthesizes even with no samples (it freezes the coverage split)",
             status(&spec().samples(0, 0).build()),
             spec().samples(0, 0).build(),
             missing(),
-            Want::Start(1, Stage::Train, 1),
+            Want::Start(1, Stage::Synthesize, 1),
         ),
         (
             "a started run that is running is waited for",
@@ -161,6 +161,13 @@ fn table_of_transitions() {
             base.clone(),
             missing(),
             Want::Start(2, Stage::Synthesize, 1),
+        ),
+        (
+            "a later round asking for no samples skips synthesis",
+            status(&spec().samples(100, 0).build()).round(60.0),
+            spec().samples(100, 0).build(),
+            missing(),
+            Want::Start(2, Stage::Train, 1),
         ),
         (
             "maxRounds stops",
