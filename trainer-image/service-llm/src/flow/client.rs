@@ -115,6 +115,18 @@ impl LlmClient {
         }
     }
 
+    /// The client a provider spec asks for: its provider (with `api_key`, from
+    /// `LLAMADUO_TEACHER_API_KEY` or `LLAMADUO_JUDGE_API_KEY`) and its limits, spending from
+    /// `budget`.
+    pub fn from_spec(
+        spec: &ProviderSpec,
+        api_key: Option<crate::secret::Secret>,
+        budget: Arc<TokenBudget>,
+    ) -> Result<Self, LlmError> {
+        let provider = crate::provider::provider_for(spec, api_key)?;
+        Ok(Self::new(provider, ClientConfig::from_spec(spec), budget))
+    }
+
     /// The provider behind this client.
     pub fn provider(&self) -> &Arc<dyn ChatProvider> {
         &self.provider

@@ -186,13 +186,24 @@ pub async fn spawn_simulated_teacher(opts: SimulateOptions) -> anyhow::Result<Si
     })
 }
 
-/// Runs the simulated teacher in the foreground until Ctrl-C or SIGTERM.
+/// Runs the simulated teacher in the foreground until Ctrl-C or SIGTERM; once it listens it
+/// prints `{"baseUrl": "http://ADDR/v1"}` on a line of stdout (the line `llamaduo run` waits
+/// for).
 pub async fn serve_simulated_teacher(opts: SimulateOptions) -> anyhow::Result<()> {
+    use std::io::Write;
     let teacher = spawn_simulated_teacher(opts).await?;
     tracing::info!(
         base_url = %teacher.base_url(),
         "simulate-teacher listening (a trial and test tool, not a provider to deploy)"
     );
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{}",
+        serde_json::json!({"baseUrl": teacher.base_url()})
+    )?;
+    out.flush()?;
+    drop(out);
     wait_for_signal().await?;
     teacher.shutdown().await
 }

@@ -15,7 +15,8 @@ pub enum Family {
     /// "Reverse the order of the words: red fox jumps" → "jumps fox red"; also letters of a
     /// word.
     Reverse,
-    /// "Sort these numbers in ascending order: 5, 3, 9" → "3, 5, 9" (or descending).
+    /// "Sort these numbers: 5, 3, 9" → "3, 5, 9" (ascending unless the instruction says
+    /// descending).
     Sort,
 }
 
@@ -121,21 +122,24 @@ impl Family {
                 let k = rng.random_range(3..=7);
                 let nums: Vec<i64> = (0..k).map(|_| rng.random_range(0..=99)).collect();
                 let descending = rng.random_bool(0.3);
-                let order = if descending {
-                    "descending"
-                } else {
-                    "ascending"
-                };
                 let list = join_nums(&nums);
+                let prefix = if descending {
+                    "Sort these numbers in descending order:"
+                } else {
+                    [
+                        "Sort these numbers in ascending order:",
+                        "Sort these numbers:",
+                    ]
+                    .choose(rng)
+                    .copied()
+                    .unwrap_or("Sort these numbers:")
+                };
                 let mut sorted = nums.clone();
                 sorted.sort_unstable();
                 if descending {
                     sorted.reverse();
                 }
-                (
-                    format!("Sort these numbers in {order} order: {list}"),
-                    join_nums(&sorted),
-                )
+                (format!("{prefix} {list}"), join_nums(&sorted))
             }
         }
     }
