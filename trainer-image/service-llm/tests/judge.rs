@@ -29,7 +29,7 @@ async fn verdicts_follow_the_answers_quality() {
     .expect("client");
     let task = Family::Sort.description();
     let instruction = "Sort these numbers: 42, 7, 19, 3";
-    let mut score = |candidate: &'static str| {
+    let score = |candidate: &'static str| {
         let req = judge_request(task, instruction, "3, 7, 19, 42", candidate, None);
         let client = &client;
         async move {
