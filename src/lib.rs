@@ -5,9 +5,11 @@
 //! validator and the local runner.
 
 pub mod api;
+#[cfg(feature = "controller")]
+pub mod controller;
 pub mod crd;
 pub mod plan;
 #[cfg(feature = "controller")]
-pub mod validate;
-#[cfg(feature = "controller")]
 pub mod run;
+#[cfg(feature = "controller")]
+pub mod validate;

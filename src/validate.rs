@@ -154,8 +154,7 @@ fn check_metadata(meta: Option<&Value>, problems: &mut Vec<Problem>) {
         problems.push(problem("metadata.name", "is required"));
         return;
     };
-    let valid =
-        !name.is_empty() && name.len() <= 253 && name.split('.').all(is_dns_label);
+    let valid = !name.is_empty() && name.len() <= 253 && name.split('.').all(is_dns_label);
     if !valid {
         problems.push(problem(
             "metadata.name",
@@ -236,17 +235,19 @@ fn check_schema(schema: &Value, value: &Value, path: &str, problems: &mut Vec<Pr
         return;
     }
     if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
-        && !allowed.contains(value) {
-            let list: Vec<String> = allowed.iter().map(|v| v.to_string()).collect();
-            problems.push(problem(
-                path,
-                format!("{value} is not one of {}", list.join(", ")),
-            ));
-        }
+        && !allowed.contains(value)
+    {
+        let list: Vec<String> = allowed.iter().map(|v| v.to_string()).collect();
+        problems.push(problem(
+            path,
+            format!("{value} is not one of {}", list.join(", ")),
+        ));
+    }
     if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
-        && value.as_f64().is_some_and(|v| v < min) {
-            problems.push(problem(path, format!("must be at least {min}")));
-        }
+        && value.as_f64().is_some_and(|v| v < min)
+    {
+        problems.push(problem(path, format!("must be at least {min}")));
+    }
     match value {
         Value::Object(obj) => {
             let props = schema.get("properties").and_then(Value::as_object);
@@ -347,12 +348,13 @@ fn semantic_checks(m: &LlamaDuoMigration, target: Target, problems: &mut Vec<Pro
             ));
         }
         if let Some(url) = &p.base_url
-            && !(url.starts_with("http://") || url.starts_with("https://")) {
-                problems.push(problem(
-                    format!("{path}.baseUrl"),
-                    "must be an http:// or https:// URL",
-                ));
-            }
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            problems.push(problem(
+                format!("{path}.baseUrl"),
+                "must be an http:// or https:// URL",
+            ));
+        }
     }
     if spec.evaluation.metric == Metric::Embedding && spec.evaluation.embedding_model.is_none() {
         problems.push(problem(
