@@ -107,12 +107,21 @@ fn spinner_style() -> ProgressStyle {
         .unwrap_or_else(|_| ProgressStyle::default_spinner())
 }
 
+fn bar_template(unit: &str) -> String {
+    format!("  {{prefix}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{rate}} eta {{eta}}  {{msg}}")
+}
+
 fn bar_style(unit: &str) -> ProgressStyle {
-    let template = format!(
-        "  {{prefix}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{per_sec}} eta {{eta}}  {{msg}}"
-    );
+    let template = bar_template(unit);
     ProgressStyle::with_template(&template)
-        .map(|s| s.progress_chars("=> "))
+        .map(|s| {
+            s.progress_chars("=> ").with_key(
+                "rate",
+                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.1}/s", state.per_sec());
+                },
+            )
+        })
         .unwrap_or_else(|_| ProgressStyle::default_bar())
 }
 
@@ -136,7 +145,6 @@ mod tests {
     #[test]
     fn templates_are_valid() {
         ProgressStyle::with_template("{spinner} {prefix} {elapsed_precise} {msg}").expect("ok");
-        let t = "  {prefix} [{bar:30}] {pos}/{len} steps {per_sec} eta {eta}  {msg}";
-        ProgressStyle::with_template(t).expect("ok");
+        ProgressStyle::with_template(&bar_template("steps")).expect("ok");
     }
 }
