@@ -82,7 +82,9 @@ fn kv_cache_forward_equals_full_forward() {
     for arch in FAMILIES {
         let model = build(&tiny_config(arch), Trainable::None, 5);
         let seq: Vec<u32> = vec![1, 7, 3, 9, 12, 4, 4, 20, 31, 2];
-        let full = model.forward(&ids(std::slice::from_ref(&seq)), 0, None).expect("full");
+        let full = model
+            .forward(&ids(std::slice::from_ref(&seq)), 0, None)
+            .expect("full");
         let mut cache = llamaduo_model::models::KvCache::new(2);
         let a = model
             .forward(&ids(&[seq[..4].to_vec()]), 0, Some(&mut cache))
