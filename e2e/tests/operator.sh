@@ -344,7 +344,7 @@ check "every stage pod was admitted under Pod Security 'restricted'; the operato
 if kubectl get events -n "$ns" -o json | jq -e '[.items[] | select(.reason == "FailedCreate")] | length > 0' >/dev/null; then
   fail "FailedCreate events: $(kubectl get events -n "$ns" --field-selector reason=FailedCreate -o jsonpath='{.items[*].message}')"
 fi
-if grep -iE 'forbidden|403' "$work/operator.log" >"$work/forbidden.txt"; then
+if grep -iE 'forbidden|\b403\b' "$work/operator.log" >"$work/forbidden.txt"; then
   fail "the operator was refused by RBAC: $(head -3 "$work/forbidden.txt")"
 fi
 check_done
