@@ -27,9 +27,6 @@ pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 /// Prefix PEFT puts before module names in adapter_model.safetensors.
 const PEFT_PREFIX: &str = "base_model.model.";
-/// Where the train stage keeps a `fromScratch` base under the migration root (the train
-/// stage's `ArtifactLayout::STUDENT_BASE`).
-pub const STUDENT_BASE: &str = "student/base";
 
 /// Why the model could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -324,7 +321,9 @@ async fn resolve_base(
     let Some(named) = named else {
         if config.student.from_scratch.is_some() {
             // The train stage keeps the from-scratch base once per migration here.
-            return Ok(resolver.resolve_in(store, STUDENT_BASE).await?);
+            return Ok(resolver
+                .resolve_in(store, llamaduo::api::ArtifactLayout::STUDENT_BASE)
+                .await?);
         }
         return Err(LoadError::NoBase(format!(
             "the adapter in {} names no base_model_name_or_path and student.baseModel is unset",
