@@ -14,8 +14,7 @@ use serde_json::Value;
 use crate::api::{LlamaDuoMigration, Metric, ProviderKind};
 use crate::crd::openapi_schema;
 
-/// Task families the simulated teacher (`llamaduo-trainer simulate-teacher`) knows.
-pub const SIMULATED_FAMILIES: [&str; 3] = ["arithmetic", "reverse", "sort"];
+pub use crate::api::SIMULATED_FAMILIES;
 
 /// One problem found in a manifest.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -18,8 +18,8 @@ impl Setup {
         let dir = tempfile::tempdir().expect("tempdir");
         // An external teacher URL, so no simulate-teacher is started.
         let yaml = QUICKSTART.replace(
-            "    model: sort\n",
-            "    model: sort\n    baseUrl: http://127.0.0.1:9/v1\n",
+            "    model: triage\n",
+            "    model: triage\n    baseUrl: http://127.0.0.1:9/v1\n",
         );
         std::fs::write(dir.path().join("migration.yaml"), yaml).expect("manifest");
         std::fs::write(dir.path().join("fake.sh"), FAKE).expect("fake");

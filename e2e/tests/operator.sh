@@ -144,7 +144,7 @@ spec:
   volumeName: $ns-artifacts
   resources: {requests: {storage: 1Gi}}
 YAML
-kubectl create configmap sort-coverage -n "$ns" --from-file=coverage.jsonl="$repo/examples/quickstart/coverage.jsonl" >/dev/null
+kubectl create configmap triage-coverage -n "$ns" --from-file=coverage.jsonl="$repo/examples/quickstart/coverage.jsonl" >/dev/null
 eventually 60 "PVC $ns/artifacts Bound" \
   bash -c "[[ \$(kubectl get pvc artifacts -n $ns -o jsonpath='{.status.phase}') == Bound ]]"
 
@@ -205,9 +205,9 @@ kind: LlamaDuoMigration
 metadata: {name: $1, namespace: $ns}
 spec:
   task:
-    description: Sort the given list of numbers in ascending order and answer with the sorted list only.
-  coverage: {source: configmap://sort-coverage/coverage.jsonl}
-  teacher: {provider: simulated, model: sort, baseUrl: "$2", maxRetries: 1, timeoutSeconds: 20}
+    description: Route the customer message to one team (billing, shipping, account, returns or technical) and reply with the team name only.
+  coverage: {source: configmap://triage-coverage/coverage.jsonl}
+  teacher: {provider: simulated, model: triage, baseUrl: "$2", maxRetries: 1, timeoutSeconds: 20}
   student:
     fromScratch: {architecture: llama, hiddenSize: 64, numLayers: 1, numHeads: 2, vocabSize: 256}
   synthesis: {initialSamples: 40, samplesPerRound: 40, pairsPerCall: 10}
@@ -220,21 +220,21 @@ YAML
 }
 # Round 2's train pod will keep looking Running after its process ends, until the test lets
 # podrunner report it (see the restart check).
-touch "$work/hold/${ns}_sort-r2-train"
-migration sort "$teacher_url" | kubectl apply -f - >/dev/null
-wait_migration sort "round 1 decided" '.status.rounds[0].outcome == "belowTarget"'
-m=$(mig sort)
+touch "$work/hold/${ns}_triage-r2-train"
+migration triage "$teacher_url" | kubectl apply -f - >/dev/null
+wait_migration triage "round 1 decided" '.status.rounds[0].outcome == "belowTarget"'
+m=$(mig triage)
 jq -e '.status.rounds[0] | (.stages | map(select(.succeeded)) | length) == 3 and .scores.mean != null
   and .modelUri != null' <<<"$m" >/dev/null || fail "round 1 record incomplete: $(jq -c '.status.rounds[0]' <<<"$m")"
 round1=$(jq -r '.status.rounds[0].scores.mean' <<<"$m")
 printf '[test]      round 1 mean score %s (target 100)\n' "$round1" >&2
 
 check "spec change: target lowered to 0 applies to round 2"
-kubectl patch llamaduomigration sort -n "$ns" --type merge -p '{"spec":{"target":{"meanScore":0}}}' >/dev/null
-gen=$(mq sort .metadata.generation)
+kubectl patch llamaduomigration triage -n "$ns" --type merge -p '{"spec":{"target":{"meanScore":0}}}' >/dev/null
+gen=$(mq triage .metadata.generation)
 
 check "operator killed (SIGKILL) while round 2 trains, restarted: no duplicate Job, no lost result"
-job=sort-r2-train
+job=triage-r2-train
 # The train process has ended but podrunner holds the pod's end: the Job is still running.
 eventually "$timeout" "round 2 train process finished (held by podrunner)" \
   grep -q "holding its status while $work/hold/${ns}_$job exists" "$work/podrunner.log"
@@ -246,10 +246,10 @@ rm "$work/hold/${ns}_$job" # now the Job completes while no operator runs
 kubectl wait -n "$ns" --for=condition=Complete "job/$job" --timeout=120s >/dev/null ||
   fail "Job $job did not complete while the operator was down"
 sleep 2 # a live operator would record the result within this time; none may
-jq -e '.status.current.name == "sort-r2-train" and ((.status.rounds[1].stages // []) | map(select(.stage == "train")) | length) == 0' \
-  <<<"$(mig sort)" >/dev/null || fail "status changed while the operator was down: $(mq sort -c .status)"
+jq -e '.status.current.name == "triage-r2-train" and ((.status.rounds[1].stages // []) | map(select(.stage == "train")) | length) == 0' \
+  <<<"$(mig triage)" >/dev/null || fail "status changed while the operator was down: $(mq triage -c .status)"
 start_operator
-wait_migration sort "round 2 train recorded after the restart" \
+wait_migration triage "round 2 train recorded after the restart" \
   '(.status.rounds[1].stages // []) | map(select(.stage == "train" and .succeeded and .attempts == 1)) | length == 1'
 [[ $(kubectl get job "$job" -n "$ns" -o jsonpath='{.metadata.uid}') == "$uid_before" ]] ||
   fail "Job $job was re-created after the restart"
@@ -258,13 +258,13 @@ wait_migration sort "round 2 train recorded after the restart" \
   fail "Job $job has more than one pod"
 
 check "round 2 reaches the target: Succeeded"
-wait_migration sort "phase Succeeded" '.status.phase == "Succeeded"'
-m=$(mig sort)
+wait_migration triage "phase Succeeded" '.status.phase == "Succeeded"'
+m=$(mig triage)
 jq -e --argjson gen "$gen" '.status
   | .round == 2 and (.rounds | length) == 2
   and .rounds[0].outcome == "belowTarget" and .rounds[1].outcome == "targetReached"
   and ([.rounds[].stages[]] | length) == 6 and ([.rounds[].stages[] | select(.succeeded and .attempts == 1)] | length) == 6
-  and .best.round != null and (.best.modelUri | startswith("file:///artifacts/'"$ns"'/sort/round-"))
+  and .best.round != null and (.best.modelUri | startswith("file:///artifacts/'"$ns"'/triage/round-"))
   and .current == null and .observedGeneration == $gen' <<<"$m" >/dev/null ||
   fail "status not as specified: $(jq -c .status <<<"$m")"
 for c in "Ready True" "Reconciling False" "Stalled False" "TargetReached True"; do
@@ -272,11 +272,11 @@ for c in "Ready True" "Reconciling False" "Stalled False" "TargetReached True"; 
   got=$(jq -r --arg t "$type" '.status.conditions[] | select(.type == $t) | "\(.status) \(.observedGeneration)"' <<<"$m")
   [[ "$got" == "$want $gen" ]] || fail "condition $type is '$got', expected '$want $gen': $(jq -c .status.conditions <<<"$m")"
 done
-jobs=$(jobs_of sort)
+jobs=$(jobs_of triage)
 names=$(jq -r '[.items[].metadata.name] | sort | join(" ")' <<<"$jobs")
-[[ "$names" == "sort-r1-evaluate sort-r1-synthesize sort-r1-train sort-r2-evaluate sort-r2-synthesize sort-r2-train" ]] ||
+[[ "$names" == "triage-r1-evaluate triage-r1-synthesize triage-r1-train triage-r2-evaluate triage-r2-synthesize triage-r2-train" ]] ||
   fail "Jobs: $names"
-jq -e --arg uid "$(mq sort .metadata.uid)" 'all(.items[]; (.metadata.ownerReferences[0] | .uid == $uid and .controller)
+jq -e --arg uid "$(mq triage .metadata.uid)" 'all(.items[]; (.metadata.ownerReferences[0] | .uid == $uid and .controller)
   and .metadata.labels["app.kubernetes.io/managed-by"] == "llamaduo-operator"
   and ([.status.conditions[]? | select(.type == "Complete" and .status == "True")] | length) == 1)' <<<"$jobs" >/dev/null ||
   fail "Jobs not owned by the migration, or not Complete: $(jq -c '[.items[] | {n: .metadata.name, o: .metadata.ownerReferences, c: .status.conditions}]' <<<"$jobs")"
@@ -284,22 +284,26 @@ pods=$(kubectl get pods -n "$ns" -l app.kubernetes.io/managed-by=llamaduo-operat
 jq -e --arg node "$node" '(.items | length) == 6 and all(.items[]; .spec.nodeName == $node and .status.phase == "Succeeded"
   and .spec.automountServiceAccountToken == false)' <<<"$pods" >/dev/null ||
   fail "stage pods: $(jq -c '[.items[] | {n: .metadata.name, node: .spec.nodeName, phase: .status.phase}]' <<<"$pods")"
-ev=$(events_of sort)
+ev=$(events_of triage)
 for want in "Normal StageStarted 6" "Normal StageSucceeded 6" "Normal TargetReached 1"; do
   read -r type reason n <<<"$want"
   [[ $(event_count "$ev" "$type" "$reason") == "$n" ]] ||
     fail "expected $n $type $reason Events, got $(event_count "$ev" "$type" "$reason"):"$'\n'"$ev"
 done
+# One action per stage run: six StageStarted objects, none folded into another's series
+# (a series would show round 2's start under round 1's note).
+[[ $(awk '$1 == "Normal" && $2 == "StageStarted" && $3 == 1' <<<"$ev" | wc -l) == 6 ]] ||
+  fail "each stage start must be its own Event:"$'\n'"$ev"
 ! grep -q '^Warning ' <<<"$ev" || fail "unexpected Warning Events: $(grep '^Warning ' <<<"$ev")"
-[[ -f "$work/pv/$ns/sort/round-2/evaluate.result.json" ]] || fail "round-2/evaluate.result.json not in the artifact store"
+[[ -f "$work/pv/$ns/triage/round-2/evaluate.result.json" ]] || fail "round-2/evaluate.result.json not in the artifact store"
 # /metrics of the operator that finished the migration: its round, best score and tokens.
 metrics=$(curl -fsS "http://127.0.0.1:$op_port/metrics") || fail "no /metrics on 127.0.0.1:$op_port"
 best=$(jq -r .status.best.meanScore <<<"$m"); tokens=$(jq -r '.status.serviceTokens | .input + .output' <<<"$m")
 for want in "llamaduo_migration_round 2" "llamaduo_migration_best_score $best" "llamaduo_migration_service_tokens $tokens"; do
   read -r metric value <<<"$want"
-  got=$(awk -v m="$metric" -v ns="namespace=\"$ns\"" 'index($1, m "{") == 1 && index($1, ns) && index($1, "name=\"sort\"") {print $2}' <<<"$metrics")
+  got=$(awk -v m="$metric" -v ns="namespace=\"$ns\"" 'index($1, m "{") == 1 && index($1, ns) && index($1, "name=\"triage\"") {print $2}' <<<"$metrics")
   if [[ -z "$got" ]] || ! awk -v a="$got" -v b="$value" 'BEGIN {exit !(a + 0 == b + 0)}'; then
-    fail "$metric for $ns/sort is '$got', expected $value:"$'\n'"$(grep '^llamaduo_' <<<"$metrics")"
+    fail "$metric for $ns/triage is '$got', expected $value:"$'\n'"$(grep '^llamaduo_' <<<"$metrics")"
   fi
 done
 grep -Eq '^llamaduo_reconciliations_total [1-9]' <<<"$metrics" || fail "llamaduo_reconciliations_total not counting"
@@ -333,7 +337,7 @@ eventually "$timeout" "gc-r1-synthesize held" \
   grep -q "holding its status while $work/hold/${ns}_gc-r1-synthesize exists" "$work/podrunner.log"
 [[ $(kubectl get job gc-r1-synthesize -n "$ns" -o jsonpath='{.status.active}') == 1 ]] ||
   fail "gc-r1-synthesize is not active: $(kubectl get job gc-r1-synthesize -n "$ns" -o jsonpath='{.status}')"
-kubectl delete llamaduomigration sort broken gc -n "$ns" --wait=true --timeout=60s >/dev/null
+kubectl delete llamaduomigration triage broken gc -n "$ns" --wait=true --timeout=60s >/dev/null
 eventually 120 "Jobs of the deleted migrations gone" \
   bash -c "[[ \$(kubectl get jobs -n $ns -o json | jq '.items | length') == 0 ]]"
 eventually 120 "their pods gone" \

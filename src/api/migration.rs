@@ -117,6 +117,10 @@ fn default_test_fraction() -> f64 {
     0.1
 }
 
+/// Task families the simulated teacher (`llamaduo-trainer simulate-teacher`) knows: the
+/// `model` of a `simulated` provider. One list for `llamaduo validate` and the teacher.
+pub const SIMULATED_FAMILIES: [&str; 4] = ["arithmetic", "reverse", "sort", "triage"];
+
 /// Which API a provider speaks.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -152,7 +156,7 @@ pub struct ProviderSpec {
     /// Which API to call: openai, anthropic, gemini, openaiCompatible or simulated.
     pub provider: ProviderKind,
     /// The provider's model name (e.g. gpt-4o, claude-sonnet-4-5, gemini-2.5-flash). For the
-    /// simulated provider, the built-in task family (arithmetic, reverse, sort).
+    /// simulated provider, the built-in task family (arithmetic, reverse, sort, triage).
     pub model: String,
     /// Override the API base URL (required for openaiCompatible; e.g. http://vllm:8000/v1).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -17,7 +17,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 
-use crate::api::{LlamaDuoMigration, LlamaDuoMigrationSpec, LlamaDuoMigrationStatus};
+use crate::api::{LlamaDuoMigration, LlamaDuoMigrationSpec, LlamaDuoMigrationStatus, StageRun};
 use crate::plan::{self, Decision, Finish, MigrationId, Observation, Stall};
 
 use super::Context;
@@ -219,15 +219,8 @@ async fn act(
                         "round {}: {} started (attempt {}) as Job {}",
                         run.round, run.stage, run.attempt, run.name
                     );
-                    publish(
-                        ctx,
-                        obj,
-                        EventType::Normal,
-                        "StageStarted",
-                        "StartStage",
-                        note,
-                    )
-                    .await;
+                    let action = run_action("StartStage", run);
+                    publish(ctx, obj, EventType::Normal, "StageStarted", &action, note).await;
                 }
                 // Created by an earlier reconcile whose status write we now repeated.
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
@@ -267,7 +260,8 @@ async fn act(
                     ),
                 )
             };
-            publish(ctx, obj, type_, reason, "RecordResult", note).await;
+            let action = run_action("RecordResult", run);
+            publish(ctx, obj, type_, reason, &action, note).await;
         }
         Decision::Finish(f) if status_changed => {
             let (type_, reason, note) = match f {
@@ -322,6 +316,17 @@ async fn publish(
     if let Err(e) = ctx.recorder.publish(&event, &reference).await {
         tracing::warn!(error = %e, reason, "publishing an event failed");
     }
+}
+
+/// The Event action for a stage run: the verb plus the run's round, stage and attempt.
+/// kube-rs's recorder folds events with equal (type, reason, action) within minutes into one
+/// series that keeps the first note, so a shared action would show round 2's start under
+/// round 1's message; one action per run keeps every start and result its own Event.
+fn run_action(verb: &str, run: &StageRun) -> String {
+    format!(
+        "{verb}:round-{}:{}:attempt-{}",
+        run.round, run.stage, run.attempt
+    )
 }
 
 fn truncate(mut s: String, max: usize) -> String {

@@ -292,6 +292,8 @@ async fn a_new_migration_starts_round_one_synthesis_as_a_restricted_job() {
     let event = &seen[6].body;
     assert_eq!(event["type"], "Normal");
     assert_eq!(event["reason"], "StageStarted");
+    // One action per run, so the recorder never folds round 2's start into round 1's Event.
+    assert_eq!(event["action"], "StartStage:round-1:synthesize:attempt-1");
     assert_eq!(event["regarding"]["name"], "tickets");
     assert_eq!(event["regarding"]["kind"], "LlamaDuoMigration");
     assert_eq!(event["reportingController"], "llamaduo-operator");
@@ -481,6 +483,10 @@ async fn a_restart_records_a_finished_job_before_anything_else() {
     assert_eq!(status["rounds"][0]["synthesized"], 990);
     assert_eq!(status["rounds"][0]["stages"][0]["succeeded"], true);
     assert_eq!(seen[3].body["reason"], "StageSucceeded");
+    assert_eq!(
+        seen[3].body["action"],
+        "RecordResult:round-1:synthesize:attempt-1"
+    );
     assert_eq!(seen[3].body["type"], "Normal");
 }
 

@@ -221,7 +221,7 @@ mod tests {
     fn every_problem_is_listed() {
         let bad = QUICKSTART
             .replace("meanScore: 80", "meanScore: 180")
-            .replace("maxRounds: 4", "maxRounds: 0");
+            .replace("maxRounds: 6", "maxRounds: 0");
         let err = parse(&bad, Path::new("m.yaml"), Path::new("/")).expect_err("invalid");
         let text = err.to_string();
         assert!(text.contains("target.meanScore"), "{text}");

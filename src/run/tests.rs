@@ -23,9 +23,13 @@ impl Fixture {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let yaml = include_str!("../../examples/quickstart/migration.yaml").replace(
-            "    model: sort\n",
-            "    model: sort\n    baseUrl: http://127.0.0.1:9/v1\n",
+            "    model: triage\n",
+            "    model: triage\n    baseUrl: http://127.0.0.1:9/v1\n",
         ) + extra_spec;
+        assert!(
+            yaml.contains("baseUrl"),
+            "the quickstart's teacher block changed"
+        );
         let manifest = dir.path().join("migration.yaml");
         std::fs::write(&manifest, yaml).expect("manifest");
         let fake = dir.path().join("fake-trainer.sh");
@@ -254,7 +258,7 @@ async fn a_stage_failing_past_its_retries_fails_the_migration() {
         &f.manifest,
         std::fs::read_to_string(&f.manifest)
             .expect("read")
-            .replace("maxRounds: 4", "maxRounds: 4\n    stageRetries: 0"),
+            .replace("maxRounds: 6", "maxRounds: 6\n    stageRetries: 0"),
     )
     .expect("write");
     let done = f.run().await;

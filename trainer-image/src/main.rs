@@ -38,12 +38,12 @@ enum Command {
     /// Score the round's model on the frozen test set.
     Evaluate(StageArgs),
     /// Serve an OpenAI-compatible stand-in for a service LLM that knows a few task families
-    /// (arithmetic, reverse, sort), for trials and tests without API keys. Prints
+    /// (arithmetic, reverse, sort, triage), for trials and tests without API keys. Prints
     /// `{"baseUrl": ...}` on stdout once it listens; stops on Ctrl-C or SIGTERM.
     SimulateTeacher(llamaduo_service_llm::simulate::SimulateOptions),
     /// Write a coverage dataset of a simulated task family as JSONL on stdout.
     SampleDataset {
-        /// Task family: arithmetic, reverse or sort.
+        /// Task family: arithmetic, reverse, sort or triage.
         #[arg(long)]
         family: String,
         /// Number of rows.
@@ -196,11 +196,14 @@ async fn simulate_teacher(
 }
 
 fn sample_dataset(family: &str, rows: usize, seed: u64) -> anyhow::Result<()> {
-    use llamaduo_service_llm::simulate::{Family, sample_dataset};
+    use llamaduo_service_llm::simulate::{FAMILY_NAMES, Family, sample_dataset};
     use rand::SeedableRng;
     use std::io::Write;
     let family = Family::from_model(family).ok_or_else(|| {
-        anyhow::anyhow!("--family {family:?} is not one of arithmetic, reverse, sort")
+        anyhow::anyhow!(
+            "--family {family:?} is not one of {}",
+            FAMILY_NAMES.join(", ")
+        )
     })?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut out = std::io::stdout().lock();

@@ -18,10 +18,15 @@ pub enum Family {
     /// "Sort these numbers: 5, 3, 9" → "3, 5, 9" (ascending unless the instruction says
     /// descending).
     Sort,
+    /// Support-ticket triage: "Hi, my parcel never arrived." → "shipping". One of five
+    /// teams, decided by the keyword the message mentions (80 keywords in all), so a student
+    /// answers a test message right once its training data has covered that keyword: more
+    /// synthetic data, higher score, as in the LlamaDuo rounds. The quickstart's task.
+    Triage,
 }
 
-/// The names `model` may take.
-pub const FAMILY_NAMES: [&str; 3] = ["arithmetic", "reverse", "sort"];
+/// The names `model` may take (the API's list, which `llamaduo validate` checks against).
+pub use llamaduo::api::SIMULATED_FAMILIES as FAMILY_NAMES;
 
 const WORDS: &[&str] = &[
     "red", "blue", "green", "fox", "dog", "cat", "bird", "fish", "tree", "river", "stone", "cloud",
@@ -29,6 +34,136 @@ const WORDS: &[&str] = &[
     "pear", "plum", "road", "hill", "lake", "sea", "ship", "car", "bike", "train", "wind", "snow",
     "fire", "ice", "gold", "iron", "salt", "sand", "leaf", "rose", "wolf", "bear", "frog", "owl",
     "king", "queen", "song", "drum", "bell", "coin", "map", "key", "box", "hat", "shoe", "coat",
+];
+
+/// Triage teams and the keywords that route a message to each. No keyword belongs to two
+/// teams, and none contains another, so exactly one team is correct for every message.
+const TRIAGE_TEAMS: &[(&str, &[&str])] = &[
+    (
+        "billing",
+        &[
+            "invoice",
+            "receipt",
+            "credit card",
+            "payment",
+            "bank transfer",
+            "discount code",
+            "price",
+            "sales tax",
+            "monthly fee",
+            "coupon",
+            "overcharge",
+            "statement",
+            "gift card",
+            "installment",
+            "currency",
+            "paypal",
+        ],
+    ),
+    (
+        "shipping",
+        &[
+            "parcel",
+            "courier",
+            "delivery date",
+            "tracking number",
+            "package",
+            "shipment",
+            "postage",
+            "carrier",
+            "address label",
+            "dispatch",
+            "freight",
+            "pickup point",
+            "customs",
+            "warehouse",
+            "postman",
+            "express delivery",
+        ],
+    ),
+    (
+        "account",
+        &[
+            "password",
+            "login",
+            "username",
+            "email address",
+            "profile",
+            "two-factor code",
+            "sign in",
+            "security question",
+            "avatar",
+            "nickname",
+            "account settings",
+            "phone number",
+            "verification",
+            "newsletter",
+            "privacy settings",
+            "membership",
+        ],
+    ),
+    (
+        "returns",
+        &[
+            "return label",
+            "exchange",
+            "broken item",
+            "wrong size",
+            "damaged box",
+            "return window",
+            "replacement",
+            "defect",
+            "torn sleeve",
+            "faulty zipper",
+            "missing part",
+            "store credit",
+            "unwanted gift",
+            "wrong color",
+            "scratched screen",
+            "refund request",
+        ],
+    ),
+    (
+        "technical",
+        &[
+            "app",
+            "website",
+            "error message",
+            "crash",
+            "checkout page",
+            "browser",
+            "update",
+            "bug",
+            "loading screen",
+            "server",
+            "search bar",
+            "notification",
+            "bluetooth",
+            "battery",
+            "firmware",
+            "wifi",
+        ],
+    ),
+];
+
+/// Message shapes around the keyword ({k}).
+const TRIAGE_TEMPLATES: &[&str] = &[
+    "Hi, I have a question about my {k}.",
+    "There is a problem with the {k}, please help.",
+    "Can someone look at my {k} today?",
+    "Hello team, the {k} is not right.",
+    "I need help with the {k} for my last order.",
+    "Why is my {k} like this?",
+    "Good morning, something is off with the {k}.",
+    "Please check the {k} on my order.",
+    "My {k} does not look correct.",
+    "Quick question regarding the {k}.",
+    "I am confused by the {k}, can you explain?",
+    "Is anyone able to fix the {k}?",
+    "Hey, the {k} stopped making sense to me.",
+    "Could you help me understand the {k}?",
+    "Something went wrong with my {k} yesterday.",
+    "I want to complain about the {k}.",
 ];
 
 const LETTER_WORDS: &[&str] = &[
@@ -45,6 +180,7 @@ impl Family {
             "arithmetic" => Some(Self::Arithmetic),
             "reverse" => Some(Self::Reverse),
             "sort" => Some(Self::Sort),
+            "triage" => Some(Self::Triage),
             _ => None,
         }
     }
@@ -55,6 +191,7 @@ impl Family {
             Self::Arithmetic => "arithmetic",
             Self::Reverse => "reverse",
             Self::Sort => "sort",
+            Self::Triage => "triage",
         }
     }
 
@@ -69,6 +206,9 @@ impl Family {
             }
             Self::Sort => {
                 "Sort the given list of numbers in the requested order and reply with the sorted list only, comma separated."
+            }
+            Self::Triage => {
+                "Route the customer message to one team: billing, shipping, account, returns or technical. Reply with the team name only."
             }
         }
     }
@@ -141,6 +281,15 @@ impl Family {
                 }
                 (format!("{prefix} {list}"), join_nums(&sorted))
             }
+            Self::Triage => {
+                let (team, keywords) = TRIAGE_TEAMS.choose(rng).copied().unwrap_or(TRIAGE_TEAMS[0]);
+                let keyword = keywords.choose(rng).copied().unwrap_or(keywords[0]);
+                let template = TRIAGE_TEMPLATES
+                    .choose(rng)
+                    .copied()
+                    .unwrap_or(TRIAGE_TEMPLATES[0]);
+                (template.replace("{k}", keyword), team.to_string())
+            }
         }
     }
 
@@ -176,6 +325,7 @@ impl Family {
                 }
                 Some(join_nums(&nums))
             }
+            Self::Triage => triage_team(instruction).map(str::to_string),
         }
     }
 
@@ -216,6 +366,19 @@ pub fn sample_dataset(family: Family, n: usize, rng: &mut impl Rng) -> Vec<Datas
         }
     }
     rows
+}
+
+/// The team whose keyword the message mentions (as whole words); the longest keyword wins
+/// when several match.
+fn triage_team(message: &str) -> Option<&'static str> {
+    let words = normalize(message);
+    let padded = format!(" {words} ");
+    TRIAGE_TEAMS
+        .iter()
+        .flat_map(|(team, keywords)| keywords.iter().map(move |k| (*team, *k)))
+        .filter(|(_, k)| padded.contains(&format!(" {} ", normalize(k))))
+        .max_by_key(|(_, k)| k.len())
+        .map(|(team, _)| team)
 }
 
 fn join_nums(nums: &[i64]) -> String {
@@ -330,7 +493,12 @@ mod tests {
     #[test]
     fn generated_pairs_are_solved_correctly() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        for family in [Family::Arithmetic, Family::Reverse, Family::Sort] {
+        for family in [
+            Family::Arithmetic,
+            Family::Reverse,
+            Family::Sort,
+            Family::Triage,
+        ] {
             for _ in 0..200 {
                 let (i, a) = family.generate(&mut rng);
                 assert_eq!(family.solve(&i).as_deref(), Some(a.as_str()), "{i}");
@@ -354,6 +522,14 @@ mod tests {
                 .as_deref(),
             Some("30, 9, 5")
         );
+        assert_eq!(
+            Family::Triage
+                .solve("My two-factor code never arrives by SMS.")
+                .as_deref(),
+            Some("account")
+        );
+        // Whole words only: "apple" does not mention the "app".
+        assert_eq!(Family::Triage.solve("I love apple pie."), None);
         assert_eq!(Family::Arithmetic.solve("hello"), None);
     }
 
@@ -374,6 +550,33 @@ mod tests {
         );
         let (s, _) = Family::Arithmetic.grade("82", "81");
         assert!((30.0..60.0).contains(&s), "{s}");
+    }
+
+    #[test]
+    fn every_validated_family_name_is_served() {
+        for name in FAMILY_NAMES {
+            let family = Family::from_model(name).expect("a family for every name");
+            assert_eq!(family.name(), name);
+        }
+    }
+
+    #[test]
+    fn triage_keywords_route_to_exactly_one_team() {
+        let all: Vec<&str> = TRIAGE_TEAMS
+            .iter()
+            .flat_map(|(_, k)| k.iter().copied())
+            .collect();
+        assert_eq!(all.len(), 80);
+        for (team, keywords) in TRIAGE_TEAMS {
+            for k in *keywords {
+                let message = format!("Please check the {k} on my order.");
+                assert_eq!(triage_team(&message), Some(*team), "{k}");
+            }
+        }
+        let f = Family::Triage;
+        assert_eq!(f.grade("shipping", "shipping"), (95.0, 95.0));
+        assert_eq!(f.grade("The shipping team.", "shipping"), (80.0, 75.0));
+        assert_eq!(f.grade("billing", "shipping"), (10.0, 5.0));
     }
 
     #[test]
