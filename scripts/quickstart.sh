@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The quickstart: migrate a toy feature ("sort these numbers") from a simulated service LLM to
+# The quickstart: migrate a toy feature (routing support tickets) from a simulated service LLM to
 # a small model built from scratch, on this machine, offline, with no API keys.
 #
 # Builds llamaduo and llamaduo-trainer in release mode, then runs
