@@ -74,6 +74,45 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// Reading the serving Deployment or Service failed (other than it being absent).
+    #[error("reading {kind} {namespace}/{name}")]
+    GetServing {
+        /// Deployment or Service.
+        kind: &'static str,
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// Server-side applying the serving Deployment or Service failed.
+    #[error("applying {kind} {namespace}/{name}")]
+    ApplyServing {
+        /// Deployment or Service.
+        kind: &'static str,
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// Deleting the serving Deployment or Service failed.
+    #[error("deleting {kind} {namespace}/{name}")]
+    DeleteServing {
+        /// Deployment or Service.
+        kind: &'static str,
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
     /// Serializing a stage config or status failed.
     #[error("serializing the {what}")]
     Serialize {
@@ -95,6 +134,9 @@ impl Error {
             Error::GetPrerequisite { .. } => "GetPrerequisite",
             Error::PatchStatus { .. } => "PatchStatus",
             Error::CreateJob { .. } => "CreateJob",
+            Error::GetServing { .. } => "GetServing",
+            Error::ApplyServing { .. } => "ApplyServing",
+            Error::DeleteServing { .. } => "DeleteServing",
             Error::Serialize { .. } => "Serialize",
         }
     }

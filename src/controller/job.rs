@@ -9,18 +9,21 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar,
-    EnvVarSource, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
-    SeccompProfile, SecretEnvSource, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec,
+    SecretKeySelector, Volume, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::api::{
-    DEFAULT_RESULT_PATH, JUDGE_API_KEY_ENV, LlamaDuoMigration, LlamaDuoMigrationSpec,
-    RESULT_PATH_ENV, STAGE_CONFIG_ENV, SecretKeyRef, Stage, StageConfig, StageRun,
-    TEACHER_API_KEY_ENV,
+    DEFAULT_RESULT_PATH, JUDGE_API_KEY_ENV, LlamaDuoMigrationSpec, RESULT_PATH_ENV,
+    STAGE_CONFIG_ENV, SecretKeyRef, Stage, StageConfig, StageRun, TEACHER_API_KEY_ENV,
 };
 use crate::plan::stage_run_name;
+
+pub use super::pod::owner_reference;
+use super::pod::{
+    StorageWiring, container_security, home_env, pod_security, storage_wiring, tmp_volume,
+};
 
 /// Name of the stage container (the one whose termination message is the result).
 pub const CONTAINER_NAME: &str = "trainer";
@@ -30,8 +33,6 @@ pub const FIELD_MANAGER: &str = "llamaduo-operator";
 pub const COVERAGE_MOUNT: &str = "/etc/llamaduo/coverage";
 /// Label naming the migration a Job belongs to.
 pub const MIGRATION_LABEL: &str = "llamaduo.dev/migration";
-/// UID and GID stage pods run as (distroless `nonroot`).
-const NON_ROOT_ID: i64 = 65532;
 
 /// Everything a stage Job is built from.
 pub struct JobInputs<'a> {
@@ -195,16 +196,9 @@ pub fn build_job(inputs: &JobInputs<'_>) -> Result<Job, serde_json::Error> {
     } = *inputs;
     let labels = labels(migration, run);
     let mut config = config.clone();
-    let mut volumes = vec![Volume {
-        name: "tmp".into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Volume::default()
-    }];
-    let mut mounts = vec![VolumeMount {
-        name: "tmp".into(),
-        mount_path: "/tmp".into(),
-        ..VolumeMount::default()
-    }];
+    let (tmp, tmp_mount) = tmp_volume();
+    let mut volumes = vec![tmp];
+    let mut mounts = vec![tmp_mount];
     // ConfigMap coverage: mount the ConfigMap and point the stage at the mounted file.
     if let StageConfig::Synthesize(c) = &mut config {
         let sources = [
@@ -251,12 +245,7 @@ pub fn build_job(inputs: &JobInputs<'_>) -> Result<Job, serde_json::Error> {
             value: Some(DEFAULT_RESULT_PATH.into()),
             ..EnvVar::default()
         },
-        // The root filesystem is read-only: caches go to the /tmp emptyDir.
-        EnvVar {
-            name: "HOME".into(),
-            value: Some("/tmp".into()),
-            ..EnvVar::default()
-        },
+        home_env(),
     ];
     let secret_env = |name: &str, r: &SecretKeyRef| EnvVar {
         name: name.into(),
@@ -288,33 +277,13 @@ pub fn build_job(inputs: &JobInputs<'_>) -> Result<Job, serde_json::Error> {
         }
         Stage::Train => {}
     }
-    let mut env_from = None;
-    if let Some(storage) = &spec.storage {
-        if let (Some(path), Some(v)) = (storage.url.strip_prefix("file://"), &storage.volume) {
-            volumes.push(Volume {
-                name: "artifacts".into(),
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: v.claim_name.clone(),
-                    read_only: Some(false),
-                }),
-                ..Volume::default()
-            });
-            mounts.push(VolumeMount {
-                name: "artifacts".into(),
-                mount_path: path.trim_end_matches('/').to_string(),
-                ..VolumeMount::default()
-            });
-        }
-        if let Some(s) = &storage.credentials_secret_ref {
-            env_from = Some(vec![EnvFromSource {
-                secret_ref: Some(SecretEnvSource {
-                    name: s.name.clone(),
-                    optional: Some(false),
-                }),
-                ..EnvFromSource::default()
-            }]);
-        }
-    }
+    let StorageWiring {
+        volumes: storage_volumes,
+        mounts: storage_mounts,
+        env_from,
+    } = storage_wiring(spec);
+    volumes.extend(storage_volumes);
+    mounts.extend(storage_mounts);
     let is_train = run.stage == Stage::Train;
     let container = Container {
         name: CONTAINER_NAME.into(),
@@ -332,18 +301,7 @@ pub fn build_job(inputs: &JobInputs<'_>) -> Result<Job, serde_json::Error> {
         } else {
             None
         },
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            privileged: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            seccomp_profile: Some(runtime_default()),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(container_security()),
         termination_message_path: Some(DEFAULT_RESULT_PATH.into()),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
@@ -354,14 +312,7 @@ pub fn build_job(inputs: &JobInputs<'_>) -> Result<Job, serde_json::Error> {
         enable_service_links: Some(false),
         containers: vec![container],
         volumes: Some(volumes),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(NON_ROOT_ID),
-            run_as_group: Some(NON_ROOT_ID),
-            fs_group: Some(NON_ROOT_ID),
-            seccomp_profile: Some(runtime_default()),
-            ..PodSecurityContext::default()
-        }),
+        security_context: Some(pod_security()),
         node_selector: is_train
             .then(|| spec.training.node_selector.clone())
             .flatten(),
@@ -394,24 +345,4 @@ pub fn build_job(inputs: &JobInputs<'_>) -> Result<Job, serde_json::Error> {
         }),
         status: None,
     })
-}
-
-/// The controller owner reference to the migration (garbage collection and the Job watch).
-pub fn owner_reference(migration: &str, uid: &str) -> OwnerReference {
-    use kube::Resource;
-    OwnerReference {
-        api_version: LlamaDuoMigration::api_version(&()).into_owned(),
-        kind: LlamaDuoMigration::kind(&()).into_owned(),
-        name: migration.to_string(),
-        uid: uid.to_string(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
-fn runtime_default() -> SeccompProfile {
-    SeccompProfile {
-        type_: "RuntimeDefault".into(),
-        localhost_profile: None,
-    }
 }

@@ -2,6 +2,10 @@
 //! they own, and per reconcile observes the current stage run, asks [`crate::plan::plan`]
 //! what to do, and acts (status first, then the Job, then an Event).
 //!
+//! When `spec.serving.enabled` and the migration has succeeded, it also runs the best model
+//! behind an OpenAI-compatible Deployment and Service ([`serving`]), watching the Deployments
+//! it owns.
+//!
 //! Around the loop: leader election through a Lease, `/metrics`, `/healthz` and `/readyz` on
 //! one port, and JSON logs filtered by `--log-filter` / `RUST_LOG`.
 
@@ -11,7 +15,9 @@ pub mod job;
 mod leader;
 mod metrics;
 mod observe;
+pub mod pod;
 mod reconcile;
+pub mod serving;
 #[cfg(test)]
 mod tests;
 
@@ -23,6 +29,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{ApiResource, DynamicObject};
@@ -223,26 +230,29 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         metrics,
         Some(identity),
     ));
-    let (migrations, jobs) = match args.watch_namespace() {
+    let (migrations, jobs, deployments) = match args.watch_namespace() {
         Some(ns) => (
             Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ctx.api_resource),
             Api::<Job>::namespaced(client.clone(), ns),
+            Api::<Deployment>::namespaced(client.clone(), ns),
         ),
         None => (
             Api::<DynamicObject>::all_with(client.clone(), &ctx.api_resource),
             Api::<Job>::all(client.clone()),
+            Api::<Deployment>::all(client.clone()),
         ),
     };
+    let owned =
+        || watcher::Config::default().labels("app.kubernetes.io/managed-by=llamaduo-operator");
     let lost = Arc::new(AtomicBool::new(false));
     let mut controller = Controller::new_with(
         migrations,
         watcher::Config::default(),
         ctx.api_resource.clone(),
     )
-    .owns(
-        jobs,
-        watcher::Config::default().labels("app.kubernetes.io/managed-by=llamaduo-operator"),
-    )
+    .owns(jobs, owned())
+    // Serving Deployments: availability changes update the Serving condition.
+    .owns(deployments, owned())
     .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
     .shutdown_on_signal();
     if let Some(elector) = elector.clone() {

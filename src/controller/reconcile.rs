@@ -24,6 +24,7 @@ use super::Context;
 use super::error::Error;
 use super::job::{FIELD_MANAGER, JobInputs, build_job};
 use super::observe::observe;
+use super::serving::{self, ServingInputs, ServingObservation};
 
 /// Requeue while a stage runs (Job events normally come first).
 const WAIT_REQUEUE: Duration = Duration::from_secs(300);
@@ -105,10 +106,34 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     let decision = plan::plan(&id, &spec, &status, generation, &observation);
     ctx.metrics.decided(decision.kind());
     tracing::info!(migration = %key(obj), decision = decision.kind(), "planned");
-    let next = plan::apply(&status, &decision, generation, &now);
+    let mut next = plan::apply(&status, &decision, generation, &now);
+    // Serving follows the status the round decision produced, so a migration that succeeds
+    // in this reconcile starts serving in it too.
+    let observed = if serving::needs_observation(&spec, &next) {
+        serving::observe(ctx, &namespace, &name).await?
+    } else {
+        ServingObservation::default()
+    };
+    let inputs = ServingInputs {
+        migration: &name,
+        namespace: &namespace,
+        uid: &uid,
+        spec: &spec,
+        default_image: &ctx.config.trainer_image,
+    };
+    let serving =
+        serving::plan_serving(&inputs, &next, &observed).map_err(|source| Error::Serialize {
+            what: "serving objects",
+            source,
+        })?;
+    // Deletes come before the status write that clears the endpoint: an endpoint in status
+    // is how a later reconcile knows serving objects may still exist.
+    serving::delete(ctx, &namespace, &serving).await?;
+    serving::apply_serving(&mut next, &serving, generation, &now);
     let changed = write_status(ctx, &namespace, &name, &status, &next).await?;
     ctx.metrics.migration(&namespace, &name, &next);
     act(ctx, obj, &namespace, &uid, &spec, &decision, changed).await?;
+    serving::act(ctx, obj, &serving).await?;
     Ok(match decision {
         Decision::Stall(_) => Action::requeue(ctx.backoff(&key(obj))),
         Decision::Wait { .. } => {
@@ -296,7 +321,7 @@ async fn act(
 
 /// Publish an Event about the migration. A failed publish is logged, never fatal: events are
 /// a courtesy, status is the record.
-async fn publish(
+pub(super) async fn publish(
     ctx: &Context,
     obj: &DynamicObject,
     type_: EventType,

@@ -17,6 +17,9 @@ pub const CONDITION_RECONCILING: &str = "Reconciling";
 pub const CONDITION_STALLED: &str = "Stalled";
 /// Whether a round has reached the target.
 pub const CONDITION_TARGET_REACHED: &str = "TargetReached";
+/// Whether the serving Deployment has its replicas available (written by the operator only
+/// when `spec.serving` was enabled; never touched by [`refresh`]).
+pub const CONDITION_SERVING: &str = "Serving";
 
 /// One desired condition before times are assigned.
 struct Desired {

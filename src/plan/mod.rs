@@ -25,14 +25,14 @@ mod fixtures;
 mod tests;
 
 pub use conditions::{
-    CONDITION_READY, CONDITION_RECONCILING, CONDITION_STALLED, CONDITION_TARGET_REACHED,
-    set_condition,
+    CONDITION_READY, CONDITION_RECONCILING, CONDITION_SERVING, CONDITION_STALLED,
+    CONDITION_TARGET_REACHED, set_condition,
 };
 pub use decide::{plan, run_to_observe};
 pub use decision::{Decision, Finish, Stall, StopReason};
-pub use names::{MAX_NAME_LEN, stage_run_name};
+pub use names::{MAX_NAME_LEN, serving_name, stage_run_name};
 pub use observation::Observation;
-pub use render::{RenderError, samples_for_round, stage_config, token_budget};
+pub use render::{RenderError, artifacts_root, samples_for_round, stage_config, token_budget};
 pub use transition::{apply, apply_result, stalled};
 
 /// Which migration a decision is about, and where its artifacts go when the spec names no

@@ -25,18 +25,36 @@ pub fn stage_run_name(migration: &str, round: u32, stage: Stage, attempt: u32) -
     } else {
         format!("-r{round}-{stage}")
     };
+    shortened(migration, &suffix, false)
+}
+
+/// The name of the serving Deployment and Service of a migration: `{migration}-serve`,
+/// shortened like [`stage_run_name`] when needed. It is also a DNS-1035 label (it starts with
+/// a letter), as Service names must be: a migration whose name starts with a digit gets an
+/// `m` prefix and the hash.
+pub fn serving_name(migration: &str) -> String {
+    shortened(migration, "-serve", true)
+}
+
+/// `{migration}{suffix}` when that is a valid label, else a sanitized prefix of the migration
+/// name, a hash of the full name and the suffix. With `letter_start` the result also starts
+/// with a letter.
+fn shortened(migration: &str, suffix: &str, letter_start: bool) -> String {
     let sanitized = sanitize(migration);
-    if sanitized == migration && sanitized.len() + suffix.len() <= MAX_NAME_LEN {
+    let starts_well = !letter_start || sanitized.starts_with(|c: char| c.is_ascii_lowercase());
+    if sanitized == migration && starts_well && sanitized.len() + suffix.len() <= MAX_NAME_LEN {
         return format!("{sanitized}{suffix}");
     }
     let hash = hex_prefix(&Sha256::digest(migration.as_bytes()));
-    // Room for the prefix: the label minus suffix, hash and the dash before the hash.
-    let room = MAX_NAME_LEN - suffix.len() - HASH_LEN - 1;
+    // Room for the prefix: the label minus suffix, hash, the dash before the hash and (when
+    // the name needs a leading letter) the `m`.
+    let lead = if starts_well { "" } else { "m" };
+    let room = MAX_NAME_LEN - suffix.len() - HASH_LEN - 1 - lead.len();
     let prefix = sanitized[..sanitized.len().min(room)].trim_end_matches('-');
     if prefix.is_empty() {
         format!("h{}{suffix}", &hash[1..])
     } else {
-        format!("{prefix}-{hash}{suffix}")
+        format!("{lead}{prefix}-{hash}{suffix}")
     }
 }
 
@@ -109,6 +127,44 @@ mod tests {
         assert_ne!(n, stage_run_name("team-tickets", 1, Stage::Train, 1));
     }
 
+    fn is_dns1035_label(s: &str) -> bool {
+        is_dns1123_label(s) && s.starts_with(|c: char| c.is_ascii_lowercase())
+    }
+
+    #[test]
+    fn serving_names_are_readable_when_they_fit() {
+        assert_eq!(serving_name("tickets"), "tickets-serve");
+        assert_eq!(serving_name("tickets"), serving_name("tickets"));
+    }
+
+    #[test]
+    fn serving_names_are_service_names() {
+        for name in [
+            "1tickets",
+            "team.tickets",
+            "9",
+            "-",
+            &"z".repeat(58),
+            &"z".repeat(253),
+            &format!("7{}", "a".repeat(100)),
+        ] {
+            let n = serving_name(name);
+            assert!(is_dns1035_label(&n), "{name}: {n}");
+            assert!(n.ends_with("-serve"), "{n}");
+        }
+        assert_ne!(serving_name("1tickets"), serving_name("2tickets"));
+        assert!(serving_name("1tickets").starts_with("m1tickets-"));
+        // A name that fits exactly is kept; one more character is hashed.
+        assert_eq!(
+            serving_name(&"z".repeat(57)),
+            format!("{}-serve", "z".repeat(57))
+        );
+        assert_ne!(
+            serving_name(&"z".repeat(58)),
+            format!("{}-serve", "z".repeat(58))
+        );
+    }
+
     #[test]
     fn every_length_yields_a_label() {
         for len in 1..=253 {
@@ -117,6 +173,8 @@ mod tests {
                 let n = stage_run_name(&name, u32::MAX, stage, u32::MAX);
                 assert!(is_dns1123_label(&n), "{len}: {n}");
             }
+            let n = serving_name(&name);
+            assert!(is_dns1035_label(&n), "{len}: {n}");
         }
     }
 }

@@ -1,0 +1,360 @@
+//! The serving decision, pure in the style of `plan()`: from the spec, the status that the
+//! round decision produced and the observed Deployment and Service, decide whether to apply
+//! them, delete them or do nothing, and what `status.endpoint` and the `Serving` condition
+//! say.
+//!
+//! Serving runs when `spec.serving.enabled`, the phase is `Succeeded` and `status.best` is
+//! set. The objects are applied whenever their rendering hash differs from the one recorded on
+//! the live objects (a better best round changes `--model`, which rolls the pods). When
+//! serving should not run, objects this migration controls are deleted. `status.endpoint` is
+//! set before the first apply and cleared only after the deletes, so an unset endpoint means
+//! no serving object of this migration exists and a migration that never served costs no API
+//! call.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+use crate::api::{BestRound, LlamaDuoMigrationSpec, LlamaDuoMigrationStatus, Phase};
+use crate::plan::{CONDITION_SERVING, serving_name, set_condition};
+
+use super::super::pod::controlled_by;
+use super::render::{
+    HASH_ANNOTATION, ROUND_ANNOTATION, ServingInputs, ServingObjects, ServingRenderError, endpoint,
+    render,
+};
+
+/// `Serving=True`: the Deployment has its desired replicas updated and available.
+pub const REASON_AVAILABLE: &str = "Available";
+/// `Serving=False`: the Deployment is being created or rolled out, or its pods are not ready.
+pub const REASON_PROGRESSING: &str = "DeploymentProgressing";
+/// `Serving=False`: the rollout exceeded its progress deadline (Deployment condition
+/// `Progressing=False`, `ProgressDeadlineExceeded`).
+pub const REASON_FAILED: &str = "DeploymentFailed";
+/// `Serving=False`: `spec.serving.replicas` is 0.
+pub const REASON_SCALED_TO_ZERO: &str = "ScaledToZero";
+/// `Serving=False`: serving is enabled but the migration has not succeeded (no model yet, or
+/// it failed).
+pub const REASON_NOT_SUCCEEDED: &str = "NotSucceeded";
+/// `Serving=False`: a Deployment or Service of the serving name exists and is not controlled
+/// by this migration; it is left alone.
+pub const REASON_NAME_CONFLICT: &str = "NameConflict";
+/// `Serving=False`: the spec cannot be rendered into serving objects (e.g. no storage).
+pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
+/// `Serving=False`: `spec.serving.enabled` was turned off; the objects are deleted.
+pub const REASON_DISABLED: &str = "Disabled";
+
+/// The live serving objects (by the serving name), as read from the API server.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServingObservation {
+    /// The Deployment, if one exists.
+    pub deployment: Option<Deployment>,
+    /// The Service, if one exists.
+    pub service: Option<Service>,
+}
+
+/// What to do with the serving objects.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ServingAction {
+    /// Leave them as they are.
+    Nothing,
+    /// Server-side apply the Deployment and the Service.
+    Apply {
+        /// The desired objects.
+        objects: Box<ServingObjects>,
+        /// The previously served round (from the live Deployment); `None` when the
+        /// Deployment does not exist yet (serving starts).
+        previous: Option<Previous>,
+    },
+    /// Delete the objects this migration controls.
+    Delete {
+        /// Name of the Deployment to delete, if it exists and is ours.
+        deployment: Option<String>,
+        /// Name of the Service to delete, if it exists and is ours.
+        service: Option<String>,
+        /// The round the Deployment served, when known.
+        round: Option<u32>,
+    },
+}
+
+/// The live Deployment an update replaces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Previous {
+    /// The round it served, when its annotation says.
+    pub round: Option<u32>,
+}
+
+/// The desired `Serving` condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServingCondition {
+    /// "True" or "False".
+    pub status: &'static str,
+    /// One of the `REASON_*` constants.
+    pub reason: &'static str,
+    /// What a person reads.
+    pub message: String,
+}
+
+/// The serving decision and the status it implies.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServingPlan {
+    /// What to do with the objects.
+    pub action: ServingAction,
+    /// The new `status.endpoint`.
+    pub endpoint: Option<String>,
+    /// The new `Serving` condition; `None` leaves the conditions alone (serving never enabled).
+    pub condition: Option<ServingCondition>,
+}
+
+/// The best round when serving should run: enabled, Succeeded, with a best round.
+pub fn wanted<'a>(
+    spec: &LlamaDuoMigrationSpec,
+    status: &'a LlamaDuoMigrationStatus,
+) -> Option<&'a BestRound> {
+    let succeeded = status.phase == Some(Phase::Succeeded);
+    (spec.serving.enabled && succeeded)
+        .then_some(status.best.as_ref())
+        .flatten()
+}
+
+/// Whether the live objects must be read: serving should run, or the status says objects may
+/// exist (`status.endpoint` is set).
+pub fn needs_observation(spec: &LlamaDuoMigrationSpec, status: &LlamaDuoMigrationStatus) -> bool {
+    wanted(spec, status).is_some() || status.endpoint.is_some()
+}
+
+/// Decide what to do with the serving objects of a migration whose next status is `status`.
+/// Errors only when an object cannot be serialized for its hash.
+pub fn plan_serving(
+    inputs: &ServingInputs<'_>,
+    status: &LlamaDuoMigrationStatus,
+    observed: &ServingObservation,
+) -> Result<ServingPlan, serde_json::Error> {
+    let spec = inputs.spec;
+    let name = serving_name(inputs.migration);
+    let ours = |meta: &ObjectMeta| controlled_by(meta.owner_references.as_ref(), inputs.uid);
+    let Some(best) = wanted(spec, status) else {
+        let deployment = observed
+            .deployment
+            .as_ref()
+            .filter(|d| ours(&d.metadata))
+            .map(|_| name.clone());
+        let service = observed
+            .service
+            .as_ref()
+            .filter(|s| ours(&s.metadata))
+            .map(|_| name.clone());
+        let action = if deployment.is_some() || service.is_some() {
+            ServingAction::Delete {
+                round: observed.deployment.as_ref().and_then(served_round),
+                deployment,
+                service,
+            }
+        } else {
+            ServingAction::Nothing
+        };
+        let had_condition = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == CONDITION_SERVING);
+        let condition = if spec.serving.enabled {
+            Some(not_ready(
+                REASON_NOT_SUCCEEDED,
+                not_succeeded_message(status),
+            ))
+        } else if had_condition {
+            Some(not_ready(
+                REASON_DISABLED,
+                "spec.serving.enabled is false; the serving Deployment and Service are removed"
+                    .into(),
+            ))
+        } else {
+            None
+        };
+        return Ok(ServingPlan {
+            action,
+            endpoint: None,
+            condition,
+        });
+    };
+    let foreign = [
+        (
+            "Deployment",
+            observed.deployment.as_ref().map(|d| &d.metadata),
+        ),
+        ("Service", observed.service.as_ref().map(|s| &s.metadata)),
+    ]
+    .into_iter()
+    .find_map(|(kind, meta)| meta.filter(|m| !ours(m)).map(|_| kind));
+    if let Some(kind) = foreign {
+        return Ok(ServingPlan {
+            action: ServingAction::Nothing,
+            endpoint: None,
+            condition: Some(not_ready(
+                REASON_NAME_CONFLICT,
+                format!(
+                    "{kind} {}/{name} exists but is not controlled by this LlamaDuoMigration; delete or rename it",
+                    inputs.namespace
+                ),
+            )),
+        });
+    }
+    let objects = match render(inputs, best) {
+        Ok(objects) => objects,
+        Err(ServingRenderError::Spec(e)) => {
+            return Ok(ServingPlan {
+                action: ServingAction::Nothing,
+                endpoint: status.endpoint.clone(),
+                condition: Some(not_ready(REASON_INVALID_SPEC, e.to_string())),
+            });
+        }
+        Err(ServingRenderError::Serialize(e)) => return Err(e),
+    };
+    let endpoint = Some(endpoint(inputs.migration, inputs.namespace));
+    let live_hash = |meta: Option<&ObjectMeta>| {
+        meta.and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(HASH_ANNOTATION))
+            .cloned()
+    };
+    let deployment_current = live_hash(observed.deployment.as_ref().map(|d| &d.metadata))
+        .as_deref()
+        == Some(objects.deployment_hash.as_str());
+    let service_current = live_hash(observed.service.as_ref().map(|s| &s.metadata)).as_deref()
+        == Some(objects.service_hash.as_str());
+    let target = format!(
+        "Deployment {name} serving round {} ({})",
+        best.round, best.model_uri
+    );
+    match &observed.deployment {
+        Some(d) if deployment_current && service_current => Ok(ServingPlan {
+            action: ServingAction::Nothing,
+            endpoint,
+            condition: Some(availability(d, spec.serving.replicas, &target)),
+        }),
+        live => {
+            let previous = live.as_ref().map(|d| Previous {
+                round: served_round(d),
+            });
+            let verb = if previous.is_some() {
+                "updating"
+            } else {
+                "creating"
+            };
+            Ok(ServingPlan {
+                action: ServingAction::Apply {
+                    objects: Box::new(objects),
+                    previous,
+                },
+                endpoint,
+                condition: Some(not_ready(REASON_PROGRESSING, format!("{verb} {target}"))),
+            })
+        }
+    }
+}
+
+/// Write the plan's endpoint and `Serving` condition into `status` (the condition's time moves
+/// only when its status flips; the other conditions are not touched).
+pub fn apply_serving(
+    status: &mut LlamaDuoMigrationStatus,
+    plan: &ServingPlan,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    status.endpoint = plan.endpoint.clone();
+    if let Some(c) = &plan.condition {
+        set_condition(
+            &mut status.conditions,
+            CONDITION_SERVING,
+            c.status,
+            c.reason,
+            &c.message,
+            generation,
+            now,
+        );
+    }
+}
+
+/// The round a live Deployment serves, from its annotation.
+pub fn served_round(d: &Deployment) -> Option<u32> {
+    d.metadata
+        .annotations
+        .as_ref()?
+        .get(ROUND_ANNOTATION)?
+        .parse()
+        .ok()
+}
+
+fn not_ready(reason: &'static str, message: String) -> ServingCondition {
+    ServingCondition {
+        status: "False",
+        reason,
+        message,
+    }
+}
+
+fn not_succeeded_message(status: &LlamaDuoMigrationStatus) -> String {
+    match status.phase {
+        Some(Phase::Failed) => {
+            "the migration failed before reaching its target: there is no model to serve".into()
+        }
+        Some(Phase::Succeeded) => "the migration succeeded without a best round".into(),
+        phase => format!(
+            "waiting for the migration to succeed (phase {:?})",
+            phase.unwrap_or_default()
+        ),
+    }
+}
+
+/// The `Serving` condition of a Deployment whose live rendering is the desired one, judged as
+/// `kubectl rollout status` does: the controller saw the latest generation, every desired
+/// replica is updated, no old replica remains, every replica is available.
+fn availability(d: &Deployment, replicas: i32, target: &str) -> ServingCondition {
+    let progressing = |detail: String| not_ready(REASON_PROGRESSING, format!("{target}: {detail}"));
+    let status = d.status.clone().unwrap_or_default();
+    let deadline = status.conditions.iter().flatten().find(|c| {
+        c.type_.as_deref() == Some("Progressing")
+            && c.status.as_deref() == Some("False")
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    if let Some(c) = deadline {
+        return not_ready(
+            REASON_FAILED,
+            format!(
+                "{target}: {}",
+                c.message.as_deref().unwrap_or("progress deadline exceeded")
+            ),
+        );
+    }
+    let generation = d.metadata.generation.unwrap_or(0);
+    if status.observed_generation.unwrap_or(0) < generation {
+        return progressing(format!(
+            "the Deployment controller has not yet observed generation {generation}"
+        ));
+    }
+    if replicas == 0 {
+        return not_ready(
+            REASON_SCALED_TO_ZERO,
+            format!("{target}: spec.serving.replicas is 0"),
+        );
+    }
+    let updated = status.updated_replicas.unwrap_or(0);
+    let total = status.replicas.unwrap_or(0);
+    let available = status.available_replicas.unwrap_or(0);
+    if updated < replicas {
+        return progressing(format!("{updated} of {replicas} replicas updated"));
+    }
+    if total > updated {
+        return progressing(format!(
+            "{} old replicas are pending termination",
+            total - updated
+        ));
+    }
+    if available < replicas {
+        return progressing(format!("{available} of {replicas} replicas available"));
+    }
+    ServingCondition {
+        status: "True",
+        reason: REASON_AVAILABLE,
+        message: format!("{target}: {available} of {replicas} replicas available"),
+    }
+}
