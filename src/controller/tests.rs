@@ -829,3 +829,5 @@ mod pure {
         assert_eq!(cli.args.log_filter(), "debug");
     }
 }
+
+mod serving;
