@@ -90,7 +90,7 @@ async fn models_and_unknown_model_errors() {
         .iter()
         .filter_map(|m| m["id"].as_str())
         .collect();
-    assert_eq!(ids, ["arithmetic", "reverse", "sort"]);
+    assert_eq!(ids, ["arithmetic", "reverse", "sort", "triage"]);
 
     let err = client
         .chat(&answer_request(

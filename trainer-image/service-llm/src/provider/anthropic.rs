@@ -20,34 +20,16 @@ pub const ANTHROPIC_DEFAULT_BASE: &str = "https://api.anthropic.com/v1";
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// A client for the Anthropic Messages API.
+#[derive(Debug)]
 pub struct AnthropicProvider {
-    url: String,
-    model: String,
-    key: Option<Secret>,
-    client: reqwest::Client,
-}
-
-impl std::fmt::Debug for AnthropicProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AnthropicProvider")
-            .field("url", &self.url)
-            .field("model", &self.model)
-            .field("key", &self.key)
-            .finish()
-    }
+    endpoint: http::Endpoint,
 }
 
 impl AnthropicProvider {
     /// A client posting to `{base}/messages`.
     pub fn new(base: &str, model: &str, key: Option<Secret>) -> Result<Self, LlmError> {
-        let base = base.trim_end_matches('/');
-        url::Url::parse(base)
-            .map_err(|e| LlmError::Config(format!("baseUrl {base:?} is not a URL: {e}")))?;
         Ok(Self {
-            url: format!("{base}/messages"),
-            model: model.to_string(),
-            key,
-            client: http::build_client()?,
+            endpoint: http::Endpoint::new(base, |b| format!("{b}/messages"), model, key)?,
         })
     }
 
@@ -67,7 +49,7 @@ impl AnthropicProvider {
             })
             .collect();
         let mut body = json!({
-            "model": self.model,
+            "model": self.endpoint.model,
             "max_tokens": req.max_tokens,
             "messages": messages,
         });
@@ -138,7 +120,7 @@ impl ChatProvider for AnthropicProvider {
     }
 
     fn model(&self) -> &str {
-        &self.model
+        &self.endpoint.model
     }
 
     fn chat<'a>(
@@ -146,26 +128,26 @@ impl ChatProvider for AnthropicProvider {
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
         Box::pin(async move {
-            let mut req = self
-                .client
-                .post(&self.url)
-                .header("anthropic-version", ANTHROPIC_VERSION)
-                .json(&self.body(request));
-            if let Some(key) = &self.key {
-                req = req.header("x-api-key", key.expose());
-            }
-            let (status, headers, body) = http::send(req).await?;
-            if !(200..300).contains(&status) {
-                return Err(http::status_error(
+            let shape = http::ErrorShape {
+                fields: error_fields,
+                retry_after: http::no_body_retry,
+            };
+            let reply = self
+                .endpoint
+                .post_json(
                     "anthropic",
-                    status,
-                    &headers,
-                    &body,
-                    self.key.as_ref(),
-                    error_fields,
-                ));
-            }
-            Self::parse_reply(&http::parse_body("anthropic", &body)?)
+                    &self.body(request),
+                    |r, key| {
+                        let r = r.header("anthropic-version", ANTHROPIC_VERSION);
+                        match key {
+                            Some(key) => r.header("x-api-key", key),
+                            None => r,
+                        }
+                    },
+                    shape,
+                )
+                .await?;
+            Self::parse_reply(&reply)
         })
     }
 }

@@ -22,35 +22,18 @@ use crate::secret::Secret;
 pub const GEMINI_DEFAULT_BASE: &str = "https://generativelanguage.googleapis.com/v1beta";
 
 /// A client for the Gemini API.
+#[derive(Debug)]
 pub struct GeminiProvider {
-    url: String,
-    model: String,
-    key: Option<Secret>,
-    client: reqwest::Client,
-}
-
-impl std::fmt::Debug for GeminiProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GeminiProvider")
-            .field("url", &self.url)
-            .field("model", &self.model)
-            .field("key", &self.key)
-            .finish()
-    }
+    endpoint: http::Endpoint,
 }
 
 impl GeminiProvider {
     /// A client posting to `{base}/models/{model}:generateContent`.
     pub fn new(base: &str, model: &str, key: Option<Secret>) -> Result<Self, LlmError> {
-        let base = base.trim_end_matches('/');
-        url::Url::parse(base)
-            .map_err(|e| LlmError::Config(format!("baseUrl {base:?} is not a URL: {e}")))?;
         let model_path = model.strip_prefix("models/").unwrap_or(model);
+        let url_of = |b: &str| format!("{b}/models/{model_path}:generateContent");
         Ok(Self {
-            url: format!("{base}/models/{model_path}:generateContent"),
-            model: model.to_string(),
-            key,
-            client: http::build_client()?,
+            endpoint: http::Endpoint::new(base, url_of, model, key)?,
         })
     }
 
@@ -200,7 +183,7 @@ impl ChatProvider for GeminiProvider {
     }
 
     fn model(&self) -> &str {
-        &self.model
+        &self.endpoint.model
     }
 
     fn chat<'a>(
@@ -208,28 +191,19 @@ impl ChatProvider for GeminiProvider {
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
         Box::pin(async move {
-            let mut req = self.client.post(&self.url).json(&self.body(request));
-            if let Some(key) = &self.key {
-                req = req.header("x-goog-api-key", key.expose());
-            }
-            let (status, headers, body) = http::send(req).await?;
-            if !(200..300).contains(&status) {
-                let mut err = http::status_error(
-                    "gemini",
-                    status,
-                    &headers,
-                    &body,
-                    self.key.as_ref(),
-                    error_fields,
-                );
-                if let LlmError::Status { retry_after, .. } = &mut err
-                    && retry_after.is_none()
-                {
-                    *retry_after = retry_info(&body);
-                }
-                return Err(err);
-            }
-            Self::parse_reply(&http::parse_body("gemini", &body)?)
+            let shape = http::ErrorShape {
+                fields: error_fields,
+                retry_after: retry_info,
+            };
+            let prepare = |r: reqwest::RequestBuilder, key: Option<&str>| match key {
+                Some(key) => r.header("x-goog-api-key", key),
+                None => r,
+            };
+            let reply = self
+                .endpoint
+                .post_json("gemini", &self.body(request), prepare, shape)
+                .await?;
+            Self::parse_reply(&reply)
         })
     }
 }

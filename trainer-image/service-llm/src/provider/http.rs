@@ -36,6 +36,99 @@ pub(crate) fn build_client() -> Result<reqwest::Client, LlmError> {
         .map_err(|e| LlmError::Config(format!("cannot build the HTTP client: {e}")))
 }
 
+/// Where one provider's requests go: the endpoint URL, the model and the API key, with the
+/// client that sends them. The key shows as `[REDACTED]` in Debug output.
+pub(crate) struct Endpoint {
+    /// The full URL requests are posted to.
+    pub url: String,
+    /// The provider's model name.
+    pub model: String,
+    /// The API key, when the provider needs one.
+    pub key: Option<Secret>,
+    client: reqwest::Client,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("url", &self.url)
+            .field("model", &self.model)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl Endpoint {
+    /// Checks `base` (the spec's baseUrl) and builds the request URL from it with `url_of`.
+    pub fn new(
+        base: &str,
+        url_of: impl FnOnce(&str) -> String,
+        model: &str,
+        key: Option<Secret>,
+    ) -> Result<Self, LlmError> {
+        let base = base.trim_end_matches('/');
+        url::Url::parse(base)
+            .map_err(|e| LlmError::Config(format!("baseUrl {base:?} is not a URL: {e}")))?;
+        Ok(Self {
+            url: url_of(base),
+            model: model.to_string(),
+            key,
+            client: build_client()?,
+        })
+    }
+
+    /// Posts `body` (`prepare` adds the provider's headers and the key, if any, its way) and
+    /// returns the JSON of
+    /// a 2xx reply. An error status becomes [`LlmError::Status`]: `shape.fields` pulls (kind,
+    /// message) out of the provider's documented error body, and `shape.retry_after` reads a
+    /// wait from the body when no header gave one.
+    pub async fn post_json(
+        &self,
+        provider: &'static str,
+        body: &Value,
+        prepare: impl FnOnce(reqwest::RequestBuilder, Option<&str>) -> reqwest::RequestBuilder,
+        shape: ErrorShape,
+    ) -> Result<Value, LlmError> {
+        let request = prepare(
+            self.client.post(&self.url).json(body),
+            self.key.as_ref().map(Secret::expose),
+        );
+        let (status, headers, reply) = send(request).await?;
+        if !(200..300).contains(&status) {
+            let mut err = status_error(
+                provider,
+                status,
+                &headers,
+                &reply,
+                self.key.as_ref(),
+                shape.fields,
+            );
+            if let LlmError::Status { retry_after, .. } = &mut err
+                && retry_after.is_none()
+            {
+                *retry_after = (shape.retry_after)(&reply);
+            }
+            return Err(err);
+        }
+        parse_body(provider, &reply)
+    }
+}
+
+/// How a provider's error bodies read.
+#[derive(Clone, Copy)]
+pub(crate) struct ErrorShape {
+    /// (kind, message) of a parsed error body.
+    pub fields: fn(&Value) -> (Option<String>, Option<String>),
+    /// A wait the body asks for (Gemini's RetryInfo); providers that only use headers give
+    /// [`no_body_retry`].
+    pub retry_after: fn(&[u8]) -> Option<Duration>,
+}
+
+/// For providers whose error bodies carry no wait.
+pub(crate) fn no_body_retry(_: &[u8]) -> Option<Duration> {
+    None
+}
+
 /// Sends a prepared request and reads the whole body; transport failures become
 /// [`LlmError::Timeout`] or [`LlmError::Connection`].
 pub(crate) async fn send(

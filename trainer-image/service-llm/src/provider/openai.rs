@@ -18,25 +18,12 @@ use crate::secret::Secret;
 pub const OPENAI_DEFAULT_BASE: &str = "https://api.openai.com/v1";
 
 /// A client for OpenAI chat completions or a server that speaks it.
+#[derive(Debug)]
 pub struct OpenAiProvider {
     name: &'static str,
-    url: String,
-    model: String,
-    key: Option<Secret>,
+    endpoint: http::Endpoint,
     /// OpenAI proper: `max_completion_tokens` and strict schemas.
     official: bool,
-    client: reqwest::Client,
-}
-
-impl std::fmt::Debug for OpenAiProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAiProvider")
-            .field("name", &self.name)
-            .field("url", &self.url)
-            .field("model", &self.model)
-            .field("key", &self.key)
-            .finish()
-    }
 }
 
 impl OpenAiProvider {
@@ -49,16 +36,10 @@ impl OpenAiProvider {
         key: Option<Secret>,
         official: bool,
     ) -> Result<Self, LlmError> {
-        let base = base.trim_end_matches('/');
-        url::Url::parse(base)
-            .map_err(|e| LlmError::Config(format!("baseUrl {base:?} is not a URL: {e}")))?;
         Ok(Self {
             name,
-            url: format!("{base}/chat/completions"),
-            model: model.to_string(),
-            key,
+            endpoint: http::Endpoint::new(base, |b| format!("{b}/chat/completions"), model, key)?,
             official,
-            client: http::build_client()?,
         })
     }
 
@@ -76,7 +57,7 @@ impl OpenAiProvider {
             };
             messages.push(json!({"role": role, "content": m.content}));
         }
-        let mut body = json!({"model": self.model, "messages": messages});
+        let mut body = json!({"model": self.endpoint.model, "messages": messages});
         let tokens_field = if self.official {
             "max_completion_tokens"
         } else {
@@ -163,7 +144,7 @@ impl ChatProvider for OpenAiProvider {
     }
 
     fn model(&self) -> &str {
-        &self.model
+        &self.endpoint.model
     }
 
     fn chat<'a>(
@@ -171,22 +152,19 @@ impl ChatProvider for OpenAiProvider {
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
         Box::pin(async move {
-            let mut req = self.client.post(&self.url).json(&self.body(request));
-            if let Some(key) = &self.key {
-                req = req.bearer_auth(key.expose());
-            }
-            let (status, headers, body) = http::send(req).await?;
-            if !(200..300).contains(&status) {
-                return Err(http::status_error(
-                    self.name,
-                    status,
-                    &headers,
-                    &body,
-                    self.key.as_ref(),
-                    error_fields,
-                ));
-            }
-            Self::parse_reply(self.name, &http::parse_body(self.name, &body)?)
+            let shape = http::ErrorShape {
+                fields: error_fields,
+                retry_after: http::no_body_retry,
+            };
+            let prepare = |r: reqwest::RequestBuilder, key: Option<&str>| match key {
+                Some(key) => r.bearer_auth(key),
+                None => r,
+            };
+            let reply = self
+                .endpoint
+                .post_json(self.name, &self.body(request), prepare, shape)
+                .await?;
+            Self::parse_reply(self.name, &reply)
         })
     }
 }
