@@ -1,5 +1,6 @@
-//! Deterministic stage-run names: `{migration}-r{round}-{stage}`, plus `-a{attempt}` for
-//! retries, shortened with a hash to a valid DNS-1123 label.
+//! Deterministic object names: stage runs `{migration}-r{round}-{stage}`, plus `-a{attempt}`
+//! for retries, and the serving Deployment and Service `{migration}-serve`, shortened with a
+//! hash to a valid DNS-1123 label.
 //!
 //! The name is a pure function of (migration, round, stage, attempt), so an operator that
 //! restarts at any moment finds the run it started instead of creating a second one. Job names

@@ -382,3 +382,55 @@ async fn a_failed_delete_keeps_the_endpoint_and_is_retried() {
     assert_eq!(seen[3].body["reason"], "DeleteServing");
     assert_eq!(seen[3].body["type"], "Warning");
 }
+
+#[tokio::test]
+async fn a_migration_that_succeeds_starts_serving_in_the_same_reconcile() {
+    // Round 1 evaluated above the target (80): the round decision finishes the migration.
+    let mut status = succeeded(1);
+    status["phase"] = json!("Evaluating");
+    status["rounds"][0]
+        .as_object_mut()
+        .expect("round")
+        .remove("outcome");
+    status["rounds"][0]["scores"]["mean"] = json!(90.0);
+    status["best"]["meanScore"] = json!(90.0);
+    let obj = migration(serving_spec(), status);
+    let (result, seen) = scenario(obj, async |s: &mut ApiServer| {
+        vec![
+            s.expect(
+                Method::GET,
+                DEPLOYMENT,
+                404,
+                not_found("deployments.apps", "tickets-serve"),
+            )
+            .await,
+            s.expect(
+                Method::GET,
+                SERVICE,
+                404,
+                not_found("services", "tickets-serve"),
+            )
+            .await,
+            s.expect(Method::PATCH, STATUS, 200, Value::Null).await,
+            s.expect(Method::POST, EVENTS, 201, Value::Null).await,
+            s.expect(Method::PATCH, DEPLOYMENT, 200, Value::Null).await,
+            s.expect(Method::PATCH, SERVICE, 200, Value::Null).await,
+            s.expect(Method::POST, EVENTS, 201, Value::Null).await,
+        ]
+    })
+    .await;
+    result.expect("reconcile");
+    let status = &seen[2].body["status"];
+    assert_eq!(status["phase"], "Succeeded");
+    assert_eq!(status["endpoint"], ENDPOINT);
+    assert_eq!(
+        condition(status, "Serving")["reason"],
+        "DeploymentProgressing"
+    );
+    assert_eq!(seen[3].body["reason"], "TargetReached");
+    assert_eq!(
+        seen[4].body["spec"]["template"]["spec"]["containers"][0]["args"][1],
+        model(1)
+    );
+    assert_eq!(seen[6].body["reason"], "ServingStarted");
+}
