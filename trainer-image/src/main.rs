@@ -7,6 +7,7 @@
 //! stderr, progress JSON lines on stdout.
 
 mod evaluate;
+mod serve;
 mod stage_io;
 mod student;
 mod train_stage;
@@ -41,6 +42,10 @@ enum Command {
     /// (arithmetic, reverse, sort, triage), for trials and tests without API keys. Prints
     /// `{"baseUrl": ...}` on stdout once it listens; stops on Ctrl-C or SIGTERM.
     SimulateTeacher(llamaduo_service_llm::simulate::SimulateOptions),
+    /// Serve a trained model (full weights or base + LoRA adapter) behind an OpenAI-compatible
+    /// API. Prints `{"baseUrl": ...}` on stdout once it listens; SIGTERM or Ctrl-C finishes
+    /// in-flight requests and exits 0.
+    Serve(serve::ServeArgs),
     /// Write a coverage dataset of a simulated task family as JSONL on stdout.
     SampleDataset {
         /// Task family: arithmetic, reverse, sort or triage.
@@ -92,6 +97,7 @@ fn main() -> ExitCode {
             Command::Synthesize(args) => run_stage(Stage::Synthesize, args).await,
             Command::Train(args) => run_stage(Stage::Train, args).await,
             Command::Evaluate(args) => run_stage(Stage::Evaluate, args).await,
+            Command::Serve(args) => report(serve::run(args).await),
             Command::SimulateTeacher(opts) => report(simulate_teacher(opts).await),
             Command::SampleDataset { family, rows, seed } => {
                 report(sample_dataset(&family, rows, seed))

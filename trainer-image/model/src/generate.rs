@@ -1,7 +1,8 @@
 //! Batched text generation with a KV cache: left-padded batches, greedy or
 //! temperature/top-p sampling (seeded per answer, so results do not depend on how prompts are
 //! batched), stop on an end-of-sequence id or a stop string, at most `max_new_tokens`, and
-//! several answers per prompt.
+//! several answers per prompt. [`Generator::decode_rows`] decodes rows with their own settings
+//! together and reports every new token (for servers: streaming and cancellation).
 
 use candle_core::{DType, Device, Tensor};
 use llamaduo::api::migration::EvalGeneration;
@@ -91,6 +92,9 @@ pub enum FinishReason {
     Stop,
     /// `max_new_tokens` reached.
     Length,
+    /// The caller's step callback ended the row early (a server's client went away or its
+    /// deadline passed).
+    Cancelled,
 }
 
 /// One generated answer.
@@ -108,6 +112,29 @@ pub struct Generation {
     pub finish_reason: FinishReason,
 }
 
+/// One row of a batch for [`Generator::decode_rows`]: its own prompt, sampling and stop
+/// strings, so requests with different settings can share a batch.
+#[derive(Clone, Debug)]
+pub struct RowRequest {
+    /// Prompt token ids (not empty).
+    pub prompt: Vec<u32>,
+    /// Sampling for this row (`seed` is used as is, not derived).
+    pub params: SamplingParams,
+    /// Extra stop strings for this row (on top of the generator's own).
+    pub stop_strings: Vec<String>,
+}
+
+/// What the step callback of [`Generator::decode_rows`] sees after each new token of a row.
+#[derive(Debug)]
+pub struct RowStep<'s> {
+    /// Index of the row in the request slice.
+    pub row: usize,
+    /// Generated ids so far (end-of-sequence excluded).
+    pub token_ids: &'s [u32],
+    /// Set when this token ended the row.
+    pub finished: Option<FinishReason>,
+}
+
 /// Generates with a model and its tokenizer.
 pub struct Generator<'a> {
     model: &'a CausalLm,
@@ -121,6 +148,8 @@ pub struct Generator<'a> {
 struct Row {
     prompt_index: usize,
     answer_index: usize,
+    params: SamplingParams,
+    stops: Vec<String>,
     rng: SplitMix,
     out: Vec<u32>,
     done: Option<FinishReason>,
@@ -221,65 +250,118 @@ impl<'a> Generator<'a> {
         jobs: &[(usize, usize)],
         params: &SamplingParams,
     ) -> Result<Vec<Generation>, GenerateError> {
-        let device = self.model.device().clone();
-        let pad = self.tokenizer.pad_id();
-        let longest = jobs
-            .iter()
-            .map(|&(p, _)| prompts[p].len())
-            .max()
-            .unwrap_or(0);
-        let left_pad: Vec<usize> = jobs
-            .iter()
-            .map(|&(p, _)| longest - prompts[p].len())
-            .collect();
-        let mut rows: Vec<Row> = jobs
+        let rows: Vec<Row> = jobs
             .iter()
             .map(|&(p, a)| Row {
                 prompt_index: p,
                 answer_index: a,
+                params: params.clone(),
+                stops: Vec::new(),
                 rng: SplitMix::new(derive(params.seed, &[p as u64, a as u64])),
                 out: Vec::new(),
                 done: None,
                 text: None,
             })
             .collect();
-        let mut seqs: Vec<Vec<u32>> = jobs
+        let seqs: Vec<&[u32]> = jobs.iter().map(|&(p, _)| prompts[p].as_slice()).collect();
+        self.decode(&seqs, rows, &mut |_| true)
+    }
+
+    /// Decodes `rows` together as one batch, each with its own sampling, token limit and
+    /// stop strings. After every new token of a row, `on_step` sees it; returning `false`
+    /// ends that row with [`FinishReason::Cancelled`]. Results come back in `rows` order,
+    /// with `prompt_index` the row's index. Rows should number at most the batch size the
+    /// caller wants: they are not split.
+    pub fn decode_rows(
+        &self,
+        rows: &[RowRequest],
+        mut on_step: impl FnMut(RowStep<'_>) -> bool,
+    ) -> Result<Vec<Generation>, GenerateError> {
+        for (i, r) in rows.iter().enumerate() {
+            r.params.validate()?;
+            if r.prompt.is_empty() {
+                return Err(GenerateError::Invalid(format!("prompt {i} is empty")));
+            }
+        }
+        let state: Vec<Row> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Row {
+                prompt_index: i,
+                answer_index: 0,
+                params: r.params.clone(),
+                stops: r
+                    .stop_strings
+                    .iter()
+                    .filter(|s| !s.is_empty())
+                    .cloned()
+                    .collect(),
+                rng: SplitMix::new(r.params.seed),
+                out: Vec::new(),
+                done: None,
+                text: None,
+            })
+            .collect();
+        let seqs: Vec<&[u32]> = rows.iter().map(|r| r.prompt.as_slice()).collect();
+        self.decode(&seqs, state, &mut on_step)
+    }
+
+    /// The decoding loop shared by [`Self::generate`] and [`Self::decode_rows`].
+    fn decode(
+        &self,
+        prompts: &[&[u32]],
+        mut rows: Vec<Row>,
+        on_step: &mut dyn FnMut(RowStep<'_>) -> bool,
+    ) -> Result<Vec<Generation>, GenerateError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let device = self.model.device().clone();
+        let pad = self.tokenizer.pad_id();
+        let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        let left_pad: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+        let max_steps = rows
+            .iter()
+            .map(|r| r.params.max_new_tokens)
+            .max()
+            .unwrap_or(0);
+        let mut seqs: Vec<Vec<u32>> = prompts
             .iter()
             .zip(&left_pad)
-            .map(|(&(p, _), &n)| {
+            .map(|(p, &n)| {
                 let mut s = vec![pad; n];
-                s.extend_from_slice(&prompts[p]);
+                s.extend_from_slice(p);
                 s
             })
             .collect();
         let mut cache = KvCache::new(self.model.config().num_hidden_layers);
         let mut logits = self.last_logits(&seqs, &left_pad, 0, Some(&mut cache), &device)?;
-        for step in 0..params.max_new_tokens {
-            let next = self.pick(&logits, &mut rows, params)?;
-            for ((row, seq), &tok) in rows.iter_mut().zip(&mut seqs).zip(&next) {
+        for step in 0..max_steps {
+            let next = self.pick(&logits, &mut rows)?;
+            for (i, ((row, seq), &tok)) in rows.iter_mut().zip(&mut seqs).zip(&next).enumerate() {
                 seq.push(tok);
                 if row.done.is_some() {
                     continue;
                 }
                 if self.stop_ids.contains(&tok) {
                     row.done = Some(FinishReason::Eos);
-                    continue;
-                }
-                row.out.push(tok);
-                if !self.stop_strings.is_empty() {
-                    let text = self.tokenizer.decode(&row.out, true)?;
-                    if let Some(cut) = self
-                        .stop_strings
-                        .iter()
-                        .filter_map(|s| text.find(s.as_str()))
-                        .min()
-                    {
-                        row.text = Some(text[..cut].to_owned());
-                        row.done = Some(FinishReason::Stop);
+                } else {
+                    row.out.push(tok);
+                    self.check_stop_strings(row)?;
+                    if row.done.is_none() && row.out.len() >= row.params.max_new_tokens {
+                        row.done = Some(FinishReason::Length);
                     }
                 }
+                let keep = on_step(RowStep {
+                    row: i,
+                    token_ids: &row.out,
+                    finished: row.done,
+                });
+                if !keep && row.done.is_none() {
+                    row.done = Some(FinishReason::Cancelled);
+                }
             }
-            if rows.iter().all(|r| r.done.is_some()) || step + 1 == params.max_new_tokens {
+            if rows.iter().all(|r| r.done.is_some()) || step + 1 == max_steps {
                 break;
             }
             logits = if self.use_cache {
@@ -317,6 +399,26 @@ impl<'a> Generator<'a> {
             .collect()
     }
 
+    /// Ends `row` with [`FinishReason::Stop`] when its text contains one of the generator's
+    /// or the row's stop strings, keeping the text before the earliest one.
+    fn check_stop_strings(&self, row: &mut Row) -> Result<(), GenerateError> {
+        if self.stop_strings.is_empty() && row.stops.is_empty() {
+            return Ok(());
+        }
+        let text = self.tokenizer.decode(&row.out, true)?;
+        if let Some(cut) = self
+            .stop_strings
+            .iter()
+            .chain(&row.stops)
+            .filter_map(|s| text.find(s.as_str()))
+            .min()
+        {
+            row.text = Some(text[..cut].to_owned());
+            row.done = Some(FinishReason::Stop);
+        }
+        Ok(())
+    }
+
     /// Runs the model on `seqs` (equal lengths) and returns the last position's logits as
     /// f32 rows.
     fn last_logits(
@@ -340,23 +442,18 @@ impl<'a> Generator<'a> {
         Ok(logits.to_vec2::<f32>()?)
     }
 
-    fn pick(
-        &self,
-        logits: &[Vec<f32>],
-        rows: &mut [Row],
-        params: &SamplingParams,
-    ) -> Result<Vec<u32>, GenerateError> {
+    fn pick(&self, logits: &[Vec<f32>], rows: &mut [Row]) -> Result<Vec<u32>, GenerateError> {
         logits
             .iter()
             .zip(rows.iter_mut())
             .map(|(l, row)| {
-                if params.is_greedy() {
+                if row.params.is_greedy() {
                     Ok(argmax(l))
                 } else {
                     Ok(sample_top_p(
                         l,
-                        params.temperature,
-                        params.top_p,
+                        row.params.temperature,
+                        row.params.top_p,
                         &mut row.rng,
                     ))
                 }

@@ -117,6 +117,7 @@ fn kv_cache_equals_full_recomputation_and_batching_is_invisible() {
             FinishReason::Length => assert_eq!(g.token_ids.len(), 24),
             FinishReason::Eos => assert!(g.token_ids.len() < 24),
             FinishReason::Stop => panic!("no stop strings were given"),
+            FinishReason::Cancelled => panic!("nothing cancels"),
         }
     }
 }

@@ -84,13 +84,7 @@ pub fn device_and_dtype(precision: Precision) -> (Device, DType) {
     (device, dtype)
 }
 
-/// Where downloads of models (object stores, the Hub) are cached: `LLAMADUO_CACHE_DIR`, else
-/// a folder in the system temp directory.
-pub fn cache_dir() -> PathBuf {
-    std::env::var_os("LLAMADUO_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("llamaduo-cache"))
-}
+pub use llamaduo_store::cache_dir;
 
 /// The subset of PEFT's adapter_config.json that matters for inference.
 #[derive(Deserialize, Debug)]
@@ -216,6 +210,13 @@ fn read_adapter_config(dir: &Path) -> Result<AdapterConfig, LoadError> {
         .map_err(|e| adapter_err(dir, format!("{ADAPTER_CONFIG} is not valid: {e}")))
 }
 
+/// The `base_model_name_or_path` of the adapter in `dir`, if it names one.
+pub fn adapter_base_name(dir: &Path) -> Result<Option<String>, LoadError> {
+    Ok(read_adapter_config(dir)?
+        .base_model_name_or_path
+        .filter(|s| !s.trim().is_empty()))
+}
+
 /// Folds the PEFT adapter in `dir` into `tensors` (base weights by Hugging Face name), in
 /// f32: W += scale · B·A for every `lora_A`/`lora_B` pair.
 pub fn merge_adapter(tensors: &mut HashMap<String, Tensor>, dir: &Path) -> Result<(), LoadError> {
@@ -315,9 +316,7 @@ async fn resolve_base(
         let path = resolver.resolve(url).await?;
         return local_model_dir(path);
     }
-    let named = read_adapter_config(adapter_dir)?
-        .base_model_name_or_path
-        .filter(|s| !s.trim().is_empty());
+    let named = adapter_base_name(adapter_dir)?;
     let Some(named) = named else {
         if config.student.from_scratch.is_some() {
             // The train stage keeps the from-scratch base once per migration here.
@@ -344,7 +343,7 @@ async fn resolve_base(
 
 /// A local model directory from a resolved path; a `.gguf` file is converted once, next to
 /// the cache.
-fn local_model_dir(path: PathBuf) -> Result<PathBuf, LoadError> {
+pub fn local_model_dir(path: PathBuf) -> Result<PathBuf, LoadError> {
     if path.extension().is_some_and(|e| e == "gguf") {
         let out = cache_dir().join("gguf-hf").join(
             path.file_stem()

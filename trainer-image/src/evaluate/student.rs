@@ -52,6 +52,7 @@ fn finish_name(f: FinishReason) -> &'static str {
         FinishReason::Eos => "eos",
         FinishReason::Stop => "stop",
         FinishReason::Length => "length",
+        FinishReason::Cancelled => "cancelled",
     }
 }
 
