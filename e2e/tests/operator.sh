@@ -352,4 +352,11 @@ if grep -iE 'forbidden|\b403\b' "$work/operator.log" >"$work/forbidden.txt"; the
   fail "the operator was refused by RBAC: $(head -3 "$work/forbidden.txt")"
 fi
 check_done
+# The operator's memory once idle (every migration deleted), for the issue note and
+# BENCHMARKS.md: VmRSS now and VmHWM (its peak over the whole run).
+if [[ -r /proc/${child[operator]}/status ]]; then
+  rss=$(awk '$1 == "VmRSS:" {print int($2 / 1024)}' "/proc/${child[operator]}/status")
+  hwm=$(awk '$1 == "VmHWM:" {print int($2 / 1024)}' "/proc/${child[operator]}/status")
+  printf '[measure] operator (%s) idle RSS %s MiB, peak %s MiB\n' "$(basename "$(dirname "$llamaduo")")" "$rss" "$hwm" >&2
+fi
 printf '[test] operator: all %d checks passed in %ds\n' "$E2E_PASSED" "$SECONDS" >&2

@@ -8,23 +8,7 @@ use anyhow::Context;
 use llamaduo::api::{ArtifactLayout, DatasetRow, StudentSpec};
 use llamaduo_store::{Resolver, Store};
 
-/// Local cache for downloads and conversions: `LLAMADUO_CACHE_DIR`, else
-/// `$XDG_CACHE_HOME/llamaduo`, else `$HOME/.cache/llamaduo`, else a directory under /tmp
-/// (stage pods have a read-only root filesystem and a writable /tmp).
-pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("LLAMADUO_CACHE_DIR") {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(dir).join("llamaduo");
-    }
-    match std::env::var_os("HOME") {
-        Some(home) if Path::new(&home).join(".cache").is_dir() => {
-            PathBuf::from(home).join(".cache/llamaduo")
-        }
-        _ => std::env::temp_dir().join("llamaduo-cache"),
-    }
-}
+pub use llamaduo_store::cache_dir;
 
 /// Makes sure the base model exists and returns its local directory.
 ///

@@ -12,6 +12,7 @@ pub mod aggregate;
 pub mod judging;
 pub mod ledger;
 pub mod load;
+pub mod meter;
 pub mod metrics;
 pub mod records;
 pub mod student;
@@ -321,6 +322,11 @@ async fn student_answers(
         })
         .collect();
     let stored = answers.keys().clone();
+    let stored_student = answers
+        .rows()
+        .iter()
+        .filter(|a| a.answerer == records::Answerer::Student)
+        .count() as u64;
     let generation = config.evaluation.generation.clone();
     let seed =
         llamaduo_model::rng::derive(config.training.seed, &[u64::from(config.context.round)]);
@@ -329,8 +335,12 @@ async fn student_answers(
         generate_chunks(&loaded, &jobs, &chunks, &generation, k, seed, &stored, &tx)
             .map_err(|e| e.to_string())
     });
+    let total = (prompts.len() * k as usize) as u64;
+    let mut meter = meter::Meter::start("answers", "generating answers", stored_student, total);
     while let Some(batch) = rx.recv().await {
+        let n = batch.len() as u64;
         answers.commit(batch).await?;
+        meter.advance(n);
     }
     worker
         .await
@@ -435,6 +445,18 @@ async fn score_answers(
     let max_tokens = config.judge.generation.max_tokens;
     let task = config.task.description.as_str();
     tracing::info!(judgements = todo.len(), "judging answers");
+    let scorable = answers
+        .rows()
+        .iter()
+        .filter(|a| by_id.contains_key(a.prompt_id.as_str()))
+        .count();
+    let total = (scorable * samples as usize) as u64;
+    let mut meter = meter::Meter::start(
+        "judgements",
+        "judging answers",
+        total.saturating_sub(todo.len() as u64),
+        total,
+    );
     let concurrency = judge.config().concurrency.max(1);
     let mut stream = futures::stream::iter(todo)
         .map(|(a, p, s)| async move {
@@ -455,6 +477,7 @@ async fn score_answers(
     while let Some(result) = stream.next().await {
         match result {
             Ok(rec) => {
+                meter.advance(1);
                 pending.push(rec);
                 if pending.len() >= JUDGEMENT_COMMIT_EVERY {
                     judgements.commit(std::mem::take(&mut pending)).await?;

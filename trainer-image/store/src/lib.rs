@@ -52,3 +52,23 @@ pub use jsonl::{
 };
 pub use resolve::{Resolver, resolve_to_local};
 pub use store::Store;
+
+/// Local cache for downloads and conversions, shared by every stage: `LLAMADUO_CACHE_DIR`,
+/// else `$XDG_CACHE_HOME/llamaduo`, else `$HOME/.cache/llamaduo` when `~/.cache` exists,
+/// else a directory under the temp dir (stage pods have a read-only root filesystem and a
+/// writable /tmp).
+pub fn cache_dir() -> std::path::PathBuf {
+    use std::path::{Path, PathBuf};
+    if let Some(dir) = std::env::var_os("LLAMADUO_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("llamaduo");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) if Path::new(&home).join(".cache").is_dir() => {
+            PathBuf::from(home).join(".cache/llamaduo")
+        }
+        _ => std::env::temp_dir().join("llamaduo-cache"),
+    }
+}

@@ -11,7 +11,6 @@ pub mod coverage;
 pub mod dedup;
 pub mod prompt;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -108,13 +107,6 @@ pub async fn synthesize_with(config: &SynthesizeConfig, client: Arc<LlmClient>) 
     result
 }
 
-/// Where source downloads are cached: `LLAMADUO_CACHE_DIR`, else a folder in the temp dir.
-fn cache_dir() -> PathBuf {
-    std::env::var_os("LLAMADUO_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("llamaduo-cache"))
-}
-
 /// One run's state.
 struct Synthesis<'a> {
     config: &'a SynthesizeConfig,
@@ -144,7 +136,7 @@ impl<'a> Synthesis<'a> {
             &store,
             &config.coverage,
             config.synthesis.seed,
-            &cache_dir(),
+            &llamaduo_store::cache_dir(),
         )
         .await?;
         let seeds: Vec<&DatasetRow> = coverage
