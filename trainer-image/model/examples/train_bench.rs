@@ -4,6 +4,10 @@
 //! `cargo run --release -p llamaduo-model --example train_bench -- full|lora [steps] [--no-mallopt]`
 //! prints one JSON line: mode, tokens/s over the timed steps (after 3 warm-up steps), and the
 //! process's peak RSS (VmHWM). Run each mode in its own process so peak RSS is its own.
+//!
+//! The shape can be changed through the environment, so bench/torch_train.py builds the same
+//! model from the same variables: BENCH_VOCAB, BENCH_HIDDEN, BENCH_LAYERS, BENCH_HEADS,
+//! BENCH_INTERMEDIATE, BENCH_BATCH, BENCH_SEQ (defaults: the tiny Llama above).
 
 use std::ops::ControlFlow;
 use std::time::Instant;
@@ -29,6 +33,17 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// A positive integer from the environment variable `name`, or `default` when it is unset.
+fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
+    match std::env::var(name) {
+        Ok(v) => match v.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => anyhow::bail!("{name}={v:?} must be a positive integer"),
+        },
+        Err(_) => Ok(default),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = args
@@ -41,8 +56,24 @@ fn main() -> anyhow::Result<()> {
     if mallopt {
         llamaduo_model::alloc::tune_malloc();
     }
-    let (batch, seq) = (8usize, 128usize);
-    let mut cfg = ModelConfig::new(Architecture::Llama, 1024, 128, 4, 4, 4, 344, 512);
+    let vocab = env_usize("BENCH_VOCAB", 1024)?;
+    let hidden = env_usize("BENCH_HIDDEN", 128)?;
+    let layers = env_usize("BENCH_LAYERS", 4)?;
+    let heads = env_usize("BENCH_HEADS", 4)?;
+    let intermediate = env_usize("BENCH_INTERMEDIATE", 344)?;
+    let batch = env_usize("BENCH_BATCH", 8)?;
+    let seq = env_usize("BENCH_SEQ", 128)?;
+    let max_pos = seq.max(512);
+    let mut cfg = ModelConfig::new(
+        Architecture::Llama,
+        vocab,
+        hidden,
+        layers,
+        heads,
+        heads,
+        intermediate,
+        max_pos,
+    );
     cfg.tie_word_embeddings = Some(false);
     let trainable = match mode.as_str() {
         "full" => Trainable::Full,
@@ -68,7 +99,7 @@ fn main() -> anyhow::Result<()> {
     let mut rng = SplitMix::new(7);
     let samples: Vec<Sample> = (0..batch * total as usize)
         .map(|_| Sample {
-            input_ids: (0..seq).map(|_| rng.below(1024) as u32).collect(),
+            input_ids: (0..seq).map(|_| rng.below(vocab) as u32).collect(),
             loss_mask: vec![true; seq],
         })
         .collect();
@@ -102,6 +133,10 @@ fn main() -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({
+            "impl": "llamaduo",
+            "bench": "train",
+            "config": {"vocab": vocab, "hidden": hidden, "layers": layers, "heads": heads,
+                       "intermediate": intermediate, "batch": batch, "seq": seq},
             "mode": mode,
             "mallopt": mallopt,
             "threads": std::env::var("RAYON_NUM_THREADS").unwrap_or_default(),
