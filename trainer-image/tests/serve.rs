@@ -45,7 +45,7 @@ async fn chat_stream_models_health_metrics() {
     let text = content(&v);
     let usage = &v["usage"];
     let completion_tokens = usage["completion_tokens"].as_u64().expect("tokens");
-    assert!(completion_tokens >= 1 && completion_tokens <= 12, "{usage}");
+    assert!((1..=12).contains(&completion_tokens), "{usage}");
     assert_eq!(
         usage["total_tokens"].as_u64(),
         Some(usage["prompt_tokens"].as_u64().expect("prompt") + completion_tokens)
