@@ -94,7 +94,7 @@ async fn smollm2_is_a_local_teacher_for_synthesis() {
                     "timeoutSeconds": 120, "maxRetries": 1},
         "synthesis": {"pairsPerCall": 2, "seed": 3},
         "samples": 4,
-        "tokenBudget": 2500
+        "tokenBudget": 6000
     });
     let result_path = tmp.path().join("result.json");
     let out = tokio::task::spawn_blocking({
@@ -122,23 +122,21 @@ async fn smollm2_is_a_local_teacher_for_synthesis() {
     let outcome = &result["synthesize"];
     let produced = outcome["produced"].as_u64().unwrap_or(0);
     let malformed = outcome["rejectedMalformed"].as_u64().unwrap_or(0);
-    assert!(
-        produced > 0 || malformed > 0,
-        "the run produced rows or counted malformed replies: {result}"
-    );
+    eprintln!("valid rows {produced}, malformed replies counted {malformed}");
+    assert!(produced > 0, "the real LLM wrote valid rows: {result}");
     assert!(
         result["serviceTokens"]["output"].as_u64().unwrap_or(0) > 0,
         "the teacher's token counts come from our server's usage: {result}"
     );
-    if produced > 0 {
-        let synthetic =
-            std::fs::read_to_string(artifacts.join("local/capitals/round-1/synthetic.jsonl"))
-                .or_else(|_| std::fs::read_to_string(artifacts.join("round-1/synthetic.jsonl")))
-                .expect("synthetic rows");
-        for line in synthetic.lines() {
-            let row: llamaduo::api::DatasetRow = serde_json::from_str(line).expect("a valid row");
-            assert!(!row.messages.is_empty());
-        }
+    let synthetic =
+        std::fs::read_to_string(artifacts.join("local/capitals/round-1/synthetic.jsonl"))
+            .or_else(|_| std::fs::read_to_string(artifacts.join("round-1/synthetic.jsonl")))
+            .expect("synthetic rows");
+    let rows = synthetic.lines().count() as u64;
+    assert_eq!(rows, produced, "every produced row is stored");
+    for line in synthetic.lines() {
+        let row: llamaduo::api::DatasetRow = serde_json::from_str(line).expect("a valid row");
+        row.validate().expect("a row the trainer accepts");
     }
     assert!(
         out.status.code().is_some(),
