@@ -24,7 +24,7 @@ fi
 export LLAMADUO_REQUIRE_PEFT=1
 
 echo "== unit, reconcile, stage and end-to-end tests (cargo test)"
-cargo test --workspace --all-targets
+cargo test --workspace --all-targets --no-fail-fast
 
 echo "== Helm chart, kustomize base, Argo CD health check"
 scripts/test-chart.sh

@@ -17,7 +17,11 @@ impl DeltaTracker {
         while text[..safe].ends_with('\u{FFFD}') {
             safe -= '\u{FFFD}'.len_utf8();
         }
-        for stop in stops {
+        for stop in stops.iter().filter(|s| !s.is_empty()) {
+            // A whole stop string already decoded: nothing from it on is ever sent.
+            if let Some(at) = text[..safe].find(stop.as_str()) {
+                safe = at;
+            }
             for k in (1..stop.len()).rev() {
                 if stop.is_char_boundary(k) && text[..safe].ends_with(&stop[..k]) {
                     safe = safe.min(text[..safe].len() - k);
