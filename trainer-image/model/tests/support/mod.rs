@@ -9,8 +9,19 @@ use std::process::Command;
 pub const SMOLLM2_GGUF_SHA256: &str =
     "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 
+/// `fetch_models.sh`, beside this file whichever crate's tests include it (`file!()` is
+/// relative to the workspace root, and tests run in their own package directory).
+fn fetch_script() -> PathBuf {
+    let beside = Path::new(file!()).with_file_name("fetch_models.sh");
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|dir| dir.join(&beside))
+        .find(|p| p.exists())
+        .unwrap_or(beside)
+}
+
 fn fetch(what: &str) -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/fetch_models.sh");
+    let script = fetch_script();
     let out = Command::new("bash")
         .arg(&script)
         .arg(what)
