@@ -9,7 +9,9 @@
 # BENCH_OUT (a new temp dir) where raw results go; BENCH_VENV (.venv-bench) the Python venv;
 # SKIP_BUILD (0; 1 uses the release binaries already in target/, e.g. while another build
 # holds cargo's lock; the reconcile bench is still built by `cargo bench` if missing);
-# PARTS ("train generate synthesis reconcile quickstart") which measurements to run;
+# PARTS ("train generate synthesis reconcile quickstart operator") which measurements to run;
+# OPERATOR_REPS (REPS) runs of the operator load test (e2e/run.sh load: LOAD_MIGRATIONS, 1000,
+# migrations to their first Job on a fresh real control plane each; ~1.5-2 min a run);
 # OMP_WAIT_POLICY (PASSIVE) for PyTorch's OpenMP pool: with the default busy-waiting, torch
 # slows down up to 10x on a machine whose cores are shared with other work (see BENCHMARKS.md).
 set -euo pipefail
@@ -27,7 +29,7 @@ export RAYON_NUM_THREADS="$BENCH_THREADS"
 # torch's OpenMP pool and MKL follow these too; set so neither side uses more than the other.
 export OMP_NUM_THREADS="$BENCH_THREADS" MKL_NUM_THREADS="$BENCH_THREADS"
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
-PARTS=" ${PARTS:-train generate synthesis reconcile quickstart} "
+PARTS=" ${PARTS:-train generate synthesis reconcile quickstart operator} "
 want() { [[ "$PARTS" == *" $1 "* ]]; }
 export BENCH_NEW_TOKENS="${BENCH_NEW_TOKENS:-128}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -97,7 +99,29 @@ if [ "$QUICKSTART" != 0 ] && want quickstart; then
   echo "{\"wall_ms\": $(( (end - start) / 1000000 )), \"exit_code\": $qs_rc}" > "$OUT/quickstart.time.json"
 fi
 
-# 7. The machine.
+# 7. The operator under load on the real control plane (e2e/README.md, "The load test").
+if want operator; then
+  : > "$OUT/operator_load.json"
+  if ! cached_msg=$(e2e/run.sh cached 2>&1); then
+    log "operator load SKIPPED: the control-plane binaries are not cached (e2e/run.sh build, ~31 min cold): $cached_msg"
+    echo "control-plane binaries not cached (e2e/run.sh build)" > "$OUT/operator_load.skipped"
+  else
+    for rep in $(seq 1 "${OPERATOR_REPS:-$REPS}"); do
+      log "operator load $rep/${OPERATOR_REPS:-$REPS}: ${LOAD_MIGRATIONS:-1000} migrations to their first Job (e2e/run.sh load)"
+      rc=0
+      E2E_LLAMADUO="$BIN/llamaduo" LOAD_RESULT="$OUT/operator_load.$rep.json" \
+        e2e/run.sh load > "$OUT/operator_load.$rep.log" 2>&1 || rc=$?
+      if [ "$rc" = 0 ] && [ -s "$OUT/operator_load.$rep.json" ]; then
+        cat "$OUT/operator_load.$rep.json" >> "$OUT/operator_load.json"
+      else
+        log "operator load $rep failed (exit $rc): $(grep -m1 'FAIL' "$OUT/operator_load.$rep.log" || tail -n 1 "$OUT/operator_load.$rep.log")"
+        echo "run $rep failed (exit $rc), see operator_load.$rep.log" >> "$OUT/operator_load.failed"
+      fi
+    done
+  fi
+fi
+
+# 8. The machine.
 {
   echo "cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)"
   echo "cores=$(nproc)"

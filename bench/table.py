@@ -4,7 +4,8 @@ Usage: python bench/table.py OUT_DIR   (stdlib only)
 
 Reads OUT_DIR/results.jsonl (one JSON line per training or generation run, from
 train_bench.rs, torch_train.py, bench_generate.rs and hf_generate.py), synthesis.md,
-reconcile.md, quickstart.json + quickstart.time.json and machine.txt. Reports medians over
+reconcile.md, quickstart.json + quickstart.time.json, operator_load.json (one JSON line per
+e2e/run.sh load run; operator_load.skipped / .failed say why a run is missing) and machine.txt. Reports medians over
 the repetitions and the ratio llamaduo / peer (above 1.0 = llamaduo faster, or for memory:
 llamaduo uses more).
 """
@@ -51,6 +52,48 @@ def md_rows(path):
                 continue
             out.append([c.strip() for c in line.strip().strip("|").split("|")])
     return out
+
+
+def operator_rows(out, notes):
+    """Rows of the operator load test (e2e/run.sh load, one JSON line per run in
+    operator_load.json); one "not measured" row, with the reason, when there is none."""
+    path = os.path.join(out, "operator_load.json")
+    runs = [r for r in load_jsonl(path) if r.get("bench") == "operator_load"] if os.path.exists(path) else []
+    why = None
+    for name in ("operator_load.skipped", "operator_load.failed"):
+        p = os.path.join(out, name)
+        if os.path.exists(p):
+            with open(p) as f:
+                why = "; ".join(l.strip() for l in f if l.strip())
+            if runs:
+                notes.append(f"operator load: {why}")
+    if not runs:
+        reason = f": {why}" if why else ""
+        return [f"| operator: RSS and time for 1,000 migrations to their first Job | not measured{reason} (`e2e/run.sh load`) | | | 0 |"]
+    n = len(runs)
+    counts = sorted({r["migrations"] for r in runs})
+    label = f"{counts[0]:,}" if len(counts) == 1 else "/".join(f"{c:,}" for c in counts)
+
+    def m(key):
+        return med([r[key] for r in runs if r.get(key) is not None])
+
+    rows = [
+        f"| operator: {label} migrations created at once to their first Job, s: 50% / 90% / all (real control plane) "
+        f"| {fmt(m('p50_seconds'), 1)} / {fmt(m('p90_seconds'), 1)} / {fmt(m('seconds_to_all_first_jobs'), 1)} | (no peer) | | {n} |",
+        f"| operator: peak RSS MiB / RSS at the end / CPU s over that time ({runs[0].get('binary', '?')} build) "
+        f"| {fmt(m('operator_peak_rss_mib'), 1)} / {fmt(m('operator_rss_mib_end'), 1)} / {fmt(m('operator_cpu_seconds'), 1)} | (no peer) | | {n} |",
+        f"| operator: reconcile duration under that load, p50 / p99 ms ({fmt(m('reconciliations'))} reconciles) "
+        f"| {fmt(m('reconcile_p50_ms'), 1)} / {fmt(m('reconcile_p99_ms'), 1)} | (no peer) | | {n} |",
+    ]
+    api = med([r["cpu_seconds"]["kube-apiserver"] for r in runs if "kube-apiserver" in r.get("cpu_seconds", {})])
+    if api is not None:
+        notes.append(f"operator load: kube-apiserver CPU over the same time {api:.1f} s (median), the operator's "
+                     f"{m('operator_cpu_seconds'):.1f} s; creation {fmt(m('creates_per_second'))} migrations/s; "
+                     f"load averages per run: {', '.join(r.get('loadavg_before', '?') + ' -> ' + r.get('loadavg_after', '?') for r in runs)}")
+    lost = [r.get("status_lost_current", 0) for r in runs]
+    if any(lost):
+        notes.append(f"operator load: statuses that lost their current run (stale-cache status write) per run: {lost}")
+    return rows
 
 
 def main():
@@ -113,7 +156,7 @@ def main():
                   f"best round {best.get('round')} (mean {best.get('scores', {}).get('mean', best.get('meanScore'))})")
         lines.append(f"| quickstart end to end: wall time s ({detail}; exit {t['exit_code']}) | {t['wall_ms'] / 1000:,.0f} | (no peer run) | | 1 |")
         lines.append(f"| quickstart: service tokens spent (input + output) | {total:,} | (no peer run) | | 1 |")
-    lines.append("| operator: RSS and time for 1,000 migrations to their first Job | run `e2e/run.sh` on the real control plane (not measured here) | | | 0 |")
+    lines.extend(operator_rows(out, notes))
 
     print("\n".join(lines))
     print()

@@ -9,6 +9,9 @@
 #   e2e/run.sh operator    the same for tests/operator.sh, on a cluster whose kwok leaves the
 #                          operator's stage pods to e2e/podrunner; builds llamaduo and
 #                          llamaduo-trainer (cargo, debug) unless E2E_LLAMADUO/E2E_TRAINER name them
+#   e2e/run.sh load        operator load test (tests/load.sh): LOAD_MIGRATIONS (1000) migrations
+#                          to their first Job, on a cluster without the Job controller (no pods);
+#                          builds llamaduo (cargo, release) unless E2E_LLAMADUO names it
 #   e2e/run.sh paths       print `export PATH=...` putting the cached binaries first
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -73,5 +76,20 @@ case "$cmd" in
     export E2E_KWOK_RUNTIME_LABEL="app.kubernetes.io/managed-by=llamaduo-operator"
     with_cluster "$here/tests/operator.sh"
     ;;
-  *) sed -n '3,12p' "$0" >&2; exit 2 ;;
+  load)
+    if ! all_cached 2>/dev/null; then
+      [[ "${E2E_NO_BUILD:-0}" != 1 ]] || { all_cached; echo "binaries missing and E2E_NO_BUILD=1" >&2; exit 1; }
+      "$here/cluster/build.sh"
+    fi
+    if [[ -z "${E2E_LLAMADUO:-}" ]]; then
+      t=$SECONDS
+      (cd "$here/.." && cargo build --release -p llamaduo --bin llamaduo)
+      echo "[run] cargo build --release: $((SECONDS - t))s" >&2
+    fi
+    # The operator's reaction is measured up to Job creation: without the Job controller its
+    # Jobs make no pods, so 1,000 migrations start no stage process on this machine.
+    export E2E_KCM_CONTROLLERS='*,-job-controller'
+    with_cluster "$here/tests/load.sh"
+    ;;
+  *) sed -n '3,15p' "$0" >&2; exit 2 ;;
 esac
