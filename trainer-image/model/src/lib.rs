@@ -5,6 +5,7 @@
 //!   its KV cache.
 //! - [`lora`], [`optim`], [`schedule`], [`train`]: fine-tuning.
 //! - [`peft`]: PEFT adapter and full-weight output.
+//! - [`kernels`]: fused CPU kernels (matmul on candle's pool, norms, softmax, loss, AdamW).
 //! - [`alloc`]: malloc tuning the trainer binary applies at start.
 
 pub mod alloc;
@@ -15,6 +16,7 @@ pub mod from_scratch;
 pub mod generate;
 pub mod gguf;
 pub mod hub_dir;
+pub mod kernels;
 pub mod lora;
 pub mod models;
 pub mod optim;

@@ -8,6 +8,8 @@ use std::path::Path;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Tensor, Var};
 
+use crate::kernels::adamw::{AdamWScalars, adamw_in_place};
+
 /// AdamW hyperparameters.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdamWConfig {
@@ -44,11 +46,14 @@ pub struct AdamW {
 impl AdamW {
     /// An optimizer for `params` (moments start at zero).
     pub fn new(params: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self> {
-        let m = params
-            .iter()
-            .map(|(_, p)| Tensor::zeros(p.shape(), DType::F32, p.device()))
-            .collect::<Result<Vec<_>>>()?;
-        let v = m.clone();
+        // Separate buffers for m and v: the fused update writes them in place.
+        let zeros = || {
+            params
+                .iter()
+                .map(|(_, p)| Tensor::zeros(p.shape(), DType::F32, p.device()))
+                .collect::<Result<Vec<_>>>()
+        };
+        let (m, v) = (zeros()?, zeros()?);
         Ok(Self {
             cfg,
             params,
@@ -76,11 +81,24 @@ impl AdamW {
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         let bc1 = 1.0 - b1.powi(t);
         let bc2 = 1.0 - b2.powi(t);
+        let scalars = AdamWScalars {
+            lr,
+            beta1: b1,
+            beta2: b2,
+            eps: self.cfg.eps,
+            weight_decay: self.cfg.weight_decay,
+            bias_correction1: bc1,
+            bias_correction2: bc2,
+        };
         for (i, (_, p)) in self.params.iter().enumerate() {
             let g = match grads.get(i).and_then(|g| g.as_ref()) {
                 Some(g) => g.to_dtype(DType::F32)?,
                 None => Tensor::zeros(p.shape(), DType::F32, p.device())?,
             };
+            if adamw_in_place(p.as_tensor(), &self.m[i], &self.v[i], &g, &scalars)? {
+                continue;
+            }
+            // The composed update (other devices, or layouts the in-place kernel does not take).
             let m = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?;
             let v = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
             let m_hat = (&m / bc1)?;
@@ -180,7 +198,12 @@ impl GradAccumulator {
         self.micro_batches = 0;
         self.sums
             .iter_mut()
-            .map(|s| s.take().map(|g| g / n).transpose())
+            // One micro-batch: the sum is the mean, no pass over the gradients needed.
+            .map(|s| {
+                s.take()
+                    .map(|g| if n == 1.0 { Ok(g) } else { g / n })
+                    .transpose()
+            })
             .collect()
     }
 }

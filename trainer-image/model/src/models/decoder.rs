@@ -9,9 +9,10 @@ use candle_nn::VarBuilder;
 
 use super::kv_cache::KvCache;
 use super::linear::{DropoutCtl, Linear, Weight};
-use super::ops::{apply_rope, rms_norm, softmax_last};
+use super::ops::{rms_norm, rope_heads_first, softmax_last, swiglu};
 use super::{Activation, Flavor, LoadOptions, Trainable};
 use crate::config::ModelConfig;
+use crate::kernels::matmul::matmul;
 use crate::lora::LoraAdapter;
 
 /// Additive mask value for keys a query must not see (finite, so fully masked pad rows give a
@@ -410,12 +411,12 @@ impl CausalLm {
         let h = self.norm_fwd(&x, &layer.post_norm)?;
         let m = &layer.mlp;
         let gate = m.gate.forward(&h, step.dropout)?;
-        let gate = match self.flavor.activation {
-            Activation::Silu => gate.silu()?,
-            Activation::GeluTanh => gate.gelu()?,
-        };
         let up = m.up.forward(&h, step.dropout)?;
-        let y = m.down.forward(&(gate * up)?, step.dropout)?;
+        let act = match self.flavor.activation {
+            Activation::Silu => swiglu(&gate, &up)?,
+            Activation::GeluTanh => (gate.gelu()? * up)?,
+        };
+        let y = m.down.forward(&act, step.dropout)?;
         x + y
     }
 
@@ -432,8 +433,9 @@ impl CausalLm {
         let q = at.q.forward(x, step.dropout)?.reshape((b, s, nh, hd))?;
         let k = at.k.forward(x, step.dropout)?.reshape((b, s, nkv, hd))?;
         let v = at.v.forward(x, step.dropout)?.reshape((b, s, nkv, hd))?;
-        let q = apply_rope(&q.transpose(1, 2)?, &step.cos, &step.sin)?;
-        let k = apply_rope(&k.transpose(1, 2)?, &step.cos, &step.sin)?;
+        // (b, heads, s, d), the queries pre-scaled by 1/sqrt(d).
+        let q = rope_heads_first(&q, &step.cos, &step.sin, 1.0 / (hd as f64).sqrt())?;
+        let k = rope_heads_first(&k, &step.cos, &step.sin, 1.0)?;
         let v = v.transpose(1, 2)?.contiguous()?;
         let (k, v) = match cache {
             Some((c, i)) => c.append(i, &k, &v)?,
@@ -442,17 +444,14 @@ impl CausalLm {
         let t = k.dim(2)?;
         // GQA without copying K/V: group the query heads that share a KV head along the
         // sequence axis, (b, kv, rep·s, d) × (b, kv, d, t).
-        let q = q
-            .affine(1.0 / (hd as f64).sqrt(), 0.0)?
-            .reshape((b, nkv, rep * s, hd))?;
-        let scores = q.matmul(&k.t()?)?;
+        let q = q.reshape((b, nkv, rep * s, hd))?;
+        let scores = matmul(&q, &k.t()?)?;
         let scores = match &step.mask {
             Some(m) => scores.reshape((b, nkv, rep, s, t))?.broadcast_add(m)?,
             None => scores.reshape((b, nkv, rep, s, t))?,
         };
         let probs = softmax_last(&scores)?.reshape((b, nkv, rep * s, t))?;
-        let out = probs
-            .matmul(&v)?
+        let out = matmul(&probs, &v)?
             .reshape((b, nh, s, hd))?
             .transpose(1, 2)?
             .reshape((b, s, nh * hd))?;

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use candle_core::{DType, Result, Tensor, Var};
 
-use super::ops::frozen_matmul;
+use crate::kernels::matmul::matmul;
 use crate::lora::LoraAdapter;
 use crate::rng::{SplitMix, derive};
 
@@ -96,10 +96,8 @@ impl Linear {
         let in_f = *dims.last().unwrap_or(&0);
         let x2 = x.reshape(((), in_f))?;
         let w = self.weight.as_dtype(x.dtype())?;
-        let mut y = match self.weight {
-            Weight::Frozen(_) => frozen_matmul(&x2, &w)?,
-            Weight::Trained(_) => x2.matmul(&w.t()?)?,
-        };
+        // A frozen weight tracks no gradient, so the product's backward skips dL/dW.
+        let mut y = matmul(&x2, &w.t()?)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(&b.as_dtype(x.dtype())?)?;
         }
@@ -107,7 +105,7 @@ impl Linear {
             let xd = dropout.apply(&x2, l.dropout)?;
             let a = l.a.as_tensor().to_dtype(x.dtype())?;
             let b = l.b.as_tensor().to_dtype(x.dtype())?;
-            let u = xd.matmul(&a.t()?)?.matmul(&b.t()?)?;
+            let u = matmul(&matmul(&xd, &a.t()?)?, &b.t()?)?;
             y = (y + u.affine(l.scale, 0.0)?)?;
         }
         let mut out = dims;

@@ -1,13 +1,24 @@
-//! Differentiable building blocks. candle-nn 0.11.1's fused `rms_norm`, `softmax_last_dim` and
-//! `rope` kernels have no backward pass and silently cut gradients, so everything here is
-//! composed from elementary ops that do. `FrozenMatmul` is the one custom op: a matmul against
-//! a frozen weight whose backward returns only dL/dx (candle's own matmul backward also
-//! computes the weight gradient, wasted work for frozen weights).
+//! Differentiable building blocks of the decoder. Each takes the fused CPU kernel of
+//! [`crate::kernels`] for contiguous f32 tensors on the CPU, and otherwise (CUDA, bf16/f16) the
+//! version composed from elementary candle ops here. candle-nn 0.11.1's own fused `rms_norm`,
+//! `softmax_last_dim` and `rope` have no backward pass and silently cut gradients, so they are
+//! not used.
 
-use candle_core::{CpuStorage, CustomOp2, D, DType, Layout, Result, Shape, Tensor};
+use candle_core::{D, DType, Result, Tensor};
 
-/// RMSNorm computed in f32: `x / sqrt(mean(x²) + eps) * w`, or `* (1 + w)` for Gemma.
+use crate::kernels;
+
+/// RMSNorm over the last dim: `x / sqrt(mean(x²) + eps) * w`, or `* (1 + w)` for Gemma.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, one_plus: bool) -> Result<Tensor> {
+    if kernels::fusable(&[x, weight]) {
+        kernels::rms_norm::rms_norm(x, weight, eps, one_plus)
+    } else {
+        rms_norm_composed(x, weight, eps, one_plus)
+    }
+}
+
+/// [`rms_norm`] composed from candle ops, computed in f32 and cast back.
+pub fn rms_norm_composed(x: &Tensor, weight: &Tensor, eps: f64, one_plus: bool) -> Result<Tensor> {
     let dtype = x.dtype();
     let xf = x.to_dtype(DType::F32)?;
     let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
@@ -24,13 +35,45 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, one_plus: bool) -> Result
     }
 }
 
-/// Softmax over the last dimension. The max is detached: softmax is invariant to the shift,
-/// so its gradient through the max is exactly zero and need not be computed.
+/// Softmax over the last dimension.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    if kernels::fusable(&[x]) {
+        kernels::softmax::softmax_last(x)
+    } else {
+        softmax_composed(x)
+    }
+}
+
+/// [`softmax_last`] composed from candle ops. The max is detached: softmax is invariant to the
+/// shift, so its gradient through the max is exactly zero and need not be computed.
+pub fn softmax_composed(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     let sum = e.sum_keepdim(D::Minus1)?;
     e.broadcast_div(&sum)
+}
+
+/// `silu(gate) · up`, the gated MLP's activation.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if kernels::fusable(&[gate, up]) && gate.shape() == up.shape() {
+        kernels::swiglu::swiglu(gate, up)
+    } else {
+        gate.silu()? * up
+    }
+}
+
+/// Rotary embedding scaled by `scale`, with the heads moved in front of the sequence:
+/// `x` (b, s, h, d) → (b, h, s, d); `cos`/`sin`: (b or 1, 1, s, d/2).
+pub fn rope_heads_first(x: &Tensor, cos: &Tensor, sin: &Tensor, scale: f64) -> Result<Tensor> {
+    if kernels::fusable(&[x, cos, sin]) {
+        return kernels::rope::rope_heads_first(x, cos, sin, scale);
+    }
+    let y = apply_rope(&x.transpose(1, 2)?, cos, sin)?;
+    if scale == 1.0 {
+        Ok(y)
+    } else {
+        y.affine(scale, 0.0)
+    }
 }
 
 /// Rotary embedding in the Hugging Face (rotate-half) layout. `x`: (b, h, s, d);
@@ -44,92 +87,10 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Tensor::cat(&[&r1, &r2], D::Minus1)
 }
 
-/// `x (n, in) @ wᵀ` for a weight `w (out, in)` that never needs a gradient.
-pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let w = w.detach();
-    let y = x.detach().matmul(&w.t()?)?;
-    if !x.track_op() {
-        return Ok(y);
-    }
-    // Attach y to x's graph through an op whose forward is y itself and whose backward is
-    // grad @ w: the weight gradient is never computed.
-    x.apply_op2(&y, FrozenMatmul { w })
-}
-
-/// See [`frozen_matmul`].
-struct FrozenMatmul {
-    w: Tensor,
-}
-
-fn pass_through_check(l: &Layout) -> Result<()> {
-    if !l.is_contiguous() || l.start_offset() != 0 {
-        candle_core::bail!("frozen matmul: the product is expected fresh and contiguous");
-    }
-    Ok(())
-}
-
-impl CustomOp2 for FrozenMatmul {
-    fn name(&self) -> &'static str {
-        "frozen-matmul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _x: &CpuStorage,
-        _lx: &Layout,
-        y: &CpuStorage,
-        ly: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
-        pass_through_check(ly)?;
-        Ok((y.try_clone(ly)?, ly.shape().clone()))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _x: &candle_core::CudaStorage,
-        _lx: &Layout,
-        y: &candle_core::CudaStorage,
-        ly: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
-        pass_through_check(ly)?;
-        Ok((y.try_clone(ly)?, ly.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        _y: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.matmul(&self.w)?), None))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
-
-    #[test]
-    fn frozen_matmul_matches_matmul_and_its_input_gradient() -> Result<()> {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (5, 3), &dev)?)?;
-        let w = Tensor::randn(0f32, 1.0, (4, 3), &dev)?;
-        let y1 = frozen_matmul(x.as_tensor(), &w)?;
-        let y2 = x.as_tensor().matmul(&w.t()?)?;
-        let diff = (&y1 - &y2)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        assert!(diff < 1e-6, "{diff}");
-        let g1 = y1.sqr()?.sum_all()?.backward()?;
-        let g2 = y2.sqr()?.sum_all()?.backward()?;
-        let (a, b) = (g1.get(&x).expect("grad"), g2.get(&x).expect("grad"));
-        let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        assert!(diff < 1e-5, "{diff}");
-        Ok(())
-    }
 
     #[test]
     fn softmax_and_rms_norm_pass_gradients() -> Result<()> {

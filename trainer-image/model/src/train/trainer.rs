@@ -135,7 +135,7 @@ fn batch_loss(
         .reshape((b * s, hidden))?
         .index_select(&batch.positions, 0)?;
     let logits = model.logits(&h)?.to_dtype(DType::F32)?;
-    let loss = candle_nn::loss::cross_entropy(&logits, &batch.targets)?;
+    let loss = crate::kernels::cross_entropy::cross_entropy(&logits, &batch.targets)?;
     Ok((loss, batch.tokens, batch.loss_tokens))
 }
 
