@@ -89,7 +89,9 @@ def operator_rows(out, notes):
     if api is not None:
         notes.append(f"operator load: kube-apiserver CPU over the same time {api:.1f} s (median), the operator's "
                      f"{m('operator_cpu_seconds'):.1f} s; creation {fmt(m('creates_per_second'))} migrations/s; "
-                     f"load averages per run: {', '.join(r.get('loadavg_before', '?') + ' -> ' + r.get('loadavg_after', '?') for r in runs)}")
+                     f"load averages per run: {', '.join(r.get('loadavg_before', '?') + ' -> ' + r.get('loadavg_after', '?') for r in runs)}; "
+                     f"CPU s used meanwhile by other processes per run: "
+                     f"{', '.join(fmt(r.get('other_processes_cpu_seconds'), 1) for r in runs)}")
     lost = [r.get("status_lost_current", 0) for r in runs]
     if any(lost):
         notes.append(f"operator load: statuses that lost their current run (stale-cache status write) per run: {lost}")

@@ -21,7 +21,7 @@ RUN = {
     "reconciliations": 3017, "reconcile_failures": 0, "decisions": {"wait": 2017, "start_stage": 1000},
     "reconcile_p50_ms": 91.9, "reconcile_p99_ms": 510.0, "operator_warn_lines": 0,
     "status_lost_current": 0, "cpu_seconds": {"kube-apiserver": 40.0, "etcd": 5.0, "load-client": 1.7},
-    "binary": "release", "loadavg_before": "0.9 1.0 1.4", "loadavg_after": "2.9 1.6 1.6",
+    "other_processes_cpu_seconds": 3.2, "binary": "release", "loadavg_before": "0.9 1.0 1.4", "loadavg_after": "2.9 1.6 1.6",
 }
 
 
@@ -63,6 +63,7 @@ class OperatorRows(unittest.TestCase):
         self.assertIn("(release build)", rows[1])
         self.assertIn("| 91.9 / 510.0 |", rows[2])
         self.assertIn("kube-apiserver CPU over the same time 40.0 s", out)
+        self.assertIn("by other processes per run: 3.2, 3.2, 3.2", out)
         self.assertNotIn("not measured", out)
         self.assertNotIn("lost their current run", out)
 

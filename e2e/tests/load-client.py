@@ -17,7 +17,8 @@ What it measures, all from one monotonic clock whose zero is the first create re
     a second Job of one migration, or a Job ADDED twice under one name, is a duplicate;
   - the operator's CPU time (utime + stime of /proc/PID/stat) from zero to the last first Job,
     and its VmHWM / VmRSS at that moment; the same CPU time of the --component processes (the
-    API server, etcd) and of this client, for where the machine's time went;
+    API server, etcd) and of this client, for where the machine's time went, and the busy CPU
+    time of the whole machine (/proc/stat), so other work running meanwhile shows;
   - then, once the operator's reconcile counter has stood still for --settle seconds: its
     CPU, RSS and /metrics (reconciles, failures, decisions, reconcile duration p50/p99).
 Writes one JSON object to --out; exits 0 once every migration has a Job, 1 on timeout (the JSON
@@ -77,6 +78,14 @@ def proc_cpu_seconds(pid):
         # Fields after the ")" of the command name; utime and stime are fields 14 and 15.
         rest = f.read().rsplit(")", 1)[1].split()
     return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds():
+    """CPU seconds all cores spent busy since boot (/proc/stat: user, nice, system, irq,
+    softirq, steal; guest time is already in user)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
 
 
 def proc_mem_mib(pid):
@@ -269,6 +278,7 @@ def main():
 
     others = dict(c.split("=", 1) for c in a.component)
     others["load-client"] = str(os.getpid())
+    busy0 = machine_busy_seconds()
     cpu0 = proc_cpu_seconds(a.pid)
     others0 = {n: proc_cpu_seconds(p) for n, p in others.items()}
     t0 = time.monotonic()
@@ -284,6 +294,7 @@ def main():
     t_end = clock()
     cpu1 = proc_cpu_seconds(a.pid)
     others1 = {n: proc_cpu_seconds(p) for n, p in others.items()}
+    busy1 = machine_busy_seconds()
     mem = proc_mem_mib(a.pid)
     with watch.lock:
         first = dict(watch.first)
@@ -315,6 +326,12 @@ def main():
         "operator_peak_rss_mib": round(mem.get("VmHWM", 0), 1),
         "operator_rss_mib_at_all_jobs": round(mem.get("VmRSS", 0), 1),
         "cpu_seconds": {n: round(others1[n] - others0[n], 2) for n in others},
+        # Everything the machine did meanwhile that is neither the operator nor the cluster nor
+        # this client (other people's builds): how loaded the run was.
+        "machine_busy_cpu_seconds": round(busy1 - busy0, 2),
+        "other_processes_cpu_seconds": round((busy1 - busy0) - (cpu1 - cpu0)
+                                             - sum(others1[n] - others0[n] for n in others), 2),
+        "cores": os.cpu_count(),
         "measured_seconds": round(t_end, 3),
         "settled": settled,
         "settled_seconds": round(t_settled, 3),

@@ -147,7 +147,7 @@ jq '.metadata.name = "dry-run"' "$work/migration.json" | kubectl create --dry-ru
   fail "the migration is refused: $(cat "$work/dry-run.err")"
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 components=()
-for c in kube-apiserver etcd; do components+=(--component "$c=$(awk -v n="$c" '$1 == n {print $2}' "$E2E_CLUSTER_DIR/pids")"); done
+for c in kube-apiserver etcd kube-controller-manager kube-scheduler kwok; do components+=(--component "$c=$(awk -v n="$c" '$1 == n {print $2}' "$E2E_CLUSTER_DIR/pids")"); done
 client_rc=0
 python3 "$here/load-client.py" --namespace "$ns" --count "$count" --manifest "$work/migration.json" \
   --pid "$op_pid" --timeout "$timeout" --workers "$workers" "${components[@]}" \
@@ -228,13 +228,15 @@ measure reconcile_p50_ms "$(jq .reconcile_p50_ms <<<"$r")" "ms (histogram estima
 measure reconcile_p99_ms "$(jq .reconcile_p99_ms <<<"$r")" "ms (histogram estimate)"
 measure status_lost_current "$lost" "of $count (status without current/round after the run)"
 measure cpu_seconds "$(jq -c .cpu_seconds <<<"$r")" "(utime+stime, first create to last first Job)"
+measure other_processes_cpu_seconds "$(jq .other_processes_cpu_seconds <<<"$r")" "s (busy CPU of the machine, $(jq .machine_busy_cpu_seconds <<<"$r") s on $(jq .cores <<<"$r") cores, less the operator, the cluster and the client: other work running meanwhile)"
 measure loadavg "'$load_before' -> '$load_after'" "(1/5/15 min, before and after)"
 json=$(jq -c --arg binary "$binary" --arg lb "$load_before" --arg la "$load_after" --argjson warnings "$warnings" --argjson lost "$lost" \
   --argjson workers "$workers" --argjson concurrency "$concurrency" '{bench: "operator_load", migrations, seconds_to_all_first_jobs, p50_seconds, p90_seconds,
     first_job_seconds, created_seconds, creates_per_second, workers: $workers, operator_concurrency: $concurrency,
     operator_peak_rss_mib: .operator_peak_rss_mib_settled, operator_rss_mib_end, operator_cpu_seconds,
     operator_cpu_seconds_settled, reconciliations, reconcile_failures, decisions, reconcile_p50_ms,
-    reconcile_p99_ms, operator_warn_lines: $warnings, status_lost_current: $lost, cpu_seconds, binary: $binary, loadavg_before: $lb, loadavg_after: $la}' <<<"$r")
+    reconcile_p99_ms, operator_warn_lines: $warnings, status_lost_current: $lost, cpu_seconds,
+    machine_busy_cpu_seconds, other_processes_cpu_seconds, cores, binary: $binary, loadavg_before: $lb, loadavg_after: $la}' <<<"$r")
 echo "$json"
 if [[ -n "${LOAD_RESULT:-}" ]]; then echo "$json" >"$LOAD_RESULT"; fi
 printf '[test] load: all %d checks passed in %ds\n' "$E2E_PASSED" "$SECONDS" >&2
