@@ -146,6 +146,17 @@ PY
 jq '.metadata.name = "dry-run"' "$work/migration.json" | kubectl create --dry-run=server -f - >/dev/null 2>"$work/dry-run.err" ||
   fail "the migration is refused: $(cat "$work/dry-run.err")"
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+# The API server's request counters before and after: what one migration costs it.
+api_requests() { # api_requests <out>: apiserver_request_total summed by verb and resource
+  kubectl get --raw /metrics | awk '/^apiserver_request_total\{/ {
+    verb = res = sub_ = ""
+    if (match($0, /verb="[^"]*"/)) verb = substr($0, RSTART + 6, RLENGTH - 7)
+    if (match($0, /resource="[^"]*"/)) res = substr($0, RSTART + 10, RLENGTH - 11)
+    if (match($0, /subresource="[^"]*"/)) sub_ = substr($0, RSTART + 13, RLENGTH - 14)
+    n[verb " " res (sub_ != "" ? "/" sub_ : "")] += $NF
+  } END { for (k in n) print k, n[k] }' >"$1"
+}
+api_requests "$work/requests.before"
 components=()
 for c in kube-apiserver etcd kube-controller-manager kube-scheduler kwok; do components+=(--component "$c=$(awk -v n="$c" '$1 == n {print $2}' "$E2E_CLUSTER_DIR/pids")"); done
 client_rc=0
@@ -153,6 +164,13 @@ python3 "$here/load-client.py" --namespace "$ns" --count "$count" --manifest "$w
   --pid "$op_pid" --timeout "$timeout" --workers "$workers" "${components[@]}" \
   --metrics-url "http://127.0.0.1:$port/metrics" --out "$work/client.json" || client_rc=$?
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+api_requests "$work/requests.after"
+# Per migration, the requests that changed by at least one per ten migrations (the rest is the
+# cluster's own background), e.g. {"GET jobs": 3.0, "POST jobs": 1.0, ...}.
+requests=$(awk -v n="$count" 'NR == FNR {b[$1 " " $2] = $3; next}
+  {d = ($3 - b[$1 " " $2]) / n; if (d >= 0.1) printf "%s\t%.2f\n", $1 " " $2, d}' \
+  "$work/requests.before" "$work/requests.after" | sort -t$'\t' -k2,2nr |
+  jq -R -s -c 'split("\n") | map(select(length > 0) | split("\t") | {key: .[0], value: (.[1] | tonumber)}) | from_entries')
 [[ -s "$work/client.json" ]] || fail "load-client wrote no result (exit $client_rc)"
 r=$(cat "$work/client.json")
 jq -e '.watch_errors == []' <<<"$r" >/dev/null || fail "the Job watch failed: $(jq -c .watch_errors <<<"$r")"
@@ -229,14 +247,15 @@ measure reconcile_p99_ms "$(jq .reconcile_p99_ms <<<"$r")" "ms (histogram estima
 measure status_lost_current "$lost" "of $count (status without current/round after the run)"
 measure cpu_seconds "$(jq -c .cpu_seconds <<<"$r")" "(utime+stime, first create to last first Job)"
 measure other_processes_cpu_seconds "$(jq .other_processes_cpu_seconds <<<"$r")" "s (busy CPU of the machine, $(jq .machine_busy_cpu_seconds <<<"$r") s on $(jq .cores <<<"$r") cores, less the operator, the cluster and the client: other work running meanwhile)"
+measure api_requests_per_migration "$requests" "(API server requests per migration, all clients; the client's own: 1 POST)"
 measure loadavg "'$load_before' -> '$load_after'" "(1/5/15 min, before and after)"
-json=$(jq -c --arg binary "$binary" --arg lb "$load_before" --arg la "$load_after" --argjson warnings "$warnings" --argjson lost "$lost" \
+json=$(jq -c --arg binary "$binary" --arg lb "$load_before" --arg la "$load_after" --argjson warnings "$warnings" --argjson lost "$lost" --argjson requests "$requests" \
   --argjson workers "$workers" --argjson concurrency "$concurrency" '{bench: "operator_load", migrations, seconds_to_all_first_jobs, p50_seconds, p90_seconds,
     first_job_seconds, created_seconds, creates_per_second, workers: $workers, operator_concurrency: $concurrency,
     operator_peak_rss_mib: .operator_peak_rss_mib_settled, operator_rss_mib_end, operator_cpu_seconds,
     operator_cpu_seconds_settled, reconciliations, reconcile_failures, decisions, reconcile_p50_ms,
     reconcile_p99_ms, operator_warn_lines: $warnings, status_lost_current: $lost, cpu_seconds,
-    machine_busy_cpu_seconds, other_processes_cpu_seconds, cores, binary: $binary, loadavg_before: $lb, loadavg_after: $la}' <<<"$r")
+    machine_busy_cpu_seconds, other_processes_cpu_seconds, cores, api_requests_per_migration: $requests, binary: $binary, loadavg_before: $lb, loadavg_after: $la}' <<<"$r")
 echo "$json"
 if [[ -n "${LOAD_RESULT:-}" ]]; then echo "$json" >"$LOAD_RESULT"; fi
 printf '[test] load: all %d checks passed in %ds\n' "$E2E_PASSED" "$SECONDS" >&2
