@@ -79,6 +79,8 @@ fn init_logging(filter: &str) {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first statement of a sync main; no other thread exists yet.
+    unsafe { llamaduo_model::threads::use_one_pool() };
     let cli = Cli::parse();
     init_logging(&cli.log_filter);
     llamaduo_model::alloc::tune_malloc();

@@ -109,6 +109,8 @@ fn bench(name: &str, dir: &Path, questions: &[&str], max_new: usize, export: boo
 }
 
 fn main() -> Result<()> {
+    // SAFETY: first statement of main; no other thread exists yet.
+    unsafe { llamaduo_model::threads::use_one_pool() };
     let questions = [
         "Write a short story about a robot who learns to paint.",
         "Explain how a bicycle works.",

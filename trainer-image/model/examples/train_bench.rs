@@ -45,6 +45,8 @@ fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // SAFETY: first statement of main; no other thread exists yet.
+    let candle_threads = unsafe { llamaduo_model::threads::use_one_pool() };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = args
         .first()
@@ -140,6 +142,8 @@ fn main() -> anyhow::Result<()> {
             "mode": mode,
             "mallopt": mallopt,
             "threads": std::env::var("RAYON_NUM_THREADS").unwrap_or_default(),
+            "candle_threads": candle_threads,
+            "kernel_pool": format!("{:?}", llamaduo_model::kernels::cpu_pool()),
             "steps_timed": steps,
             "tokens_per_second": (tokens / secs).round(),
             "peak_rss_mib": peak_rss_mib().round(),

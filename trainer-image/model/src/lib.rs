@@ -6,7 +6,8 @@
 //! - [`lora`], [`optim`], [`schedule`], [`train`]: fine-tuning.
 //! - [`peft`]: PEFT adapter and full-weight output.
 //! - [`kernels`]: fused CPU kernels (matmul on candle's pool, norms, softmax, loss, AdamW).
-//! - [`alloc`]: malloc tuning the trainer binary applies at start.
+//! - [`alloc`], [`threads`]: malloc tuning and the thread-pool choice the binaries apply at
+//!   start.
 
 pub mod alloc;
 pub mod chat_template;
@@ -23,5 +24,6 @@ pub mod optim;
 pub mod peft;
 pub mod rng;
 pub mod schedule;
+pub mod threads;
 pub mod tokenizer;
 pub mod train;

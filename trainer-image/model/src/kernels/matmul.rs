@@ -1,13 +1,11 @@
-//! Matrix products on candle's own CPU thread pool, with a backward pass that computes only the
-//! gradients some input needs.
+//! Matrix products with a backward pass that computes only the gradients some input needs,
+//! on the kernels' thread pool.
 //!
-//! Why not `Tensor::matmul`: candle 0.11's CPU backend runs elementwise ops on its barrier pool
-//! (one spinning worker per extra core) but hands gemm to rayon's pool, so every matmul runs
-//! three or more busy threads on a two-core machine: the barrier worker spins while rayon's
-//! workers compute, and both lose. Here gemm is called single-threaded per block of rows (or
-//! per batch) and the blocks are spread over the barrier pool, so one set of threads does all
-//! the work. The backward pass also skips the gradient of an input that does not track one (a
-//! frozen weight), which candle's matmul always computes.
+//! Why not `Tensor::matmul`: its backward pass always computes both operand gradients (wasted
+//! for a frozen weight, in LoRA every base matmul), it refuses batch layouts that do not
+//! collapse, and it zero-fills every output before gemm overwrites it. Here gemm runs
+//! single-threaded per block of rows (or per matrix of a batch) and the blocks are spread over
+//! the pool of [`super::run_chunked`], the same threads as every other kernel.
 //!
 //! On other devices, or for dtypes gemm does not take here, [`matmul`] is `Tensor::matmul`.
 

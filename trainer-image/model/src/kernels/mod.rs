@@ -5,8 +5,8 @@
 //! ops each, and its backprop adds a zero-filled buffer and an extra add for every gradient it
 //! accumulates, so a small model spends more time streaming activations through memory than
 //! multiplying matrices. Each kernel here is one pass forward and one pass backward, spread over
-//! candle's own CPU thread pool (the barrier pool its elementwise ops use, so no second pool
-//! competes for the cores).
+//! rayon's pool (the one gemm uses; [`crate::threads`] says why candle's own pool is kept to the
+//! calling thread).
 //!
 //! Every public function takes the fused path only for contiguous f32 tensors on the CPU and
 //! otherwise falls back to the composed candle ops in [`crate::models::ops`] (CUDA, bf16/f16),
@@ -25,21 +25,21 @@ pub mod rope;
 pub mod softmax;
 pub mod swiglu;
 
-/// Which threads run the kernels' parallel loops.
+/// Which threads run the kernels' parallel loops (see [`crate::threads`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CpuPool {
-    /// candle's barrier pool (workers spin between ops: lowest latency on idle cores).
-    Candle,
-    /// rayon's global pool (workers yield and sleep: degrades gracefully on busy cores).
+    /// rayon's global pool (workers yield, then sleep: degrades gracefully on shared cores).
     Rayon,
+    /// candle's barrier pool (workers spin between ops), for comparison.
+    Candle,
 }
 
-/// The pool chosen by `LLAMADUO_CPU_POOL` (`candle` or `rayon`), read once.
+/// The pool chosen by `LLAMADUO_CPU_POOL` (`rayon`, the default, or `candle`), read once.
 pub fn cpu_pool() -> CpuPool {
     static POOL: std::sync::OnceLock<CpuPool> = std::sync::OnceLock::new();
     *POOL.get_or_init(|| match std::env::var("LLAMADUO_CPU_POOL").as_deref() {
-        Ok("rayon") => CpuPool::Rayon,
-        _ => CpuPool::Candle,
+        Ok("candle") => CpuPool::Candle,
+        _ => CpuPool::Rayon,
     })
 }
 
