@@ -5,7 +5,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{SharedOut, contiguous, f32_only, fusable, par_blocks};
+use super::{SharedOut, contiguous, f32_only, fusable, math, par_blocks};
 
 /// Mean over rows of `logsumexp(logits[r]) − logits[r, targets[r]]`; `targets` u32 or i64.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
@@ -48,9 +48,8 @@ fn ids(s: &CpuStorage, l: &Layout, vocab: usize) -> Result<Vec<usize>> {
 
 /// (max, log Σ exp(x − max)) of one row.
 fn row_stats(row: &[f32]) -> (f32, f32) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = row.iter().map(|x| (x - max).exp()).sum();
-    (max, sum.ln())
+    let max = math::max(row);
+    (max, math::sum_exp(row, max).ln())
 }
 
 struct CrossEntropy;
@@ -146,7 +145,7 @@ impl CustomOp3 for CrossEntropyGrad {
                 let shift = max + lse;
                 d.iter_mut()
                     .zip(row)
-                    .for_each(|(d, x)| *d = (x - shift).exp() * scale);
+                    .for_each(|(d, x)| *d = math::exp(x - shift) * scale);
                 d[ids[r]] -= scale;
             }
         });

@@ -5,8 +5,8 @@
 //! ops each, and its backprop adds a zero-filled buffer and an extra add for every gradient it
 //! accumulates, so a small model spends more time streaming activations through memory than
 //! multiplying matrices. Each kernel here is one pass forward and one pass backward, spread over
-//! rayon's pool (the one gemm uses; [`crate::threads`] says why candle's own pool is kept to the
-//! calling thread).
+//! the crate's own thread pool ([`pool`]; [`crate::threads`] says why candle's pool is kept to
+//! the calling thread).
 //!
 //! Every public function takes the fused path only for contiguous f32 tensors on the CPU and
 //! otherwise falls back to the composed candle ops in [`crate::models::ops`] (CUDA, bf16/f16),
@@ -19,43 +19,50 @@ use candle_core::{Layout, Result, Tensor};
 
 pub mod adamw;
 pub mod cross_entropy;
+pub mod math;
 pub mod matmul;
+pub mod pool;
 pub mod rms_norm;
 pub mod rope;
 pub mod softmax;
 pub mod swiglu;
 
-/// Which threads run the kernels' parallel loops (see [`crate::threads`]).
+/// Which threads run the kernels' parallel loops (see [`pool`] and [`crate::threads`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CpuPool {
-    /// rayon's global pool (workers yield, then sleep: degrades gracefully on shared cores).
+    /// [`pool::global`]: spin, then yield, then park; the default.
+    Llamaduo,
+    /// rayon's global pool (workers sleep quickly), for comparison.
     Rayon,
-    /// candle's barrier pool (workers spin between ops), for comparison.
+    /// candle's barrier pool (spins without yielding), for comparison.
     Candle,
 }
 
-/// The pool chosen by `LLAMADUO_CPU_POOL` (`rayon`, the default, or `candle`), read once.
+/// The pool chosen by `LLAMADUO_CPU_POOL` (`llamaduo`, the default, `rayon` or `candle`), read
+/// once.
 pub fn cpu_pool() -> CpuPool {
     static POOL: std::sync::OnceLock<CpuPool> = std::sync::OnceLock::new();
     *POOL.get_or_init(|| match std::env::var("LLAMADUO_CPU_POOL").as_deref() {
         Ok("candle") => CpuPool::Candle,
-        _ => CpuPool::Rayon,
+        Ok("rayon") => CpuPool::Rayon,
+        _ => CpuPool::Llamaduo,
     })
 }
 
-/// Threads of the chosen pool (the calling thread included for candle's).
+/// Threads of the chosen pool (the calling thread included where it takes part).
 pub(crate) fn pool_threads() -> usize {
     match cpu_pool() {
-        CpuPool::Candle => candle_core::utils::barrier_pool().n_workers() + 1,
+        CpuPool::Llamaduo => pool::global().threads(),
         CpuPool::Rayon => rayon::current_num_threads(),
+        CpuPool::Candle => candle_core::utils::barrier_pool().n_workers() + 1,
     }
 }
 
-/// Runs `f` on ranges covering `0..n` on the chosen pool, a few ranges per thread so a slow
-/// thread's share can be taken over by the others.
+/// Runs `f` on ranges covering `0..n` (each index once) on the chosen pool, a few ranges per
+/// thread so a slow thread's share can be taken over by the others.
 pub(crate) fn run_chunked(n: usize, f: impl Fn(Range<usize>) + Sync) {
     match cpu_pool() {
-        CpuPool::Candle => candle_core::utils::barrier_pool().execute_chunked(n, f),
+        CpuPool::Llamaduo => pool::global().run_chunked(n, f),
         CpuPool::Rayon => {
             use rayon::prelude::*;
             let chunk = n.div_ceil(pool_threads() * 8).max(1);
@@ -63,6 +70,7 @@ pub(crate) fn run_chunked(n: usize, f: impl Fn(Range<usize>) + Sync) {
                 .into_par_iter()
                 .for_each(|c| f(c * chunk..n.min((c + 1) * chunk)));
         }
+        CpuPool::Candle => candle_core::utils::barrier_pool().execute_chunked(n, f),
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, Layout, Result, Shape, Tensor};
 
-use super::{SharedOut, contiguous, f32_only, fusable, par_blocks};
+use super::{SharedOut, contiguous, f32_only, fusable, math, par_blocks};
 
 /// RMSNorm of `x` (..., h) with weight `w` (h), both contiguous f32 on the CPU (see
 /// [`super::fusable`]; `crate::models::ops::rms_norm` dispatches).
@@ -45,7 +45,7 @@ impl RmsNorm {
 
     /// 1 / sqrt(mean(x²) + eps) of one row.
     fn inv_rms(&self, row: &[f32]) -> f32 {
-        let ms = row.iter().map(|x| x * x).sum::<f32>() / row.len() as f32;
+        let ms = math::dot(row, row) / row.len() as f32;
         1.0 / (ms + self.eps).sqrt()
     }
 }
@@ -164,12 +164,7 @@ impl CustomOp3 for RmsNormGrad {
                     }
                 }
                 if op.grad_x {
-                    let dot: f32 = xr
-                        .iter()
-                        .zip(gr)
-                        .zip(&scale)
-                        .map(|((x, g), s)| g * s * x)
-                        .sum();
+                    let dot = math::dot3(xr, gr, &scale);
                     let c = dot * inv * inv / h as f32;
                     // SAFETY: par_blocks hands out disjoint row ranges.
                     let d = unsafe { out.range_mut(r * h..(r + 1) * h) };

@@ -3,7 +3,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Layout, Result, Shape, Tensor};
 
-use super::{SharedOut, contiguous, f32_only, fusable, par_blocks};
+use super::{SharedOut, contiguous, f32_only, fusable, math, par_blocks};
 
 /// Softmax of a contiguous f32 CPU tensor over its last dimension (`crate::models::ops::
 /// softmax_last` dispatches).
@@ -39,13 +39,11 @@ impl CustomOp1 for Softmax {
                 let row = &x[r * n..(r + 1) * n];
                 // SAFETY: par_blocks hands out disjoint row ranges.
                 let y = unsafe { out.range_mut(r * n..(r + 1) * n) };
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
+                let max = math::max(row);
                 for (y, x) in y.iter_mut().zip(row) {
-                    *y = (x - max).exp();
-                    sum += *y;
+                    *y = math::exp(x - max);
                 }
-                let inv = 1.0 / sum;
+                let inv = 1.0 / math::sum(y);
                 y.iter_mut().for_each(|y| *y *= inv);
             }
         });
@@ -86,7 +84,7 @@ impl CustomOp2 for SoftmaxGrad {
         par_blocks(y.len() / n, 32, |rows| {
             for r in rows {
                 let (yr, gr) = (&y[r * n..(r + 1) * n], &g[r * n..(r + 1) * n]);
-                let dot: f32 = yr.iter().zip(gr).map(|(y, g)| y * g).sum();
+                let dot = math::dot(yr, gr);
                 // SAFETY: par_blocks hands out disjoint row ranges.
                 let d = unsafe { out.range_mut(r * n..(r + 1) * n) };
                 for ((d, y), g) in d.iter_mut().zip(yr).zip(gr) {

@@ -3,7 +3,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{SharedOut, contiguous, f32_only, fusable, par_blocks};
+use super::{SharedOut, contiguous, f32_only, fusable, math, par_blocks};
 
 /// Elements per block handed to one thread.
 const BLOCK: usize = 8 * 1024;
@@ -26,7 +26,7 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 }
 
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + math::exp(-x))
 }
 
 fn two<'a>(
