@@ -4,7 +4,8 @@
 #   bench/run.sh            # from the repository root or anywhere; prints the table
 #
 # Knobs (environment): REPS (3) interleaved repetitions of the training and generation runs;
-# TRAIN_STEPS (20) timed training steps per run; BENCH_THREADS (2) threads on both sides;
+# TRAIN_STEPS (20) timed training steps per run; TRAIN25_STEPS (5) for the ~25M config (part
+# train25m, ~2 s a step on 2 cores); BENCH_THREADS (2) threads on both sides;
 # SYNTH_SECONDS (30) window of the synthesis bench; QUICKSTART (1; 0 skips the end-to-end run);
 # BENCH_OUT (a new temp dir) where raw results go; BENCH_VENV (.venv-bench) the Python venv;
 # SKIP_BUILD (0; 1 uses the release binaries already in target/, e.g. while another build
@@ -20,6 +21,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 REPS="${REPS:-3}"
 TRAIN_STEPS="${TRAIN_STEPS:-20}"
+TRAIN25_STEPS="${TRAIN25_STEPS:-5}"
 SYNTH_SECONDS="${SYNTH_SECONDS:-30}"
 QUICKSTART="${QUICKSTART:-1}"
 VENV="${BENCH_VENV:-$ROOT/.venv-bench}"
@@ -29,7 +31,7 @@ export RAYON_NUM_THREADS="$BENCH_THREADS"
 # torch's OpenMP pool and MKL follow these too; set so neither side uses more than the other.
 export OMP_NUM_THREADS="$BENCH_THREADS" MKL_NUM_THREADS="$BENCH_THREADS"
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
-PARTS=" ${PARTS:-train generate synthesis reconcile quickstart operator} "
+PARTS=" ${PARTS:-train train25m generate synthesis reconcile quickstart operator} "
 want() { [[ "$PARTS" == *" $1 "* ]]; }
 export BENCH_NEW_TOKENS="${BENCH_NEW_TOKENS:-128}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -67,6 +69,14 @@ for rep in $(seq 1 "$REPS"); do
     "$BIN/examples/train_bench" "$mode" "$TRAIN_STEPS" | tail -n 1 >> "$RESULTS"
     "$PY" bench/torch_train.py "$mode" "$TRAIN_STEPS" 2>>"$OUT/python.err" | tail -n 1 >> "$RESULTS"
   done
+  if want train25m; then
+    for mode in full lora; do
+      log "rep $rep/$REPS: train $mode, ~25M-parameter config (llamaduo, then PyTorch)"
+      ( export BENCH_VOCAB=8192 BENCH_HIDDEN=512 BENCH_LAYERS=6 BENCH_HEADS=8 BENCH_INTERMEDIATE=1376
+        "$BIN/examples/train_bench" "$mode" "$TRAIN25_STEPS" | tail -n 1 >> "$RESULTS"
+        "$PY" bench/torch_train.py "$mode" "$TRAIN25_STEPS" 2>>"$OUT/python.err" | tail -n 1 >> "$RESULTS" )
+    done
+  fi
   if want generate; then
     log "rep $rep/$REPS: generate batch 1 and 8 (llamaduo, then transformers)"
     BENCH_MODEL_DIR="$GEN_DIR" "$BIN/examples/bench_generate" >> "$RESULTS"

@@ -105,17 +105,30 @@ def main():
 
     peer_names = {"train": "PyTorch", "generate": "transformers"}
     notes = []
-    for mode in ("full", "lora"):
-        ours = [r for r in rows if r.get("bench") == "train" and r["mode"] == mode and r["impl"] == "llamaduo"]
-        peer = [r for r in rows if r.get("bench") == "train" and r["mode"] == mode and r["impl"] == "pytorch"]
-        label = "full fine-tuning" if mode == "full" else "LoRA r=8 q,v"
-        peer_label = "PyTorch" + (" + PEFT" if mode == "lora" else "")
-        o = med([r["tokens_per_second"] for r in ours])
-        p = med([r["tokens_per_second"] for r in peer])
-        lines.append(f"| train tokens/s, {label} (vs {peer_label}) | {fmt(o)} | {fmt(p)} | {ratio(o, p)} | {len(ours)}/{len(peer)} |")
-        o = med([r["peak_rss_mib"] for r in ours])
-        p = med([r["peak_rss_mib"] for r in peer])
-        lines.append(f"| train peak RSS MiB, {label} | {fmt(o)} | {fmt(p)} | {ratio(o, p)} | {len(ours)}/{len(peer)} |")
+    def config_key(r):
+        c = r.get("config", {})
+        return (c.get("hidden", 0), c.get("layers", 0), c.get("vocab", 0), c.get("intermediate", 0), c.get("batch", 0), c.get("seq", 0))
+
+    train = [r for r in rows if r.get("bench") == "train"]
+    configs = sorted({config_key(r) for r in train}) or [None]
+    for key in configs:
+        at = [r for r in train if config_key(r) == key]
+        if key is None or len(configs) == 1:
+            shape = ""
+        else:
+            h, l, v, i, b, s_ = key
+            shape = f", h{h} L{l} v{v} i{i} ({b}x{s_})"
+        for mode in ("full", "lora"):
+            ours = [r for r in at if r["mode"] == mode and r["impl"] == "llamaduo"]
+            peer = [r for r in at if r["mode"] == mode and r["impl"] == "pytorch"]
+            label = ("full fine-tuning" if mode == "full" else "LoRA r=8 q,v") + shape
+            peer_label = "PyTorch" + (" + PEFT" if mode == "lora" else "")
+            o = med([r["tokens_per_second"] for r in ours])
+            p = med([r["tokens_per_second"] for r in peer])
+            lines.append(f"| train tokens/s, {label} (vs {peer_label}) | {fmt(o)} | {fmt(p)} | {ratio(o, p)} | {len(ours)}/{len(peer)} |")
+            o = med([r["peak_rss_mib"] for r in ours])
+            p = med([r["peak_rss_mib"] for r in peer])
+            lines.append(f"| train peak RSS MiB, {label} | {fmt(o)} | {fmt(p)} | {ratio(o, p)} | {len(ours)}/{len(peer)} |")
     for batch in (1, 8):
         ours = [r for r in rows if r.get("bench") == "generate" and r["batch"] == batch and r["impl"] == "llamaduo"]
         peer = [r for r in rows if r.get("bench") == "generate" and r["batch"] == batch and r["impl"] == "transformers"]

@@ -9,6 +9,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Tensor, Var};
 
 use crate::kernels::adamw::{AdamWScalars, adamw_in_place};
+use crate::kernels::grad_norm::sum_squares;
 
 /// AdamW hyperparameters.
 #[derive(Clone, Debug, PartialEq)]
@@ -213,11 +214,14 @@ impl GradAccumulator {
 pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64> {
     let mut total = 0f64;
     for g in grads.iter().flatten() {
-        total += g
-            .sqr()?
-            .sum_all()?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?;
+        total += match sum_squares(g)? {
+            Some(s) => s,
+            None => g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?,
+        };
     }
     let norm = total.sqrt();
     if max_norm > 0.0 && norm > max_norm {

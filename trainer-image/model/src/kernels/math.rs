@@ -12,8 +12,12 @@ pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
+    // Round to nearest by adding and subtracting 1.5·2²³ (exact for |v| < 2²²): plain float
+    // adds, where `round`/`floor` would be a libm call on baseline x86-64 (no SSE4.1) and
+    // keep the loop scalar.
+    const ROUND: f32 = 12_582_912.0;
     let xc = x.clamp(-87.3, 88.0);
-    let n = (xc * LOG2E + 0.5).floor();
+    let n = (xc * LOG2E + ROUND) - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4f32;
     let p = p * r + 1.398_199_9e-3;
