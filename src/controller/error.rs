@@ -9,7 +9,8 @@ use std::error::Error as _;
 /// A reconcile (or operator start-up) step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The object has no namespace or uid (it cannot own a Job).
+    /// The object has no namespace, uid or resourceVersion (it cannot own a Job, or its
+    /// status cannot be written on the condition that it is unchanged).
     #[error("LlamaDuoMigration {name} has no metadata.{field}")]
     MissingObjectKey {
         /// Name of the migration.

@@ -41,6 +41,7 @@ pub struct Metrics {
     pub registry: Registry,
     reconciliations: Counter,
     failures: Family<ErrorLabels, Counter>,
+    stale_writes: Counter,
     duration: Histogram,
     decisions: Family<DecisionLabels, Counter>,
     round: Family<MigrationLabels, Gauge>,
@@ -53,6 +54,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("llamaduo");
         let reconciliations = Counter::default();
         let failures = Family::<ErrorLabels, Counter>::default();
+        let stale_writes = Counter::default();
         let duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let decisions = Family::<DecisionLabels, Counter>::default();
         let round = Family::<MigrationLabels, Gauge>::default();
@@ -63,6 +65,12 @@ impl Default for Metrics {
             "reconcile_failures",
             "Reconciles that failed, by error",
             failures.clone(),
+        );
+        registry.register(
+            "stale_status_writes",
+            "Status writes the API server refused because the migration changed since the \
+             read they were decided from (requeued, not failures)",
+            stale_writes.clone(),
         );
         registry.register(
             "reconcile_duration_seconds",
@@ -89,6 +97,7 @@ impl Default for Metrics {
             registry,
             reconciliations,
             failures,
+            stale_writes,
             duration,
             decisions,
             round,
@@ -112,6 +121,11 @@ impl Metrics {
                 error: error.into(),
             })
             .inc();
+    }
+
+    /// Count a status write refused as stale (409 Conflict on its resourceVersion).
+    pub fn stale_status_write(&self) {
+        self.stale_writes.inc();
     }
 
     /// Count a decision.

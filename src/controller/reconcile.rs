@@ -5,6 +5,14 @@
 //! would stop every other migration (or a hot loop). Status is written first (server-side
 //! apply, one field manager, status subresource) and only when it changed; then the Job is
 //! created; then the Event is published.
+//!
+//! The status write carries the `resourceVersion` of the object the decision was made from,
+//! so the API server refuses it (409 Conflict) when that object was stale: a reconcile
+//! triggered by a Job event can read the migration from the watch cache before the cache has
+//! the status this operator just wrote, and a forced apply of a status decided from that old
+//! status would erase the newer one (a running stage without `status.current`). A refused
+//! write acts on nothing and requeues soon, so the next reconcile decides from the fresh
+//! object.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +40,21 @@ const WAIT_REQUEUE: Duration = Duration::from_secs(300);
 const PROGRESS_REQUEUE: Duration = Duration::from_secs(5);
 /// Requeue of finished, suspended or invalid migrations: only a change moves them.
 const IDLE_REQUEUE: Duration = Duration::from_secs(3600);
+/// Requeue after a status write refused as stale. The watch event of the write that made it
+/// stale normally triggers the next reconcile first; this is the fallback.
+const STALE_REQUEUE: Duration = Duration::from_secs(1);
+
+/// What [`write_status`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StatusWrite {
+    /// The status was already what the decision renders: nothing was sent.
+    Unchanged,
+    /// The status was written.
+    Written,
+    /// The API server refused the write because the object changed since the read it was
+    /// decided from (409 Conflict on the resourceVersion precondition).
+    Stale,
+}
 
 /// Reconcile one migration; failures are published as Warning Events and counted.
 pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -73,6 +96,18 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
         name: name.clone(),
         field: "uid",
     })?;
+    let resource_version = obj
+        .resource_version()
+        .ok_or_else(|| Error::MissingObjectKey {
+            name: name.clone(),
+            field: "resourceVersion",
+        })?;
+    // Every status write below is conditional on the object this reconcile decides from.
+    let target = StatusTarget {
+        namespace: &namespace,
+        name: &name,
+        resource_version: &resource_version,
+    };
     let generation = obj.metadata.generation;
     let status = parse_status(obj);
     let now = Time(Timestamp::now());
@@ -82,7 +117,11 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
             // Waits for a spec change; writing the same stall again is a no-op.
             let stall = Stall::new("InvalidSpec", message);
             let next = plan::stalled(&status, &stall, generation, &now);
-            if write_status(ctx, &namespace, &name, &status, &next).await? {
+            let written = write_status(ctx, &target, &status, &next).await?;
+            if written == StatusWrite::Stale {
+                return Ok(stale(ctx, obj));
+            }
+            if written == StatusWrite::Written {
                 publish(
                     ctx,
                     obj,
@@ -130,7 +169,12 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     // is how a later reconcile knows serving objects may still exist.
     serving::delete(ctx, &namespace, &serving).await?;
     serving::apply_serving(&mut next, &serving, generation, &now);
-    let changed = write_status(ctx, &namespace, &name, &status, &next).await?;
+    let changed = match write_status(ctx, &target, &status, &next).await? {
+        // Decided from a stale read: acting on it could repeat or undo newer work.
+        StatusWrite::Stale => return Ok(stale(ctx, obj)),
+        StatusWrite::Written => true,
+        StatusWrite::Unchanged => false,
+    };
     ctx.metrics.migration(&namespace, &name, &next);
     act(ctx, obj, &namespace, &uid, &spec, &decision, changed).await?;
     serving::act(ctx, obj, &serving).await?;
@@ -178,38 +222,71 @@ fn parse_status(obj: &DynamicObject) -> LlamaDuoMigrationStatus {
     }
 }
 
-/// Server-side apply `next` to the status subresource when it differs from `current`.
-/// Returns whether it wrote.
+/// The end of a reconcile whose status write was refused as stale: no Event, no failure
+/// count, no backoff step; a debug line and a quick requeue.
+fn stale(ctx: &Context, obj: &DynamicObject) -> Action {
+    ctx.metrics.stale_status_write();
+    tracing::debug!(
+        migration = %key(obj),
+        resource_version = obj.resource_version().unwrap_or_default(),
+        "status write refused: decided from a stale read; requeueing"
+    );
+    Action::requeue(STALE_REQUEUE)
+}
+
+/// The migration a status write goes to, and the `resourceVersion` it was read at.
+struct StatusTarget<'a> {
+    namespace: &'a str,
+    name: &'a str,
+    resource_version: &'a str,
+}
+
+/// The server-side apply body of a status write: `metadata.resourceVersion` makes it
+/// conditional (the API server answers 409 Conflict when the object has changed since).
+pub(super) fn status_patch(
+    name: &str,
+    resource_version: &str,
+    next: &LlamaDuoMigrationStatus,
+) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": LlamaDuoMigration::api_version(&()),
+        "kind": LlamaDuoMigration::kind(&()),
+        "metadata": {"name": name, "resourceVersion": resource_version},
+        "status": next,
+    })
+}
+
+/// Server-side apply `next` to the status subresource when it differs from `current`, on
+/// the condition that the object is still at `target.resource_version`.
 async fn write_status(
     ctx: &Context,
-    namespace: &str,
-    name: &str,
+    target: &StatusTarget<'_>,
     current: &LlamaDuoMigrationStatus,
     next: &LlamaDuoMigrationStatus,
-) -> Result<bool, Error> {
+) -> Result<StatusWrite, Error> {
     if current == next {
-        return Ok(false);
+        return Ok(StatusWrite::Unchanged);
     }
     // Untyped, so the answer parses even when the spec it carries does not.
     let api: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), namespace, &ctx.api_resource);
-    let body = serde_json::json!({
-        "apiVersion": LlamaDuoMigration::api_version(&()),
-        "kind": LlamaDuoMigration::kind(&()),
-        "status": next,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(|source| Error::PatchStatus {
-        namespace: namespace.into(),
-        name: name.into(),
-        source,
-    })?;
-    Ok(true)
+        Api::namespaced_with(ctx.client.clone(), target.namespace, &ctx.api_resource);
+    let body = status_patch(target.name, target.resource_version, next);
+    // Forced: this operator owns the status; the precondition, not field ownership, is what
+    // keeps a write from replacing a status it has not seen.
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    match api
+        .patch_status(target.name, &params, &Patch::Apply(&body))
+        .await
+    {
+        Ok(_) => Ok(StatusWrite::Written),
+        // A forced apply has no field conflicts, so a 409 is the resourceVersion precondition.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(StatusWrite::Stale),
+        Err(source) => Err(Error::PatchStatus {
+            namespace: target.namespace.into(),
+            name: target.name.into(),
+            source,
+        }),
+    }
 }
 
 /// Carry out a decision after its status is written: create the Job, publish the Event.

@@ -126,8 +126,21 @@ where
     F: AsyncFnOnce(&mut ApiServer) -> Vec<Seen>,
 {
     let (ctx, mut server) = context();
+    scenario_in(ctx, &mut server, obj, script).await
+}
+
+/// [`scenario`] with a given context, so a test can read its metrics afterwards.
+async fn scenario_in<F>(
+    ctx: Arc<Context>,
+    server: &mut ApiServer,
+    obj: DynamicObject,
+    script: F,
+) -> (Result<Action, super::Error>, Vec<Seen>)
+where
+    F: AsyncFnOnce(&mut ApiServer) -> Vec<Seen>,
+{
     let reconciled = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(obj), ctx));
-    let (result, seen) = tokio::join!(reconciled, script(&mut server));
+    let (result, seen) = tokio::join!(reconciled, script(server));
     let result = result.expect("reconcile made a request outside the script, or hung");
     (result, seen)
 }
@@ -190,6 +203,8 @@ async fn a_new_migration_starts_round_one_synthesis_as_a_restricted_job() {
     assert_eq!(patch.content_type, "application/apply-patch+yaml");
     assert_eq!(patch.body["apiVersion"], "llamaduo.dev/v1alpha1");
     assert_eq!(patch.body["kind"], "LlamaDuoMigration");
+    // Conditional on the object the decision was made from.
+    assert_eq!(patch.body["metadata"]["resourceVersion"], "10");
     let status = &patch.body["status"];
     assert_eq!(status["phase"], "Synthesizing");
     assert_eq!(status["round"], 1);
@@ -593,6 +608,141 @@ async fn a_failed_status_write_is_a_warning_event_named_after_the_error() {
     );
 }
 
+/// The API server's answer to a write whose `resourceVersion` precondition failed.
+fn conflict() -> Value {
+    json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+           "message": "Operation cannot be fulfilled on llamaduomigrations.llamaduo.dev \"tickets\": the object has been modified; please apply your changes to the latest version and try again",
+           "reason": "Conflict", "code": 409,
+           "details": {"name": "tickets", "group": "llamaduo.dev", "kind": "llamaduomigrations"}})
+}
+
+/// Metric lines of `ctx` that start with `prefix`.
+fn metric_lines(ctx: &Context, prefix: &str) -> Vec<String> {
+    let text = ctx.metrics.encode().expect("metrics encode");
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The lost status of the load test: a reconcile triggered by the stage's new Job reads the
+/// migration from a watch cache that does not have the status just written yet (no
+/// `current`), finds the Job running and decides Wait, whose status has no `current`. Its
+/// write is conditional on the stale resourceVersion, the API server refuses it, and the
+/// reconcile requeues soon: no Warning Event, no failure, no backoff step.
+#[tokio::test]
+async fn a_status_write_decided_from_a_stale_read_is_refused_and_requeued_quietly() {
+    let mut job = finished_job("Complete");
+    job["status"] = json!({"active": 1});
+    let obj = migration(spec(), Value::Null);
+    let (ctx, mut server) = context();
+    let (r, seen) = scenario_in(
+        ctx.clone(),
+        &mut server,
+        obj,
+        async move |s: &mut ApiServer| {
+            vec![
+                s.expect(
+                    Method::GET,
+                    &format!("{JOBS}/tickets-r1-synthesize"),
+                    200,
+                    job,
+                )
+                .await,
+                s.expect(Method::PATCH, STATUS, 409, conflict()).await,
+            ]
+        },
+    )
+    .await;
+    assert_eq!(
+        r.expect("a stale read is not a failure"),
+        Action::requeue(Duration::from_secs(1))
+    );
+    let patch = &seen[1].body;
+    assert_eq!(patch["metadata"]["resourceVersion"], "10");
+    // What the refusal prevented: a status without the running stage.
+    assert_eq!(patch["status"]["phase"], "Synthesizing");
+    assert!(patch["status"].get("current").is_none(), "{patch}");
+    assert_eq!(
+        metric_lines(&ctx, "llamaduo_stale_status_writes_total"),
+        vec!["llamaduo_stale_status_writes_total 1"]
+    );
+    assert!(
+        metric_lines(&ctx, "llamaduo_reconcile_failures_total{").is_empty(),
+        "no failure counted"
+    );
+}
+
+/// A start decided from a stale read creates no Job and publishes no Event: the Job is
+/// created only after its status is written.
+#[tokio::test]
+async fn a_start_refused_as_stale_creates_no_job() {
+    let obj = migration(spec(), Value::Null);
+    let (r, seen) = scenario(obj, async |s: &mut ApiServer| {
+        vec![
+            s.expect(
+                Method::GET,
+                &format!("{JOBS}/tickets-r1-synthesize"),
+                404,
+                not_found("jobs.batch", "tickets-r1-synthesize"),
+            )
+            .await,
+            s.expect(
+                Method::GET,
+                "/api/v1/namespaces/team-a/secrets/openai",
+                200,
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "openai"},
+                       "data": {"api-key": "c2VjcmV0"}}),
+            )
+            .await,
+            s.expect(
+                Method::GET,
+                "/api/v1/namespaces/team-a/configmaps/coverage",
+                200,
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "coverage"},
+                       "data": {"rows.jsonl": "{}"}}),
+            )
+            .await,
+            s.expect(
+                Method::GET,
+                "/api/v1/namespaces/team-a/persistentvolumeclaims/artifacts",
+                200,
+                json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                       "metadata": {"name": "artifacts"}}),
+            )
+            .await,
+            s.expect(Method::PATCH, STATUS, 409, conflict()).await,
+        ]
+    })
+    .await;
+    assert_eq!(
+        r.expect("a stale read is not a failure"),
+        Action::requeue(Duration::from_secs(1))
+    );
+    assert_eq!(
+        seen[4].body["status"]["current"]["name"],
+        "tickets-r1-synthesize"
+    );
+    assert_eq!(seen[4].body["metadata"]["resourceVersion"], "10");
+}
+
+/// The invalid-spec path writes status too: a refused stall publishes no Event.
+#[tokio::test]
+async fn a_stall_refused_as_stale_publishes_no_event() {
+    let mut bad = spec();
+    bad["target"]["meanScore"] = json!("high");
+    let obj = migration(bad, Value::Null);
+    let (r, seen) = scenario(obj, async |s: &mut ApiServer| {
+        vec![s.expect(Method::PATCH, STATUS, 409, conflict()).await]
+    })
+    .await;
+    assert_eq!(
+        r.expect("a stale read is not a failure"),
+        Action::requeue(Duration::from_secs(1))
+    );
+    assert_eq!(seen[0].body["metadata"]["resourceVersion"], "10");
+}
+
 #[tokio::test]
 async fn a_job_we_do_not_own_blocks_the_run() {
     let mut job = finished_job("Complete");
@@ -800,6 +950,22 @@ mod pure {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_status_patch_is_conditional_on_the_resource_version_read() {
+        let status = crate::api::LlamaDuoMigrationStatus {
+            round: 2,
+            ..Default::default()
+        };
+        let body = super::super::reconcile::status_patch("tickets", "4711", &status);
+        assert_eq!(
+            body["metadata"],
+            json!({"name": "tickets", "resourceVersion": "4711"})
+        );
+        assert_eq!(body["apiVersion"], "llamaduo.dev/v1alpha1");
+        assert_eq!(body["kind"], "LlamaDuoMigration");
+        assert_eq!(body["status"]["round"], 2);
     }
 
     #[derive(Parser)]
