@@ -124,6 +124,24 @@ pub(crate) fn contiguous<'a, T>(data: &'a [T], l: &Layout) -> Option<&'a [T]> {
     l.contiguous_offsets().map(|(a, b)| &data[a..b])
 }
 
+/// Two contiguous f32 storages as slices, or the op's f32-only error.
+pub(crate) fn two_f32<'a>(
+    op: &str,
+    a: &'a candle_core::CpuStorage,
+    al: &Layout,
+    b: &'a candle_core::CpuStorage,
+    bl: &Layout,
+) -> Result<(&'a [f32], &'a [f32])> {
+    use candle_core::CpuStorage::F32;
+    match (a, b) {
+        (F32(a), F32(b)) => match (contiguous(a, al), contiguous(b, bl)) {
+            (Some(a), Some(b)) => Ok((a, b)),
+            _ => f32_only(op),
+        },
+        _ => f32_only(op),
+    }
+}
+
 /// Whether the fused f32 CPU path applies to all of `ts`.
 pub(crate) fn fusable(ts: &[&Tensor]) -> bool {
     ts.iter()

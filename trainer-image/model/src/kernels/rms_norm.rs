@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, Layout, Result, Shape, Tensor};
 
-use super::{SharedOut, contiguous, f32_only, fusable, math, par_blocks};
+use super::{SharedOut, fusable, math, par_blocks, two_f32};
 
 /// RMSNorm of `x` (..., h) with weight `w` (h), both contiguous f32 on the CPU (see
 /// [`super::fusable`]; `crate::models::ops::rms_norm` dispatches).
@@ -47,23 +47,6 @@ impl RmsNorm {
     fn inv_rms(&self, row: &[f32]) -> f32 {
         let ms = math::dot(row, row) / row.len() as f32;
         1.0 / (ms + self.eps).sqrt()
-    }
-}
-
-/// Borrows two contiguous f32 storages or bails with the op's name.
-fn two_f32<'a>(
-    op: &str,
-    a: &'a CpuStorage,
-    al: &Layout,
-    b: &'a CpuStorage,
-    bl: &Layout,
-) -> Result<(&'a [f32], &'a [f32])> {
-    match (a, b) {
-        (CpuStorage::F32(a), CpuStorage::F32(b)) => match (contiguous(a, al), contiguous(b, bl)) {
-            (Some(a), Some(b)) => Ok((a, b)),
-            _ => f32_only(op),
-        },
-        _ => f32_only(op),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{SharedOut, contiguous, f32_only, fusable, math, par_blocks};
+use super::{SharedOut, f32_only, fusable, math, par_blocks, two_f32};
 
 /// Elements per block handed to one thread.
 const BLOCK: usize = 8 * 1024;
@@ -29,6 +29,7 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + math::exp(-x))
 }
 
+/// The two operands as slices of one length.
 fn two<'a>(
     op: &str,
     a: &'a CpuStorage,
@@ -36,13 +37,11 @@ fn two<'a>(
     b: &'a CpuStorage,
     bl: &Layout,
 ) -> Result<(&'a [f32], &'a [f32])> {
-    match (a, b) {
-        (CpuStorage::F32(a), CpuStorage::F32(b)) => match (contiguous(a, al), contiguous(b, bl)) {
-            (Some(a), Some(b)) if a.len() == b.len() => Ok((a, b)),
-            _ => f32_only(op),
-        },
-        _ => f32_only(op),
+    let (a, b) = two_f32(op, a, al, b, bl)?;
+    if a.len() != b.len() {
+        return f32_only(op);
     }
+    Ok((a, b))
 }
 
 #[derive(Clone, Copy)]

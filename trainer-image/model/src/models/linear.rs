@@ -104,9 +104,10 @@ impl Linear {
         if let Some(l) = &self.lora {
             let xd = dropout.apply(&x2, l.dropout)?;
             let a = l.a.as_tensor().to_dtype(x.dtype())?;
-            let b = l.b.as_tensor().to_dtype(x.dtype())?;
+            // The scale goes on B (out × r), not on the (tokens × out) product.
+            let b = l.b.as_tensor().to_dtype(x.dtype())?.affine(l.scale, 0.0)?;
             let u = matmul(&matmul(&xd, &a.t()?)?, &b.t()?)?;
-            y = (y + u.affine(l.scale, 0.0)?)?;
+            y = (y + u)?;
         }
         let mut out = dims;
         if let Some(last) = out.last_mut() {
