@@ -164,6 +164,8 @@ def main():
                 status = json.load(f)
         except (OSError, ValueError) as e:
             notes.append(f"quickstart status not readable: {e}")
+        # `llamaduo run --json` nests the migration status under "status".
+        status = status.get("status", status)
         tok = status.get("serviceTokens", {})
         total = tok.get("input", 0) + tok.get("output", 0)
         best = status.get("best") or {}

@@ -97,6 +97,15 @@ class OperatorRows(unittest.TestCase):
         self.assertEqual(strip(with_op), strip(without))
         self.assertIn("| quickstart end to end: wall time s", with_op)
 
+    def test_quickstart_reads_the_status_llamaduo_run_json_nests(self):
+        status = {"phase": "Succeeded", "rounds": [{}, {}],
+                  "best": {"round": 2, "scores": {"mean": 87.5}},
+                  "serviceTokens": {"input": 56149, "output": 27136}}
+        out = render({"quickstart.time.json": json.dumps({"wall_ms": 90000, "exit_code": 0}),
+                      "quickstart.json": json.dumps({"name": "quickstart", "status": status})})
+        self.assertIn("phase Succeeded, 2 rounds, best round 2 (mean 87.5); exit 0) | 90 |", out)
+        self.assertIn("| quickstart: service tokens spent (input + output) | 83,285 |", out)
+
 
 if __name__ == "__main__":
     unittest.main()
