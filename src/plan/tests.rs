@@ -682,6 +682,21 @@ fn an_unchanged_state_writes_an_identical_status() {
 }
 
 #[test]
+fn waiting_for_a_run_just_started_changes_nothing_so_no_second_status_write() {
+    let mut b = status(&spec().build());
+    let d = b.step(missing());
+    assert!(matches!(d, Decision::StartStage { .. }), "{d:?}");
+    let started = b.status.clone();
+    let d = b.step(Observation::Running);
+    assert!(matches!(d, Decision::Wait { .. }), "{d:?}");
+    assert_eq!(b.status, started);
+    assert_eq!(
+        started.message.as_deref(),
+        Some("round 1: synthesize running (attempt 1, tickets-r1-synthesize)")
+    );
+}
+
+#[test]
 fn undeserializable_spec_stalls_without_touching_progress() {
     let b = status(&spec().build()).stage_ok();
     let s = stalled(

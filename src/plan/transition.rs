@@ -47,10 +47,7 @@ pub fn apply(
         }
         Decision::Wait { run } => {
             next.phase = Some(run.stage.phase());
-            next.message = Some(format!(
-                "round {}: {} running (attempt {}, {})",
-                run.round, run.stage, run.attempt, run.name
-            ));
+            next.message = Some(running_message(run));
         }
         Decision::Stall(s) => {
             next.phase.get_or_insert(Phase::Pending);
@@ -165,11 +162,18 @@ fn start(status: &mut LlamaDuoMigrationStatus, run: &StageRun) {
     round_mut(status, run.round);
     status.round = run.round;
     status.phase = Some(run.stage.phase());
-    status.message = Some(format!(
-        "round {}: {} started (attempt {}, {})",
-        run.round, run.stage, run.attempt, run.name
-    ));
+    status.message = Some(running_message(run));
     status.current = Some(run.clone());
+}
+
+/// The message of a stage run in flight. Starting a run and waiting for it write the same one,
+/// so the reconcile that the new Job triggers finds nothing to change and writes no status
+/// (one status apply per stage run instead of two: measured on the API server under load).
+fn running_message(run: &StageRun) -> String {
+    format!(
+        "round {}: {} running (attempt {}, {})",
+        run.round, run.stage, run.attempt, run.name
+    )
 }
 
 fn succeed(status: &mut LlamaDuoMigrationStatus, round: u32, mean_score: f64) {
