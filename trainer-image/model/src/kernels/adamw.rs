@@ -4,7 +4,7 @@
 
 use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Storage, Tensor};
 
-use super::{SharedOut, contiguous, f32_only, fusable, par_blocks};
+use super::{SharedOut, f32_slice, f32_slice_mut, fusable, par_blocks, two_f32};
 
 /// Elements per block handed to one thread.
 const BLOCK: usize = 16 * 1024;
@@ -89,13 +89,8 @@ impl InplaceOp2 for Moment {
         g: &CpuStorage,
         gl: &Layout,
     ) -> Result<()> {
-        let (CpuStorage::F32(dst), CpuStorage::F32(g)) = (dst, g) else {
-            return f32_only(self.name());
-        };
-        let (Some((d0, d1)), Some(g)) = (dl.contiguous_offsets(), contiguous(g, gl)) else {
-            return f32_only(self.name());
-        };
-        let out = SharedOut::new(&mut dst[d0..d1]);
+        let g = f32_slice(self.name(), g, gl)?;
+        let out = SharedOut::new(f32_slice_mut(self.name(), dst, dl)?);
         let (b, one_minus) = (self.beta, 1.0 - self.beta);
         par_blocks(g.len(), BLOCK, |r| {
             // SAFETY: par_blocks hands out disjoint ranges of 0..len.
@@ -132,25 +127,13 @@ impl InplaceOp3 for Update {
         v: &CpuStorage,
         vl: &Layout,
     ) -> Result<()> {
-        let (CpuStorage::F32(m), CpuStorage::F32(v)) = (m, v) else {
-            return f32_only(self.name());
-        };
-        let CpuStorage::F32(dst) = dst else {
-            return f32_only(self.name());
-        };
-        let (Some((d0, d1)), Some(m), Some(v)) = (
-            dl.contiguous_offsets(),
-            contiguous(m, ml),
-            contiguous(v, vl),
-        ) else {
-            return f32_only(self.name());
-        };
+        let (m, v) = two_f32(self.name(), m, ml, v, vl)?;
         let s = &self.0;
         let decay = (1.0 - s.lr * s.weight_decay) as f32;
         let step = (s.lr / s.bias_correction1) as f32;
         let inv_bc2 = (1.0 / s.bias_correction2) as f32;
         let eps = s.eps as f32;
-        let out = SharedOut::new(&mut dst[d0..d1]);
+        let out = SharedOut::new(f32_slice_mut(self.name(), dst, dl)?);
         par_blocks(m.len(), BLOCK, |r| {
             // SAFETY: par_blocks hands out disjoint ranges of 0..len.
             let theta = unsafe { out.range_mut(r.clone()) };

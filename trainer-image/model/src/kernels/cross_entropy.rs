@@ -5,7 +5,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{SharedOut, contiguous, f32_only, fusable, math, par_blocks};
+use super::{SharedOut, contiguous, f32_only, f32_slice, fusable, math, par_blocks, two_f32};
 
 /// Mean over rows of `logsumexp(logits[r]) − logits[r, targets[r]]`; `targets` u32 or i64.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
@@ -66,12 +66,8 @@ impl CustomOp2 for CrossEntropy {
         t: &CpuStorage,
         tl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), (n, v)) = (x, xl.shape().dims2()?) else {
-            return f32_only(self.name());
-        };
-        let Some(x) = contiguous(x, xl) else {
-            return f32_only(self.name());
-        };
+        let (n, v) = xl.shape().dims2()?;
+        let x = f32_slice(self.name(), x, xl)?;
         let ids = ids(t, tl, v)?;
         let mut losses = vec![0f64; n];
         let out = SharedOut::new(&mut losses);
@@ -125,11 +121,9 @@ impl CustomOp3 for CrossEntropyGrad {
         g: &CpuStorage,
         gl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(g), (n, v)) = (x, g, xl.shape().dims2()?) else {
-            return f32_only(self.name());
-        };
-        let (Some(x), Some(&g)) = (contiguous(x, xl), contiguous(g, gl).and_then(|g| g.first()))
-        else {
+        let (n, v) = xl.shape().dims2()?;
+        let (x, g) = two_f32(self.name(), x, xl, g, gl)?;
+        let Some(&g) = g.first() else {
             return f32_only(self.name());
         };
         let ids = ids(t, tl, v)?;

@@ -12,6 +12,8 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
 
+use super::SharedOut;
+
 /// Work (m·n·k multiply-adds) below which threading costs more than it saves.
 const SERIAL_WORK: usize = 64 * 64 * 64;
 
@@ -100,20 +102,6 @@ impl<'a, T> Operand<'a, T> {
     }
 }
 
-/// A raw output pointer shared by the pool's threads, each writing its own rows.
-#[derive(Clone, Copy)]
-struct OutPtr<T>(*mut T);
-// SAFETY: the blocks handed to the threads write disjoint rows of the output.
-unsafe impl<T> Send for OutPtr<T> {}
-unsafe impl<T> Sync for OutPtr<T> {}
-
-impl<T> OutPtr<T> {
-    /// The pointer (a method, so closures capture the Sync wrapper, not the raw field).
-    fn get(&self) -> *mut T {
-        self.0
-    }
-}
-
 fn pool_gemm<T: WithDType>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Result<(Vec<T>, Shape)> {
     let dims = la.dims();
     let rank = dims.len();
@@ -128,7 +116,8 @@ fn pool_gemm<T: WithDType>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Result
     }
     let (a, b) = (Operand::new(a, la)?, Operand::new(b, lb)?);
     let mut out: Vec<T> = Vec::with_capacity(len);
-    let dst = OutPtr(out.spare_capacity_mut().as_mut_ptr().cast::<T>());
+    // The blocks below write disjoint rows of the output's (uninitialized) capacity.
+    let dst = SharedOut::spare_capacity(&mut out);
     // Rows [r0, r1) of matrix `bi`: one single-threaded gemm writing exactly those rows.
     let rows = |bi: usize, r0: usize, r1: usize| {
         // SAFETY: the offsets stay inside the operands (their layouts were checked by candle
@@ -139,7 +128,7 @@ fn pool_gemm<T: WithDType>(a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Result
                 r1 - r0,
                 n,
                 k,
-                dst.get().add(bi * m * n + r0 * n),
+                dst.at(bi * m * n + r0 * n),
                 1,
                 n as isize,
                 false,

@@ -15,7 +15,7 @@
 
 use std::ops::Range;
 
-use candle_core::{Layout, Result, Tensor};
+use candle_core::{CpuStorage, Layout, Result, Tensor};
 
 pub mod adamw;
 pub mod cross_entropy;
@@ -107,6 +107,21 @@ impl<T> SharedOut<T> {
         Self(buf.as_mut_ptr())
     }
 
+    /// The unused capacity of `buf`, for writers that fill it before `set_len`.
+    pub(crate) fn spare_capacity(buf: &mut Vec<T>) -> Self {
+        Self(buf.spare_capacity_mut().as_mut_ptr().cast::<T>())
+    }
+
+    /// A raw pointer to element `offset`, for writers such as gemm that take one (a method,
+    /// so closures capture the Sync wrapper and not the raw field).
+    ///
+    /// # Safety
+    /// `offset` lies inside the buffer.
+    pub(crate) unsafe fn at(&self, offset: usize) -> *mut T {
+        // SAFETY: guaranteed by the caller.
+        unsafe { self.0.add(offset) }
+    }
+
     /// The elements `range` of the buffer.
     ///
     /// # Safety
@@ -124,22 +139,35 @@ pub(crate) fn contiguous<'a, T>(data: &'a [T], l: &Layout) -> Option<&'a [T]> {
     l.contiguous_offsets().map(|(a, b)| &data[a..b])
 }
 
+/// A contiguous f32 storage as a slice, or the op's f32-only error.
+pub(crate) fn f32_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    match s {
+        CpuStorage::F32(v) => contiguous(v, l).map_or_else(|| f32_only(op), Ok),
+        _ => f32_only(op),
+    }
+}
+
+/// [`f32_slice`] for the storage an in-place op writes.
+pub(crate) fn f32_slice_mut<'a>(
+    op: &str,
+    s: &'a mut CpuStorage,
+    l: &Layout,
+) -> Result<&'a mut [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
+        _ => f32_only(op),
+    }
+}
+
 /// Two contiguous f32 storages as slices, or the op's f32-only error.
 pub(crate) fn two_f32<'a>(
     op: &str,
-    a: &'a candle_core::CpuStorage,
+    a: &'a CpuStorage,
     al: &Layout,
-    b: &'a candle_core::CpuStorage,
+    b: &'a CpuStorage,
     bl: &Layout,
 ) -> Result<(&'a [f32], &'a [f32])> {
-    use candle_core::CpuStorage::F32;
-    match (a, b) {
-        (F32(a), F32(b)) => match (contiguous(a, al), contiguous(b, bl)) {
-            (Some(a), Some(b)) => Ok((a, b)),
-            _ => f32_only(op),
-        },
-        _ => f32_only(op),
-    }
+    Ok((f32_slice(op, a, al)?, f32_slice(op, b, bl)?))
 }
 
 /// Whether the fused f32 CPU path applies to all of `ts`.

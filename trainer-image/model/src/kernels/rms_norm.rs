@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, Layout, Result, Shape, Tensor};
 
-use super::{SharedOut, fusable, math, par_blocks, two_f32};
+use super::{SharedOut, f32_slice, fusable, math, par_blocks, two_f32};
 
 /// RMSNorm of `x` (..., h) with weight `w` (h), both contiguous f32 on the CPU (see
 /// [`super::fusable`]; `crate::models::ops::rms_norm` dispatches).
@@ -127,7 +127,7 @@ impl CustomOp3 for RmsNormGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let op = &self.0;
         let (x, w) = two_f32(self.name(), x, xl, w, wl)?;
-        let (g, _) = two_f32(self.name(), g, gl, g, gl)?;
+        let g = f32_slice(self.name(), g, gl)?;
         let h = w.len();
         let rows = x.len() / h;
         let scale = op.scale(w);

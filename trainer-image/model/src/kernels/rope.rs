@@ -5,7 +5,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{SharedOut, contiguous, f32_only, fusable, par_blocks};
+use super::{SharedOut, f32_slice, fusable, par_blocks, two_f32};
 
 /// `rope(x)·scale` with the heads moved first: `x` (b, s, h, d), `cos`/`sin` (b or 1, 1, s,
 /// d/2); all contiguous f32 on the CPU (`crate::models::ops::rope_heads_first` dispatches).
@@ -61,14 +61,8 @@ impl CustomOp3 for Rope {
         sin: &CpuStorage,
         sl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(cos), CpuStorage::F32(sin)) = (x, cos, sin) else {
-            return f32_only(self.name());
-        };
-        let (Some(x), Some(cos), Some(sin)) =
-            (contiguous(x, xl), contiguous(cos, cl), contiguous(sin, sl))
-        else {
-            return f32_only(self.name());
-        };
+        let x = f32_slice(self.name(), x, xl)?;
+        let (cos, sin) = two_f32(self.name(), cos, cl, sin, sl)?;
         // Input dims: forward (b, s, h, d), backward (b, h, s, d).
         let (b, d0, d1, d) = xl.shape().dims4()?;
         let (s, h) = if self.backward { (d1, d0) } else { (d0, d1) };

@@ -3,7 +3,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Layout, Result, Shape, Tensor};
 
-use super::{SharedOut, contiguous, f32_only, fusable, math, par_blocks};
+use super::{SharedOut, f32_only, f32_slice, fusable, math, par_blocks, two_f32};
 
 /// Softmax of a contiguous f32 CPU tensor over its last dimension (`crate::models::ops::
 /// softmax_last` dispatches).
@@ -26,12 +26,10 @@ impl CustomOp1 for Softmax {
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), Some(n)) = (x, xl.dims().last().copied()) else {
+        let Some(n) = xl.dims().last().copied() else {
             return f32_only(self.name());
         };
-        let Some(x) = contiguous(x, xl) else {
-            return f32_only(self.name());
-        };
+        let x = f32_slice(self.name(), x, xl)?;
         let mut y = vec![0f32; x.len()];
         let out = SharedOut::new(&mut y);
         par_blocks(x.len() / n, 32, |rows| {
@@ -72,13 +70,10 @@ impl CustomOp2 for SoftmaxGrad {
         g: &CpuStorage,
         gl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(y), CpuStorage::F32(g), Some(n)) = (y, g, yl.dims().last().copied())
-        else {
+        let Some(n) = yl.dims().last().copied() else {
             return f32_only(self.name());
         };
-        let (Some(y), Some(g)) = (contiguous(y, yl), contiguous(g, gl)) else {
-            return f32_only(self.name());
-        };
+        let (y, g) = two_f32(self.name(), y, yl, g, gl)?;
         let mut dx = vec![0f32; y.len()];
         let out = SharedOut::new(&mut dx);
         par_blocks(y.len() / n, 32, |rows| {

@@ -3,7 +3,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{SharedOut, f32_only, fusable, math, par_blocks, two_f32};
+use super::{SharedOut, f32_only, f32_slice, fusable, math, par_blocks, two_f32};
 
 /// Elements per block handed to one thread.
 const BLOCK: usize = 8 * 1024;
@@ -116,7 +116,7 @@ impl CustomOp3 for SwiGluGrad {
         grl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (gate, up) = two(self.name(), gate, gl, up, ul)?;
-        let (g, _) = two(self.name(), g, grl, g, grl)?;
+        let g = f32_slice(self.name(), g, grl)?;
         let n = gate.len();
         let mut packed = vec![0f32; 2 * n];
         let (dg, du) = packed.split_at_mut(n);
