@@ -44,6 +44,18 @@ expect_refused() {
   printf '[test]      refused as expected: %s\n' "$(grep -Eo -- ".{0,60}$pattern.{0,60}" <<<"$out" | head -1)" >&2
 }
 
+# stop_pid <pid> [signal]: sends the signal (TERM), waits up to 5 s, then SIGKILL; reaps it.
+stop_pid() {
+  local pid="$1"
+  kill "-${2:-TERM}" "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+# free_port: a TCP port on 127.0.0.1 that nothing listens on right now.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
 # new_restricted_namespace <name>: a namespace enforcing Pod Security "restricted", ready for pods
 # (its default ServiceAccount exists, which the ServiceAccount admission plugin requires).
 new_restricted_namespace() {

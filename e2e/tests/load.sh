@@ -41,18 +41,12 @@ rm -rf "$work"; mkdir -p "$work"
 op_pid=""
 cleanup() {
   local rc=$?
-  if [[ -n "$op_pid" ]]; then
-    kill -TERM "$op_pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$op_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$op_pid" 2>/dev/null || true
-    wait "$op_pid" 2>/dev/null || true
-  fi
+  [[ -z "$op_pid" ]] || stop_pid "$op_pid"
   if ((rc != 0)) && [[ -f "$work/operator.log" ]]; then
     echo "--- last lines of $work/operator.log" >&2; tail -n 25 "$work/operator.log" >&2
   fi
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 check "binary: $llamaduo"
 [[ -x "$llamaduo" ]] || fail "$llamaduo not built (cargo build --release -p llamaduo --bin llamaduo)"

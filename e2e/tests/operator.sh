@@ -38,10 +38,7 @@ declare -A child=()
 stop_child() { # stop_child <name> [signal]
   local pid="${child[$1]:-}"
   [[ -n "$pid" ]] || return 0
-  kill "-${2:-TERM}" "$pid" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
+  stop_pid "$pid" "${2:-TERM}"
   unset "child[$1]"
 }
 cleanup() {
@@ -54,7 +51,6 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 mig() { kubectl get llamaduomigration "$1" -n "$ns" -o json; }
 mq() { mig "$1" | jq -r "$2"; } # mq <migration> <jq filter>
