@@ -177,14 +177,35 @@ impl GradAccumulator {
     pub fn add(&mut self, params: &[(String, Var)], grads: &GradStore) -> Result<()> {
         for (i, (_, p)) in params.iter().enumerate() {
             if let Some(g) = grads.get(p) {
-                let g = g.to_dtype(DType::F32)?;
-                self.sums[i] = Some(match self.sums[i].take() {
-                    Some(s) => (s + g)?,
-                    None => g,
-                });
+                self.add_one(i, g.to_dtype(DType::F32)?)?;
             }
         }
         self.micro_batches += 1;
+        Ok(())
+    }
+
+    /// Adds one micro-batch's gradients given in parameter order (the hand-written training
+    /// pass's output).
+    pub fn add_in_order(&mut self, grads: Vec<Tensor>) -> Result<()> {
+        if grads.len() != self.sums.len() {
+            candle_core::bail!(
+                "{} gradients for {} parameters",
+                grads.len(),
+                self.sums.len()
+            );
+        }
+        for (i, g) in grads.into_iter().enumerate() {
+            self.add_one(i, g)?;
+        }
+        self.micro_batches += 1;
+        Ok(())
+    }
+
+    fn add_one(&mut self, i: usize, g: Tensor) -> Result<()> {
+        self.sums[i] = Some(match self.sums[i].take() {
+            Some(s) => (s + g)?,
+            None => g,
+        });
         Ok(())
     }
 

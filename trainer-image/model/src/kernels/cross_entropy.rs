@@ -52,6 +52,48 @@ fn row_stats(row: &[f32]) -> (f32, f32) {
     (max, math::sum_exp(row, max).ln())
 }
 
+/// Loss and gradient in one pass for hand-written training passes: returns the sum over rows
+/// of the cross-entropy of `logits` (rows of `vocab`) against `targets`, and overwrites the
+/// logits with its gradient, `(softmax − onehot) · scale`.
+pub(crate) fn loss_and_grad_in_place(
+    logits: &mut [f32],
+    vocab: usize,
+    targets: &[u32],
+    scale: f32,
+) -> Result<f64> {
+    let n = targets.len();
+    if logits.len() != n * vocab {
+        candle_core::bail!(
+            "cross entropy: {} logits for {n} rows of {vocab}",
+            logits.len()
+        );
+    }
+    if let Some(bad) = targets.iter().find(|&&i| i as usize >= vocab) {
+        candle_core::bail!("cross entropy: target id {bad} outside a vocabulary of {vocab}");
+    }
+    let mut losses = vec![0f64; n];
+    let (out, grads) = (SharedOut::new(&mut losses), SharedOut::new(logits));
+    par_blocks(n, 1, |rows| {
+        for r in rows {
+            // SAFETY: par_blocks hands out disjoint rows of both buffers.
+            let (loss, row) = unsafe {
+                (
+                    out.range_mut(r..r + 1),
+                    grads.range_mut(r * vocab..(r + 1) * vocab),
+                )
+            };
+            let t = targets[r] as usize;
+            let (max, lse) = row_stats(row);
+            let shift = max + lse;
+            loss[0] = (shift - row[t]) as f64;
+            row.iter_mut()
+                .for_each(|x| *x = math::exp(*x - shift) * scale);
+            row[t] -= scale;
+        }
+    });
+    Ok(losses.iter().sum())
+}
+
 struct CrossEntropy;
 
 impl CustomOp2 for CrossEntropy {

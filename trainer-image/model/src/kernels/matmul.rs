@@ -72,6 +72,149 @@ fn batch_stride(l: &Layout) -> Option<usize> {
     Some(lead.last().map_or(0, |(_, s)| *s))
 }
 
+/// A strided f32 matrix over a slice, for hand-written passes: element (i, j) at
+/// `data[i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// A row-major (rows, cols) matrix.
+    pub(crate) fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self::strided(data, rows, cols, cols, 1)
+    }
+
+    /// A matrix with the given row and column strides.
+    pub(crate) fn strided(data: &'a [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            rs,
+            cs,
+        }
+    }
+
+    /// The transposed view.
+    pub(crate) fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    fn in_bounds(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst = a·b`, or `dst += scale·a·b` with `accumulate`; `dst` row-major with row stride
+/// `ld`. Single-threaded, for callers that spread their own loops over the pool.
+///
+/// # Safety
+/// `dst` is valid for writes of `a.rows` rows of stride `ld` holding `b.cols` elements each, no
+/// other thread touches them, and `a`, `b` are in bounds with `a.cols == b.rows`.
+pub(crate) unsafe fn gemm_serial(
+    dst: *mut f32,
+    ld: usize,
+    accumulate: bool,
+    scale: f32,
+    a: Mat,
+    b: Mat,
+) {
+    if a.rows == 0 || b.cols == 0 {
+        return;
+    }
+    if a.cols == 0 {
+        if !accumulate {
+            for r in 0..a.rows {
+                // SAFETY: the caller guarantees the rows of dst.
+                unsafe { std::slice::from_raw_parts_mut(dst.add(r * ld), b.cols).fill(0.0) };
+            }
+        }
+        return;
+    }
+    // SAFETY: the caller guarantees the operands' bounds and the destination; with read_dst
+    // gemm computes dst = 1·dst + scale·a·b, without it dst = scale·a·b.
+    unsafe {
+        gemm::gemm(
+            a.rows,
+            b.cols,
+            a.cols,
+            dst,
+            1,
+            ld as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// [`gemm_serial`] into a row-major `dst` (a.rows, b.cols), spread over the pool in blocks of
+/// rows; the shapes and bounds are checked.
+pub(crate) fn gemm_into(
+    dst: &mut [f32],
+    accumulate: bool,
+    scale: f32,
+    a: Mat,
+    b: Mat,
+) -> Result<()> {
+    let (m, n) = (a.rows, b.cols);
+    if a.cols != b.rows || !a.in_bounds() || !b.in_bounds() || dst.len() != m * n {
+        candle_core::bail!(
+            "gemm: ({}, {}) @ ({}, {}) into {} elements",
+            a.rows,
+            a.cols,
+            b.rows,
+            b.cols,
+            dst.len()
+        );
+    }
+    let out = SharedOut::new(dst);
+    let rows = |r0: usize, r1: usize| {
+        let block = Mat {
+            data: &a.data[r0 * a.rs..],
+            rows: r1 - r0,
+            ..a
+        };
+        // SAFETY: rows [r0, r1) of dst belong to this call alone; bounds checked above.
+        unsafe { gemm_serial(out.at(r0 * n), n, accumulate, scale, block, b) }
+    };
+    let threads = super::pool_threads();
+    if threads == 1 || m * n * a.cols < SERIAL_WORK || m < 32 {
+        rows(0, m);
+    } else {
+        let block = m.div_ceil(threads * 2).max(16);
+        super::run_chunked(m.div_ceil(block), |range| {
+            for j in range {
+                rows(j * block, m.min((j + 1) * block));
+            }
+        });
+    }
+    Ok(())
+}
+
 /// The op behind [`matmul`]; the flags say which input gradients the backward pass makes.
 struct PoolMatmul {
     grad_a: bool,

@@ -48,6 +48,110 @@ impl RmsNorm {
         let ms = math::dot(row, row) / row.len() as f32;
         1.0 / (ms + self.eps).sqrt()
     }
+
+    /// The forward pass over slices: rows of `x` (each `w.len()` long) into `y`.
+    fn forward_into(&self, x: &[f32], w: &[f32], y: &mut [f32]) {
+        let h = w.len();
+        let scale = self.scale(w);
+        let out = SharedOut::new(y);
+        par_blocks(x.len() / h, 16, |rows| {
+            for r in rows {
+                let row = &x[r * h..(r + 1) * h];
+                let inv = self.inv_rms(row);
+                // SAFETY: par_blocks hands out disjoint row ranges.
+                let y = unsafe { out.range_mut(r * h..(r + 1) * h) };
+                for ((y, x), s) in y.iter_mut().zip(row).zip(&scale) {
+                    *y = x * inv * s;
+                }
+            }
+        });
+    }
+
+    /// The backward pass over slices, given the output gradient `g`: `dx` written (or added to,
+    /// with its flag set), `dw` added to.
+    fn backward_into(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        g: &[f32],
+        dx: Option<(&mut [f32], bool)>,
+        dw: Option<&mut [f32]>,
+    ) -> Result<()> {
+        let h = w.len();
+        let rows = x.len() / h;
+        let scale = self.scale(w);
+        let (want_dx, add_dx) = (dx.is_some(), dx.as_ref().is_some_and(|d| d.1));
+        let out = dx.map(|(d, _)| SharedOut::new(d));
+        let want_dw = dw.is_some();
+        let partials: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+        par_blocks(rows, 16, |block| {
+            let mut dw_part = if want_dw { vec![0f32; h] } else { Vec::new() };
+            for r in block {
+                let (xr, gr) = (&x[r * h..(r + 1) * h], &g[r * h..(r + 1) * h]);
+                let inv = self.inv_rms(xr);
+                if want_dw {
+                    for ((d, x), g) in dw_part.iter_mut().zip(xr).zip(gr) {
+                        *d += g * x * inv;
+                    }
+                }
+                if let (true, Some(out)) = (want_dx, &out) {
+                    let dot = math::dot3(xr, gr, &scale);
+                    let c = dot * inv * inv / h as f32;
+                    // SAFETY: par_blocks hands out disjoint row ranges.
+                    let d = unsafe { out.range_mut(r * h..(r + 1) * h) };
+                    let rows = d.iter_mut().zip(xr).zip(gr).zip(&scale);
+                    if add_dx {
+                        rows.for_each(|(((d, x), g), s)| *d += inv * (g * s - x * c));
+                    } else {
+                        rows.for_each(|(((d, x), g), s)| *d = inv * (g * s - x * c));
+                    }
+                }
+            }
+            if want_dw && let Ok(mut p) = partials.lock() {
+                p.push(dw_part);
+            }
+        });
+        let partials = partials
+            .into_inner()
+            .map_err(|_| candle_core::Error::Msg("rms norm grad: a worker panicked".into()))?;
+        if let Some(dw) = dw {
+            for part in partials {
+                dw.iter_mut().zip(&part).for_each(|(d, p)| *d += p);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Slice form of [`rms_norm`] for hand-written passes: rows of `x` normalized into `y`.
+pub(crate) fn rms_norm_into(x: &[f32], w: &[f32], eps: f64, one_plus: bool, y: &mut [f32]) {
+    RmsNorm {
+        eps: eps as f32,
+        one_plus,
+        grad_x: false,
+        grad_w: false,
+    }
+    .forward_into(x, w, y)
+}
+
+/// Slice form of the backward pass of [`rms_norm`]: `dx` written (added to when its flag is
+/// set), `dw` added to; either may be left out.
+pub(crate) fn rms_norm_grad_into(
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    eps: f64,
+    one_plus: bool,
+    dx: Option<(&mut [f32], bool)>,
+    dw: Option<&mut [f32]>,
+) -> Result<()> {
+    RmsNorm {
+        eps: eps as f32,
+        one_plus,
+        grad_x: dx.is_some(),
+        grad_w: dw.is_some(),
+    }
+    .backward_into(x, w, g, dx, dw)
 }
 
 impl CustomOp2 for RmsNorm {
@@ -63,21 +167,8 @@ impl CustomOp2 for RmsNorm {
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, w) = two_f32(self.name(), x, xl, w, wl)?;
-        let h = w.len();
-        let scale = self.scale(w);
         let mut y = vec![0f32; x.len()];
-        let out = SharedOut::new(&mut y);
-        par_blocks(x.len() / h, 16, |rows| {
-            for r in rows {
-                let row = &x[r * h..(r + 1) * h];
-                let inv = self.inv_rms(row);
-                // SAFETY: par_blocks hands out disjoint row ranges.
-                let y = unsafe { out.range_mut(r * h..(r + 1) * h) };
-                for ((y, x), s) in y.iter_mut().zip(row).zip(&scale) {
-                    *y = x * inv * s;
-                }
-            }
-        });
+        self.forward_into(x, w, &mut y);
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
@@ -128,46 +219,16 @@ impl CustomOp3 for RmsNormGrad {
         let op = &self.0;
         let (x, w) = two_f32(self.name(), x, xl, w, wl)?;
         let g = f32_slice(self.name(), g, gl)?;
-        let h = w.len();
-        let rows = x.len() / h;
-        let scale = op.scale(w);
         let dx_len = if op.grad_x { x.len() } else { 0 };
-        let mut packed = vec![0f32; dx_len + if op.grad_w { h } else { 0 }];
+        let mut packed = vec![0f32; dx_len + if op.grad_w { w.len() } else { 0 }];
         let (dx, dw) = packed.split_at_mut(dx_len);
-        let out = SharedOut::new(dx);
-        let partials: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
-        par_blocks(rows, 16, |block| {
-            let mut dw_part = if op.grad_w { vec![0f32; h] } else { Vec::new() };
-            for r in block {
-                let (xr, gr) = (&x[r * h..(r + 1) * h], &g[r * h..(r + 1) * h]);
-                let inv = op.inv_rms(xr);
-                if op.grad_w {
-                    for ((d, x), g) in dw_part.iter_mut().zip(xr).zip(gr) {
-                        *d += g * x * inv;
-                    }
-                }
-                if op.grad_x {
-                    let dot = math::dot3(xr, gr, &scale);
-                    let c = dot * inv * inv / h as f32;
-                    // SAFETY: par_blocks hands out disjoint row ranges.
-                    let d = unsafe { out.range_mut(r * h..(r + 1) * h) };
-                    for (((d, x), g), s) in d.iter_mut().zip(xr).zip(gr).zip(&scale) {
-                        *d = inv * (g * s - x * c);
-                    }
-                }
-            }
-            if op.grad_w
-                && let Ok(mut p) = partials.lock()
-            {
-                p.push(dw_part);
-            }
-        });
-        let partials = partials
-            .into_inner()
-            .map_err(|_| candle_core::Error::Msg("rms norm grad: a worker panicked".into()))?;
-        for part in partials {
-            dw.iter_mut().zip(&part).for_each(|(d, p)| *d += p);
-        }
+        op.backward_into(
+            x,
+            w,
+            g,
+            op.grad_x.then_some((dx, false)),
+            op.grad_w.then_some(dw),
+        )?;
         let len = packed.len();
         Ok((CpuStorage::F32(packed), Shape::from(len)))
     }

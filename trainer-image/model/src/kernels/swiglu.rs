@@ -29,6 +29,39 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + math::exp(-x))
 }
 
+/// Slice form of [`swiglu`]: `y = silu(gate) · up`, all of one length.
+pub(crate) fn swiglu_into(gate: &[f32], up: &[f32], y: &mut [f32]) {
+    let out = SharedOut::new(y);
+    par_blocks(gate.len(), BLOCK, |r| {
+        // SAFETY: par_blocks hands out disjoint ranges.
+        let y = unsafe { out.range_mut(r.clone()) };
+        for ((y, a), u) in y.iter_mut().zip(&gate[r.clone()]).zip(&up[r]) {
+            *y = a * sigmoid(*a) * u;
+        }
+    });
+}
+
+/// Slice form of the backward pass: the gradients of gate and up written into `dg`, `du`.
+pub(crate) fn swiglu_grad_into(
+    gate: &[f32],
+    up: &[f32],
+    g: &[f32],
+    dg: &mut [f32],
+    du: &mut [f32],
+) {
+    let (og, ou) = (SharedOut::new(dg), SharedOut::new(du));
+    par_blocks(gate.len(), BLOCK, |r| {
+        // SAFETY: par_blocks hands out disjoint ranges of each output.
+        let (dg, du) = unsafe { (og.range_mut(r.clone()), ou.range_mut(r.clone())) };
+        for i in 0..r.len() {
+            let (a, u, g) = (gate[r.start + i], up[r.start + i], g[r.start + i]);
+            let s = sigmoid(a);
+            du[i] = g * a * s;
+            dg[i] = g * u * s * (1.0 + a * (1.0 - s));
+        }
+    });
+}
+
 /// The two operands as slices of one length.
 fn two<'a>(
     op: &str,
@@ -64,14 +97,7 @@ impl CustomOp2 for SwiGlu {
     ) -> Result<(CpuStorage, Shape)> {
         let (gate, up) = two(self.name(), gate, gl, up, ul)?;
         let mut y = vec![0f32; gate.len()];
-        let out = SharedOut::new(&mut y);
-        par_blocks(gate.len(), BLOCK, |r| {
-            // SAFETY: par_blocks hands out disjoint ranges.
-            let y = unsafe { out.range_mut(r.clone()) };
-            for ((y, a), u) in y.iter_mut().zip(&gate[r.clone()]).zip(&up[r]) {
-                *y = a * sigmoid(*a) * u;
-            }
-        });
+        swiglu_into(gate, up, &mut y);
         Ok((CpuStorage::F32(y), gl.shape().clone()))
     }
 
@@ -120,17 +146,7 @@ impl CustomOp3 for SwiGluGrad {
         let n = gate.len();
         let mut packed = vec![0f32; 2 * n];
         let (dg, du) = packed.split_at_mut(n);
-        let (og, ou) = (SharedOut::new(dg), SharedOut::new(du));
-        par_blocks(n, BLOCK, |r| {
-            // SAFETY: par_blocks hands out disjoint ranges of each half.
-            let (dg, du) = unsafe { (og.range_mut(r.clone()), ou.range_mut(r.clone())) };
-            for i in 0..r.len() {
-                let (a, u, g) = (gate[r.start + i], up[r.start + i], g[r.start + i]);
-                let s = sigmoid(a);
-                du[i] = g * a * s;
-                dg[i] = g * u * s * (1.0 + a * (1.0 - s));
-            }
-        });
+        swiglu_grad_into(gate, up, g, dg, du);
         Ok((CpuStorage::F32(packed), Shape::from(2 * n)))
     }
 }

@@ -15,6 +15,9 @@ use crate::config::ModelConfig;
 use crate::kernels::matmul::matmul;
 use crate::lora::LoraAdapter;
 
+mod hand_pass;
+pub use hand_pass::HandBatch;
+
 /// Additive mask value for keys a query must not see (finite, so fully masked pad rows give a
 /// uniform softmax instead of NaN).
 const MASKED: f32 = -1e9;

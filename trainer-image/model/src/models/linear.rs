@@ -26,26 +26,36 @@ impl DropoutCtl {
 
     /// Applies dropout with probability `p` to `x` when on.
     fn apply(&self, x: &Tensor, p: f64) -> Result<Tensor> {
-        if p <= 0.0 {
-            return Ok(x.clone());
+        match self.mask(x.elem_count(), p) {
+            Some(mask) => {
+                let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+                x.mul(&mask)
+            }
+            None => Ok(x.clone()),
         }
-        let draw = match self.state.lock() {
+    }
+
+    /// The next dropout mask for `n` elements (0 or 1/(1 − p) each), or `None` when dropout is
+    /// off or `p` is 0. Each call advances the counter, so callers must draw masks in the
+    /// same order as the forward pass does (`pub(crate)` for the hand-written training pass).
+    pub(crate) fn mask(&self, n: usize, p: f64) -> Option<Vec<f32>> {
+        if p <= 0.0 {
+            return None;
+        }
+        let seed = match self.state.lock() {
             Ok(mut s) => s.as_mut().map(|(seed, counter)| {
                 *counter += 1;
                 derive(*seed, &[*counter])
             }),
             Err(_) => None,
-        };
-        let Some(seed) = draw else {
-            return Ok(x.clone());
-        };
+        }?;
         let mut rng = SplitMix::new(seed);
         let keep = (1.0 / (1.0 - p)) as f32;
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| if rng.next_f64() < p { 0.0 } else { keep })
-            .collect();
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        x.mul(&mask)
+        Some(
+            (0..n)
+                .map(|_| if rng.next_f64() < p { 0.0 } else { keep })
+                .collect(),
+        )
     }
 }
 

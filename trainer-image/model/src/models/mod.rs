@@ -40,7 +40,7 @@ pub mod mistral;
 pub mod ops;
 pub mod qwen2;
 
-pub use decoder::CausalLm;
+pub use decoder::{CausalLm, HandBatch};
 pub use kv_cache::KvCache;
 pub use linear::{Linear, Weight};
 

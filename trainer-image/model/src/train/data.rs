@@ -136,31 +136,75 @@ pub struct Batch {
     pub loss_tokens: usize,
 }
 
-/// Builds a right-padded batch of `samples` (padded to the longest).
-pub fn make_batch(samples: &[&Sample], pad_id: u32, device: &Device) -> candle_core::Result<Batch> {
-    let b = samples.len();
-    let s = samples.iter().map(|x| x.input_ids.len()).max().unwrap_or(0);
-    let mut ids = vec![pad_id; b * s];
-    let mut positions = Vec::new();
-    let mut targets = Vec::new();
-    let mut tokens = 0;
-    for (r, sample) in samples.iter().enumerate() {
-        let n = sample.input_ids.len();
-        ids[r * s..r * s + n].copy_from_slice(&sample.input_ids);
-        tokens += n;
-        for i in 1..n {
-            if sample.loss_mask[i] {
-                positions.push((r * s + i - 1) as u32);
-                targets.push(sample.input_ids[i]);
+/// A right-padded batch in host memory: what [`make_batch`] puts into tensors, and what the
+/// hand-written training pass reads directly.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HostBatch {
+    /// (batch, seq) ids, row-major; pads hold the pad id.
+    pub input_ids: Vec<u32>,
+    /// Batch size.
+    pub batch: usize,
+    /// Sequence length (the longest sample).
+    pub seq: usize,
+    /// Flat positions (row · seq + col) whose next token is a loss target.
+    pub positions: Vec<u32>,
+    /// The targets at those positions.
+    pub targets: Vec<u32>,
+    /// Real (non-pad) tokens in the batch.
+    pub tokens: usize,
+}
+
+impl HostBatch {
+    /// Right-pads `samples` to the longest one with `pad_id`.
+    pub fn new(samples: &[&Sample], pad_id: u32) -> Self {
+        let b = samples.len();
+        let s = samples.iter().map(|x| x.input_ids.len()).max().unwrap_or(0);
+        let mut ids = vec![pad_id; b * s];
+        let mut positions = Vec::new();
+        let mut targets = Vec::new();
+        let mut tokens = 0;
+        for (r, sample) in samples.iter().enumerate() {
+            let n = sample.input_ids.len();
+            ids[r * s..r * s + n].copy_from_slice(&sample.input_ids);
+            tokens += n;
+            for i in 1..n {
+                if sample.loss_mask[i] {
+                    positions.push((r * s + i - 1) as u32);
+                    targets.push(sample.input_ids[i]);
+                }
             }
         }
+        Self {
+            input_ids: ids,
+            batch: b,
+            seq: s,
+            positions,
+            targets,
+            tokens,
+        }
     }
-    let loss_tokens = targets.len();
+
+    /// The batch as the hand-written training pass takes it.
+    pub fn hand(&self) -> crate::models::HandBatch<'_> {
+        crate::models::HandBatch {
+            input_ids: &self.input_ids,
+            batch: self.batch,
+            seq: self.seq,
+            positions: &self.positions,
+            targets: &self.targets,
+        }
+    }
+}
+
+/// Builds a right-padded batch of `samples` (padded to the longest).
+pub fn make_batch(samples: &[&Sample], pad_id: u32, device: &Device) -> candle_core::Result<Batch> {
+    let h = HostBatch::new(samples, pad_id);
+    let loss_tokens = h.targets.len();
     Ok(Batch {
-        input_ids: Tensor::from_vec(ids, (b, s), device)?,
-        positions: Tensor::from_vec(positions, loss_tokens, device)?,
-        targets: Tensor::from_vec(targets, loss_tokens, device)?,
-        tokens,
+        input_ids: Tensor::from_vec(h.input_ids, (h.batch, h.seq), device)?,
+        positions: Tensor::from_vec(h.positions, loss_tokens, device)?,
+        targets: Tensor::from_vec(h.targets, loss_tokens, device)?,
+        tokens: h.tokens,
         loss_tokens,
     })
 }

@@ -10,7 +10,7 @@ use llamaduo::api::TrainOutcome;
 use serde::Serialize;
 
 use super::checkpoint::{self, CheckpointState};
-use super::data::{Sample, epoch_order, make_batch, split};
+use super::data::{HostBatch, Sample, epoch_order, make_batch, split};
 use super::{Dataset, TrainError, TrainOptions};
 use crate::models::CausalLm;
 use crate::optim::{AdamW, AdamWConfig, GradAccumulator, clip_grad_norm};
@@ -211,11 +211,19 @@ pub fn train(
                 .map(|i| &data.samples[train_idx[*i]])
                 .collect();
             model.set_dropout_seed(Some(derive(opts.seed, &[0xd409, micro])));
-            let (loss, tokens, _) = batch_loss(model, &samples, opts.pad_id)?;
-            let grads = loss.backward()?;
-            acc.add(&params, &grads)?;
-            loss_sum += loss.to_scalar::<f32>()? as f64;
-            tokens_this_run += tokens;
+            if model.hand_pass_supported() {
+                let batch = HostBatch::new(&samples, opts.pad_id);
+                let (loss, grads) = model.hand_loss_and_grads(&batch.hand())?;
+                acc.add_in_order(grads)?;
+                loss_sum += loss as f64;
+                tokens_this_run += batch.tokens;
+            } else {
+                let (loss, tokens, _) = batch_loss(model, &samples, opts.pad_id)?;
+                let grads = loss.backward()?;
+                acc.add(&params, &grads)?;
+                loss_sum += loss.to_scalar::<f32>()? as f64;
+                tokens_this_run += tokens;
+            }
         }
         model.set_dropout_seed(None);
         let micro_count = acc.micro_batches().max(1) as f64;

@@ -1,0 +1,848 @@
+//! The decoder's training pass written out by hand, for f32 on the CPU: a forward pass that
+//! keeps what the backward pass needs, then the backward pass layer by layer into one gradient
+//! buffer per trainable tensor.
+//!
+//! Why not candle's autograd here: it gives every node of the graph, reshapes and transposes
+//! included, a zero-filled gradient buffer and then adds into it on one thread; on the ~25M
+//! benchmark config that was about a tenth of a step (BENCHMARKS.md). Here the residual
+//! stream's gradient is one buffer updated in place, products accumulate into their
+//! destination (gemm's beta), attention runs per head on strided views instead of transposed
+//! copies, and the logits' buffer becomes their gradient. The kernels are the ones the autograd
+//! path uses, in their slice form. [`CausalLm::hand_pass_supported`] says when it applies;
+//! elsewhere (CUDA, bf16/f16, GELU models) the trainer uses autograd. The tests check loss and
+//! every gradient against autograd's.
+
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::ops::Range;
+
+use candle_core::{CpuStorage, DType, Result, Storage, Tensor, TensorId};
+
+use super::{Attention, CausalLm, Layer, Linear, Mlp, Weight};
+use crate::kernels::cross_entropy::loss_and_grad_in_place;
+use crate::kernels::matmul::{Mat, gemm_into, gemm_serial};
+use crate::kernels::rms_norm::{rms_norm_grad_into, rms_norm_into};
+use crate::kernels::swiglu::{swiglu_grad_into, swiglu_into};
+use crate::kernels::{SharedOut, math, par_blocks, run_chunked};
+use crate::models::Activation;
+
+/// One micro-batch for [`CausalLm::hand_loss_and_grads`]: right-padded ids and the positions
+/// whose next token is a loss target (as `crate::train::data::make_batch` builds them).
+pub struct HandBatch<'a> {
+    /// (batch, seq) token ids, row-major.
+    pub input_ids: &'a [u32],
+    /// Batch size.
+    pub batch: usize,
+    /// Sequence length.
+    pub seq: usize,
+    /// Flat positions (row · seq + col) that predict a target.
+    pub positions: &'a [u32],
+    /// The target id of each position.
+    pub targets: &'a [u32],
+}
+
+/// Read access to the f32 data of the model's tensors for the length of one pass.
+struct Data<'m> {
+    // candle's storage lock guards, by what they deref to (their type is candle's choice).
+    guards: Vec<(Box<dyn Deref<Target = Storage> + 'm>, Range<usize>)>,
+}
+
+impl<'m> Data<'m> {
+    /// Registers `t` (CPU, f32, contiguous) and returns its handle.
+    fn add(&mut self, t: &'m Tensor) -> Result<usize> {
+        let (guard, layout) = t.storage_and_layout();
+        let range = match (&*guard, layout.contiguous_offsets()) {
+            (Storage::Cpu(CpuStorage::F32(_)), Some((a, b))) => a..b,
+            _ => candle_core::bail!("hand training pass: contiguous f32 CPU tensors expected"),
+        };
+        self.guards.push((Box::new(guard), range));
+        Ok(self.guards.len() - 1)
+    }
+
+    fn get(&self, i: usize) -> &[f32] {
+        let (guard, range) = &self.guards[i];
+        match &***guard {
+            Storage::Cpu(CpuStorage::F32(v)) => &v[range.clone()],
+            // `add` admits f32 CPU storages only.
+            _ => &[],
+        }
+    }
+}
+
+/// A weight: its data handle and, when trained, its gradient's index in `trainable()`.
+#[derive(Clone, Copy)]
+struct W {
+    data: usize,
+    grad: Option<usize>,
+}
+
+struct LoraRef {
+    a: W,
+    b: W,
+    rank: usize,
+    scale: f32,
+    dropout: f64,
+}
+
+struct LinRef {
+    w: W,
+    bias: Option<W>,
+    lora: Option<LoraRef>,
+    out_f: usize,
+    in_f: usize,
+}
+
+struct LayerRef {
+    input_norm: W,
+    post_norm: W,
+    q: LinRef,
+    k: LinRef,
+    v: LinRef,
+    o: LinRef,
+    gate: LinRef,
+    up: LinRef,
+    down: LinRef,
+}
+
+/// What a LoRA adapter's backward pass needs: the (dropped-out) input and x·Aᵀ.
+struct LoraActs {
+    mask: Option<Vec<f32>>,
+    dropped: Option<Vec<f32>>,
+    xa: Vec<f32>,
+}
+
+/// The activations one layer's backward pass needs.
+struct LayerActs {
+    x: Vec<f32>,
+    h1: Vec<f32>,
+    qh: Vec<f32>,
+    kh: Vec<f32>,
+    vh: Vec<f32>,
+    probs: Vec<f32>,
+    attn: Vec<f32>,
+    x2: Vec<f32>,
+    h2: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    act: Vec<f32>,
+    lora: [Option<LoraActs>; 7],
+}
+
+/// Shapes of one pass.
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    s: usize,
+    h: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+}
+
+impl Dims {
+    fn t(&self) -> usize {
+        self.b * self.s
+    }
+}
+
+/// The pass over one model and its trainable tensors.
+struct Pass<'m> {
+    model: &'m CausalLm,
+    data: Data<'m>,
+    grad_of: HashMap<TensorId, usize>,
+    grads: Vec<Vec<f32>>,
+}
+
+impl CausalLm {
+    /// Whether [`Self::hand_loss_and_grads`] can train this model: CPU, f32, a SiLU MLP, and
+    /// not switched off with `LLAMADUO_TRAIN_PASS=autograd`.
+    pub fn hand_pass_supported(&self) -> bool {
+        std::env::var("LLAMADUO_TRAIN_PASS").as_deref() != Ok("autograd")
+            && self.device.is_cpu()
+            && self.dtype == DType::F32
+            && self.flavor.activation == Activation::Silu
+            && self
+                .weights
+                .iter()
+                .all(|(_, w)| w.tensor().dtype() == DType::F32)
+    }
+
+    /// The mean cross-entropy over the batch's targets and its gradient for every tensor of
+    /// [`Self::trainable`] (same order), as `loss.backward()` on the autograd path gives them.
+    /// Dropout masks are drawn in the autograd path's order, so both paths train alike.
+    pub fn hand_loss_and_grads(&self, batch: &HandBatch) -> Result<(f32, Vec<Tensor>)> {
+        if !self.hand_pass_supported() {
+            candle_core::bail!(
+                "hand training pass: not supported for this model (see hand_pass_supported)"
+            );
+        }
+        let mut pass = Pass::new(self)?;
+        let loss = pass.run(batch)?;
+        let grads = pass
+            .grads
+            .into_iter()
+            .zip(&self.trainable)
+            .map(|(g, (_, v))| Tensor::from_vec(g, v.shape(), &self.device))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((loss, grads))
+    }
+}
+
+impl<'m> Pass<'m> {
+    fn new(model: &'m CausalLm) -> Result<Self> {
+        let grad_of = model
+            .trainable
+            .iter()
+            .enumerate()
+            .map(|(i, (_, v))| (v.as_tensor().id(), i))
+            .collect();
+        let grads = model
+            .trainable
+            .iter()
+            .map(|(_, v)| vec![0f32; v.elem_count()])
+            .collect();
+        Ok(Self {
+            model,
+            data: Data { guards: Vec::new() },
+            grad_of,
+            grads,
+        })
+    }
+
+    fn weight(&mut self, w: &'m Weight) -> Result<W> {
+        let t = w.tensor();
+        Ok(W {
+            data: self.data.add(t)?,
+            grad: self.grad_of.get(&t.id()).copied(),
+        })
+    }
+
+    fn linear(&mut self, l: &'m Linear) -> Result<LinRef> {
+        let (out_f, in_f) = l.dims()?;
+        let w = self.weight(&l.weight)?;
+        let bias = match &l.bias {
+            Some(b) => Some(self.weight(b)?),
+            None => None,
+        };
+        let lora = match &l.lora {
+            Some(a) => {
+                let (at, bt) = (a.a.as_tensor(), a.b.as_tensor());
+                Some(LoraRef {
+                    a: W {
+                        data: self.data.add(at)?,
+                        grad: self.grad_of.get(&at.id()).copied(),
+                    },
+                    b: W {
+                        data: self.data.add(bt)?,
+                        grad: self.grad_of.get(&bt.id()).copied(),
+                    },
+                    rank: at.dim(0)?,
+                    scale: a.scale as f32,
+                    dropout: a.dropout,
+                })
+            }
+            None => None,
+        };
+        Ok(LinRef {
+            w,
+            bias,
+            lora,
+            out_f,
+            in_f,
+        })
+    }
+
+    fn layer(&mut self, l: &'m Layer) -> Result<LayerRef> {
+        let Layer {
+            input_norm,
+            post_norm,
+            attn: Attention { q, k, v, o, .. },
+            mlp: Mlp { gate, up, down },
+        } = l;
+        Ok(LayerRef {
+            input_norm: self.weight(input_norm)?,
+            post_norm: self.weight(post_norm)?,
+            q: self.linear(q)?,
+            k: self.linear(k)?,
+            v: self.linear(v)?,
+            o: self.linear(o)?,
+            gate: self.linear(gate)?,
+            up: self.linear(up)?,
+            down: self.linear(down)?,
+        })
+    }
+
+    fn run(&mut self, batch: &HandBatch) -> Result<f32> {
+        let m = self.model;
+        let cfg = &m.cfg;
+        let d = Dims {
+            b: batch.batch,
+            s: batch.seq,
+            h: cfg.hidden_size,
+            nh: cfg.num_attention_heads,
+            nkv: cfg.num_kv_heads(),
+            hd: cfg.head_dim(),
+        };
+        let (t, vocab) = (d.t(), cfg.vocab_size);
+        if batch.input_ids.len() != t || batch.positions.len() != batch.targets.len() {
+            candle_core::bail!(
+                "hand training pass: batch of {} ids for {}x{}",
+                batch.input_ids.len(),
+                d.b,
+                d.s
+            );
+        }
+        if let Some(bad) = batch.input_ids.iter().find(|&&i| i as usize >= vocab) {
+            candle_core::bail!(
+                "hand training pass: token id {bad} outside a vocabulary of {vocab}"
+            );
+        }
+        if let Some(bad) = batch.positions.iter().find(|&&p| p as usize >= t) {
+            candle_core::bail!("hand training pass: position {bad} outside a batch of {t} tokens");
+        }
+        let embed = self.weight(&m.embed)?;
+        let layers = m
+            .layers
+            .iter()
+            .map(|l| self.layer(l))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = self.weight(&m.norm)?;
+        let lm_head = self.linear(&m.lm_head)?;
+        let rope = RopeTables::new(&m.inv_freq, d.s);
+        let window = m.flavor.sliding_window;
+        let (eps, one_plus) = (cfg.rms_norm_eps, m.flavor.gemma_norm);
+        let embed_scale = if m.flavor.embed_scale {
+            (d.h as f32).sqrt()
+        } else {
+            1.0
+        };
+
+        // Forward.
+        let mut x = vec![0f32; t * d.h];
+        let e = self.data.get(embed.data);
+        for (row, id) in x.chunks_exact_mut(d.h).zip(batch.input_ids) {
+            let src = &e[*id as usize * d.h..(*id as usize + 1) * d.h];
+            row.iter_mut()
+                .zip(src)
+                .for_each(|(x, e)| *x = e * embed_scale);
+        }
+        let mut acts = Vec::with_capacity(layers.len());
+        for l in &layers {
+            let (a, next) = self.layer_forward(l, x, d, &rope, window)?;
+            acts.push(a);
+            x = next;
+        }
+        let mut hn = vec![0f32; t * d.h];
+        rms_norm_into(&x, self.data.get(norm.data), eps, one_plus, &mut hn);
+        let n = batch.positions.len();
+        let mut hp = vec![0f32; n * d.h];
+        for (row, p) in hp.chunks_exact_mut(d.h).zip(batch.positions) {
+            row.copy_from_slice(&hn[*p as usize * d.h..(*p as usize + 1) * d.h]);
+        }
+        let (mut logits, _) = self.linear_forward(&lm_head, &hp, n)?;
+        let scale = 1.0 / n.max(1) as f32;
+        let loss_sum = loss_and_grad_in_place(&mut logits, vocab, batch.targets, scale)?;
+        let loss = if n == 0 {
+            f32::NAN
+        } else {
+            (loss_sum / n as f64) as f32
+        };
+
+        // Backward: the logits' buffer now holds their gradient.
+        let mut dhp = vec![0f32; n * d.h];
+        self.linear_backward(&lm_head, &hp, n, &logits, None, Some((&mut dhp, false)))?;
+        drop(logits);
+        let mut dhn = vec![0f32; t * d.h];
+        for (row, p) in dhp.chunks_exact(d.h).zip(batch.positions) {
+            dhn[*p as usize * d.h..(*p as usize + 1) * d.h]
+                .iter_mut()
+                .zip(row)
+                .for_each(|(d, g)| *d += g);
+        }
+        let mut dx = vec![0f32; t * d.h];
+        self.norm_backward(norm, &x, &dhn, &mut dx, eps, one_plus)?;
+        drop((dhn, dhp, hn, x));
+        for (l, a) in layers.iter().zip(acts).rev() {
+            self.layer_backward(l, a, &mut dx, d, &rope, window)?;
+        }
+        if let Some(g) = embed.grad {
+            let de = &mut self.grads[g];
+            for (row, id) in dx.chunks_exact(d.h).zip(batch.input_ids) {
+                de[*id as usize * d.h..(*id as usize + 1) * d.h]
+                    .iter_mut()
+                    .zip(row)
+                    .for_each(|(d, g)| *d += g * embed_scale);
+            }
+        }
+        Ok(loss)
+    }
+
+    /// One layer forward from its input `x`; returns its activations and its output.
+    fn layer_forward(
+        &mut self,
+        l: &LayerRef,
+        x: Vec<f32>,
+        d: Dims,
+        rope: &RopeTables,
+        window: Option<usize>,
+    ) -> Result<(LayerActs, Vec<f32>)> {
+        let m = self.model;
+        let (t, eps, one_plus) = (d.t(), m.cfg.rms_norm_eps, m.flavor.gemma_norm);
+        let mut h1 = vec![0f32; t * d.h];
+        rms_norm_into(&x, self.data.get(l.input_norm.data), eps, one_plus, &mut h1);
+        let (q, lq) = self.linear_forward(&l.q, &h1, t)?;
+        let (k, lk) = self.linear_forward(&l.k, &h1, t)?;
+        let (v, lv) = self.linear_forward(&l.v, &h1, t)?;
+        let scale = 1.0 / (d.hd as f32).sqrt();
+        let qh = to_heads(&q, d, d.nh, Some(rope), scale);
+        let kh = to_heads(&k, d, d.nkv, Some(rope), 1.0);
+        let vh = to_heads(&v, d, d.nkv, None, 1.0);
+        drop((q, k, v));
+        let (probs, attn) = attention_forward(&qh, &kh, &vh, d, window);
+        let (a, lo) = self.linear_forward(&l.o, &attn, t)?;
+        let mut x2 = a;
+        x2.iter_mut().zip(&x).for_each(|(a, x)| *a += x);
+        let mut h2 = vec![0f32; t * d.h];
+        rms_norm_into(&x2, self.data.get(l.post_norm.data), eps, one_plus, &mut h2);
+        let (gate, lg) = self.linear_forward(&l.gate, &h2, t)?;
+        let (up, lu) = self.linear_forward(&l.up, &h2, t)?;
+        let mut act = vec![0f32; gate.len()];
+        swiglu_into(&gate, &up, &mut act);
+        let (y, ld) = self.linear_forward(&l.down, &act, t)?;
+        let mut x3 = y;
+        x3.iter_mut().zip(&x2).for_each(|(y, x)| *y += x);
+        let acts = LayerActs {
+            x,
+            h1,
+            qh,
+            kh,
+            vh,
+            probs,
+            attn,
+            x2,
+            h2,
+            gate,
+            up,
+            act,
+            lora: [lq, lk, lv, lo, lg, lu, ld],
+        };
+        Ok((acts, x3))
+    }
+
+    /// One layer backward: `dx` holds the gradient of the layer's output on entry and of its
+    /// input on return; weight gradients go into `self.grads`.
+    fn layer_backward(
+        &mut self,
+        l: &LayerRef,
+        a: LayerActs,
+        dx: &mut [f32],
+        d: Dims,
+        rope: &RopeTables,
+        window: Option<usize>,
+    ) -> Result<()> {
+        let m = self.model;
+        let (t, eps, one_plus) = (d.t(), m.cfg.rms_norm_eps, m.flavor.gemma_norm);
+        let [lq, lk, lv, lo, lg, lu, ld] = a.lora;
+        // MLP: x3 = x2 + down(swiglu(gate(h2), up(h2))), h2 = norm(x2).
+        let mut dact = vec![0f32; a.act.len()];
+        self.linear_backward(
+            &l.down,
+            &a.act,
+            t,
+            dx,
+            ld.as_ref(),
+            Some((&mut dact, false)),
+        )?;
+        let (mut dgate, mut dup) = (vec![0f32; dact.len()], vec![0f32; dact.len()]);
+        swiglu_grad_into(&a.gate, &a.up, &dact, &mut dgate, &mut dup);
+        drop(dact);
+        let mut dh = vec![0f32; t * d.h];
+        self.linear_backward(
+            &l.gate,
+            &a.h2,
+            t,
+            &dgate,
+            lg.as_ref(),
+            Some((&mut dh, false)),
+        )?;
+        self.linear_backward(&l.up, &a.h2, t, &dup, lu.as_ref(), Some((&mut dh, true)))?;
+        drop((dgate, dup));
+        self.norm_backward(l.post_norm, &a.x2, &dh, dx, eps, one_plus)?;
+        // Attention: x2 = x + o(attn(rope(q(h1)), rope(k(h1)), v(h1))), h1 = norm(x).
+        let mut dattn = vec![0f32; a.attn.len()];
+        self.linear_backward(&l.o, &a.attn, t, dx, lo.as_ref(), Some((&mut dattn, false)))?;
+        let (dqh, dkh, dvh) = attention_backward(&a.qh, &a.kh, &a.vh, &a.probs, &dattn, d, window);
+        drop(dattn);
+        let scale = 1.0 / (d.hd as f32).sqrt();
+        let dq = from_heads(&dqh, d, d.nh, Some(rope), scale);
+        let dk = from_heads(&dkh, d, d.nkv, Some(rope), 1.0);
+        let dv = from_heads(&dvh, d, d.nkv, None, 1.0);
+        drop((dqh, dkh, dvh));
+        self.linear_backward(&l.q, &a.h1, t, &dq, lq.as_ref(), Some((&mut dh, false)))?;
+        self.linear_backward(&l.k, &a.h1, t, &dk, lk.as_ref(), Some((&mut dh, true)))?;
+        self.linear_backward(&l.v, &a.h1, t, &dv, lv.as_ref(), Some((&mut dh, true)))?;
+        self.norm_backward(l.input_norm, &a.x, &dh, dx, eps, one_plus)
+    }
+
+    /// `dx += d(norm(x))/dx · dh`, and the norm weight's gradient when it is trained.
+    fn norm_backward(
+        &mut self,
+        w: W,
+        x: &[f32],
+        dh: &[f32],
+        dx: &mut [f32],
+        eps: f64,
+        one_plus: bool,
+    ) -> Result<()> {
+        let mut dw = w.grad.map(|g| std::mem::take(&mut self.grads[g]));
+        let r = rms_norm_grad_into(
+            x,
+            self.data.get(w.data),
+            dh,
+            eps,
+            one_plus,
+            Some((dx, true)),
+            dw.as_deref_mut(),
+        );
+        if let (Some(g), Some(buf)) = (w.grad, dw) {
+            self.grads[g] = buf;
+        }
+        r
+    }
+
+    /// `y = x Wᵀ (+ b) (+ scale · dropout(x) Aᵀ Bᵀ)` for `rows` rows of `x`; returns `y` and
+    /// what the adapter's backward pass needs. Draws the dropout mask as `Linear::forward` does.
+    fn linear_forward(
+        &self,
+        l: &LinRef,
+        x: &[f32],
+        rows: usize,
+    ) -> Result<(Vec<f32>, Option<LoraActs>)> {
+        let mut y = vec![0f32; rows * l.out_f];
+        let w = self.data.get(l.w.data);
+        gemm_into(
+            &mut y,
+            false,
+            1.0,
+            Mat::new(x, rows, l.in_f),
+            Mat::new(w, l.out_f, l.in_f).t(),
+        )?;
+        if let Some(b) = l.bias {
+            let b = self.data.get(b.data);
+            par_rows(&mut y, l.out_f, |_, row| {
+                row.iter_mut().zip(b).for_each(|(y, b)| *y += b)
+            });
+        }
+        let Some(lora) = &l.lora else {
+            return Ok((y, None));
+        };
+        let mask = self.model.dropout.mask(x.len(), lora.dropout);
+        let dropped = mask
+            .as_ref()
+            .map(|m| x.iter().zip(m).map(|(x, m)| x * m).collect::<Vec<f32>>());
+        let xd = dropped.as_deref().unwrap_or(x);
+        let (a, b) = (self.data.get(lora.a.data), self.data.get(lora.b.data));
+        let mut xa = vec![0f32; rows * lora.rank];
+        gemm_into(
+            &mut xa,
+            false,
+            1.0,
+            Mat::new(xd, rows, l.in_f),
+            Mat::new(a, lora.rank, l.in_f).t(),
+        )?;
+        gemm_into(
+            &mut y,
+            true,
+            lora.scale,
+            Mat::new(&xa, rows, lora.rank),
+            Mat::new(b, l.out_f, lora.rank).t(),
+        )?;
+        Ok((y, Some(LoraActs { mask, dropped, xa })))
+    }
+
+    /// The backward pass of [`Self::linear_forward`] given `dy`: weight, bias and adapter
+    /// gradients added to `self.grads`; the input gradient written to `dx` (added to it when
+    /// its flag is set).
+    fn linear_backward(
+        &mut self,
+        l: &LinRef,
+        x: &[f32],
+        rows: usize,
+        dy: &[f32],
+        lora_acts: Option<&LoraActs>,
+        dx: Option<(&mut [f32], bool)>,
+    ) -> Result<()> {
+        let dy_m = Mat::new(dy, rows, l.out_f);
+        if let Some(g) = l.w.grad {
+            gemm_into(
+                &mut self.grads[g],
+                true,
+                1.0,
+                dy_m.t(),
+                Mat::new(x, rows, l.in_f),
+            )?;
+        }
+        if let Some(W { grad: Some(g), .. }) = l.bias {
+            let db = &mut self.grads[g];
+            for row in dy.chunks_exact(l.out_f) {
+                db.iter_mut().zip(row).for_each(|(d, g)| *d += g);
+            }
+        }
+        let mut dx = dx;
+        if let Some((dx, add)) = dx.as_mut() {
+            let w = self.data.get(l.w.data);
+            gemm_into(dx, *add, 1.0, dy_m, Mat::new(w, l.out_f, l.in_f))?;
+        }
+        let (Some(lora), Some(acts)) = (&l.lora, lora_acts) else {
+            return Ok(());
+        };
+        let r = lora.rank;
+        let xd = acts.dropped.as_deref().unwrap_or(x);
+        let xa = Mat::new(&acts.xa, rows, r);
+        if let Some(g) = lora.b.grad {
+            gemm_into(&mut self.grads[g], true, lora.scale, dy_m.t(), xa)?;
+        }
+        let mut dxa = vec![0f32; rows * r];
+        let b = self.data.get(lora.b.data);
+        gemm_into(&mut dxa, false, lora.scale, dy_m, Mat::new(b, l.out_f, r))?;
+        let dxa_m = Mat::new(&dxa, rows, r);
+        if let Some(g) = lora.a.grad {
+            gemm_into(
+                &mut self.grads[g],
+                true,
+                1.0,
+                dxa_m.t(),
+                Mat::new(xd, rows, l.in_f),
+            )?;
+        }
+        if let Some((dx, _)) = dx {
+            let a = self.data.get(lora.a.data);
+            let a_m = Mat::new(a, r, l.in_f);
+            match &acts.mask {
+                None => gemm_into(dx, true, 1.0, dxa_m, a_m)?,
+                Some(mask) => {
+                    let mut dxd = vec![0f32; rows * l.in_f];
+                    gemm_into(&mut dxd, false, 1.0, dxa_m, a_m)?;
+                    dx.iter_mut()
+                        .zip(&dxd)
+                        .zip(mask)
+                        .for_each(|((d, g), m)| *d += g * m);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// cos and sin of position · frequency for positions 0..s, (s, d/2) each, as
+/// `CausalLm::rope_tables` computes them without left padding.
+struct RopeTables {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    half: usize,
+}
+
+impl RopeTables {
+    fn new(inv_freq: &[f32], s: usize) -> Self {
+        let mut cos = Vec::with_capacity(s * inv_freq.len());
+        let mut sin = Vec::with_capacity(s * inv_freq.len());
+        for pos in 0..s {
+            for f in inv_freq {
+                let a = pos as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        Self {
+            cos,
+            sin,
+            half: inv_freq.len(),
+        }
+    }
+}
+
+/// `f(row index, row)` over the `width`-long rows of `buf`, spread over the pool.
+fn par_rows(buf: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let out = SharedOut::new(buf);
+    par_blocks(buf.len() / width.max(1), 16, |rows| {
+        for r in rows {
+            // SAFETY: par_blocks hands out disjoint row ranges.
+            f(r, unsafe { out.range_mut(r * width..(r + 1) * width) });
+        }
+    });
+}
+
+/// (b, s, heads, hd) → (b, heads, s, hd), rotated by the position's angle and scaled when
+/// `rope` is given (the forward half of `kernels::rope`).
+fn to_heads(x: &[f32], d: Dims, heads: usize, rope: Option<&RopeTables>, scale: f32) -> Vec<f32> {
+    move_heads(x, d, heads, rope, scale, false)
+}
+
+/// The backward pass of [`to_heads`]: (b, heads, s, hd) → (b, s, heads, hd), rotated back.
+fn from_heads(g: &[f32], d: Dims, heads: usize, rope: Option<&RopeTables>, scale: f32) -> Vec<f32> {
+    move_heads(g, d, heads, rope, scale, true)
+}
+
+fn move_heads(
+    x: &[f32],
+    d: Dims,
+    heads: usize,
+    rope: Option<&RopeTables>,
+    scale: f32,
+    back: bool,
+) -> Vec<f32> {
+    let (s, hd) = (d.s, d.hd);
+    let mut y = vec![0f32; x.len()];
+    let n = y.len();
+    let out = SharedOut::new(&mut y);
+    // r runs over the rows of the heads-first layout, (b, head, pos).
+    par_blocks(n / hd.max(1), 64, |rows| {
+        for r in rows {
+            let (bi, hi, si) = (r / (heads * s), (r / s) % heads, r % s);
+            let heads_first = r * hd;
+            let seq_first = ((bi * s + si) * heads + hi) * hd;
+            let (from, to) = if back {
+                (heads_first, seq_first)
+            } else {
+                (seq_first, heads_first)
+            };
+            let src = &x[from..from + hd];
+            // SAFETY: (b, head, pos) ↦ row is one-to-one in both layouts, so each output row
+            // is written by exactly one r; `to + hd <= n` as both layouts cover `x.len()`.
+            let dst = unsafe { out.range_mut(to..to + hd) };
+            match rope {
+                None => dst.iter_mut().zip(src).for_each(|(y, x)| *y = x * scale),
+                Some(t) => {
+                    let half = t.half;
+                    let tab = si * half..(si + 1) * half;
+                    let (c, sn) = (&t.cos[tab.clone()], &t.sin[tab]);
+                    let (x1, x2) = src.split_at(half);
+                    let (y1, y2) = dst.split_at_mut(half);
+                    for i in 0..half {
+                        // Backward rotates by −θ: sin changes sign.
+                        let sn = if back { -sn[i] } else { sn[i] };
+                        y1[i] = (x1[i] * c[i] - x2[i] * sn) * scale;
+                        y2[i] = (x2[i] * c[i] + x1[i] * sn) * scale;
+                    }
+                }
+            }
+        }
+    });
+    y
+}
+
+/// The visible keys of query `i`: causal, within the sliding window when there is one.
+fn visible(i: usize, window: Option<usize>) -> Range<usize> {
+    let lo = window.map_or(0, |w| (i + 1).saturating_sub(w));
+    lo..i + 1
+}
+
+/// Causal attention per head on heads-first q (b, nh, s, hd), k and v (b, nkv, s, hd):
+/// returns the probabilities (b, nh, s, s) and the output (b, s, nh·hd).
+fn attention_forward(
+    qh: &[f32],
+    kh: &[f32],
+    vh: &[f32],
+    d: Dims,
+    window: Option<usize>,
+) -> (Vec<f32>, Vec<f32>) {
+    let (s, hd, nh, nkv) = (d.s, d.hd, d.nh, d.nkv);
+    let rep = nh / nkv;
+    let mut probs = vec![0f32; d.b * nh * s * s];
+    let mut out = vec![0f32; d.t() * nh * hd];
+    let (po, oo) = (SharedOut::new(&mut probs), SharedOut::new(&mut out));
+    run_chunked(d.b * nh, |units| {
+        for u in units {
+            let (bi, hi) = (u / nh, u % nh);
+            let g = bi * nkv + hi / rep;
+            let q = Mat::new(&qh[u * s * hd..(u + 1) * s * hd], s, hd);
+            let k = Mat::new(&kh[g * s * hd..(g + 1) * s * hd], s, hd);
+            let v = Mat::new(&vh[g * s * hd..(g + 1) * s * hd], s, hd);
+            // SAFETY: unit u owns its (s, s) block of probs and the columns hi·hd.. of its
+            // batch row's output rows; gemm's operands are exactly their (s, hd) blocks.
+            unsafe {
+                let p = po.range_mut(u * s * s..(u + 1) * s * s);
+                gemm_serial(p.as_mut_ptr(), s, false, 1.0, q, k.t());
+                for i in 0..s {
+                    let row = &mut p[i * s..(i + 1) * s];
+                    let vis = visible(i, window);
+                    let max = math::max(&row[vis.clone()]);
+                    let mut sum = 0.0;
+                    for x in &mut row[vis.clone()] {
+                        *x = math::exp(*x - max);
+                        sum += *x;
+                    }
+                    let inv = 1.0 / sum;
+                    row[vis.clone()].iter_mut().for_each(|x| *x *= inv);
+                    row[..vis.start].fill(0.0);
+                    row[vis.end..].fill(0.0);
+                }
+                let p = Mat::new(p, s, s);
+                gemm_serial(oo.at(bi * s * nh * hd + hi * hd), nh * hd, false, 1.0, p, v);
+            }
+        }
+    });
+    (probs, out)
+}
+
+/// The backward pass of [`attention_forward`] given the output's gradient (b, s, nh·hd):
+/// the gradients of q, k and v, heads first.
+fn attention_backward(
+    qh: &[f32],
+    kh: &[f32],
+    vh: &[f32],
+    probs: &[f32],
+    dout: &[f32],
+    d: Dims,
+    window: Option<usize>,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (s, hd, nh, nkv) = (d.s, d.hd, d.nh, d.nkv);
+    let rep = nh / nkv;
+    let mut dq = vec![0f32; qh.len()];
+    let mut dk = vec![0f32; kh.len()];
+    let mut dv = vec![0f32; vh.len()];
+    let (qo, ko, vo) = (
+        SharedOut::new(&mut dq),
+        SharedOut::new(&mut dk),
+        SharedOut::new(&mut dv),
+    );
+    // One unit per KV head: the query heads sharing it add into its dk and dv.
+    run_chunked(d.b * nkv, |units| {
+        let mut ds = vec![0f32; s * s];
+        for g in units {
+            let bi = g / nkv;
+            let k = Mat::new(&kh[g * s * hd..(g + 1) * s * hd], s, hd);
+            let v = Mat::new(&vh[g * s * hd..(g + 1) * s * hd], s, hd);
+            for r in 0..rep {
+                let hi = (g % nkv) * rep + r;
+                let u = bi * nh + hi;
+                let q = Mat::new(&qh[u * s * hd..(u + 1) * s * hd], s, hd);
+                let p_data = &probs[u * s * s..(u + 1) * s * s];
+                let p = Mat::new(p_data, s, s);
+                let off = bi * s * nh * hd + hi * hd;
+                let go = Mat::strided(&dout[off..], s, hd, nh * hd, 1);
+                // SAFETY: unit g owns the (s, hd) blocks of dk and dv of KV head g and the dq
+                // blocks of its query heads; ds is this thread's own buffer.
+                unsafe {
+                    gemm_serial(vo.at(g * s * hd), hd, r > 0, 1.0, p.t(), go);
+                    gemm_serial(ds.as_mut_ptr(), s, false, 1.0, go, v.t());
+                    for i in 0..s {
+                        let vis = visible(i, window);
+                        let pr = &p_data[i * s..(i + 1) * s];
+                        let row = &mut ds[i * s..(i + 1) * s];
+                        let dot = math::dot(&pr[vis.clone()], &row[vis.clone()]);
+                        for j in vis.clone() {
+                            row[j] = pr[j] * (row[j] - dot);
+                        }
+                        row[..vis.start].fill(0.0);
+                        row[vis.end..].fill(0.0);
+                    }
+                    let dsm = Mat::new(&ds, s, s);
+                    gemm_serial(qo.at(u * s * hd), hd, false, 1.0, dsm, k);
+                    gemm_serial(ko.at(g * s * hd), hd, r > 0, 1.0, dsm.t(), q);
+                }
+            }
+        }
+    });
+    (dq, dk, dv)
+}
