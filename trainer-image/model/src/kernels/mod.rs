@@ -19,6 +19,7 @@ use candle_core::{CpuStorage, Layout, Result, Tensor};
 
 pub mod adamw;
 pub mod cross_entropy;
+pub mod geglu;
 pub mod grad_norm;
 pub mod math;
 pub mod matmul;

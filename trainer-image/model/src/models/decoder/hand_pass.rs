@@ -9,7 +9,7 @@
 //! destination (gemm's beta), attention runs per head on strided views instead of transposed
 //! copies, and the logits' buffer becomes their gradient. The kernels are the ones the autograd
 //! path uses, in their slice form. [`CausalLm::hand_pass_supported`] says when it applies;
-//! elsewhere (CUDA, bf16/f16, GELU models) the trainer uses autograd. The tests check loss and
+//! elsewhere (CUDA, bf16/f16) the trainer uses autograd. The tests check loss and
 //! every gradient against autograd's.
 
 use std::collections::HashMap;
@@ -20,6 +20,7 @@ use candle_core::{CpuStorage, DType, Result, Storage, Tensor, TensorId};
 
 use super::{Attention, CausalLm, Layer, Linear, Mlp, Weight};
 use crate::kernels::cross_entropy::loss_and_grad_in_place;
+use crate::kernels::geglu::{geglu_grad_into, geglu_into};
 use crate::kernels::matmul::{Mat, gemm_into, gemm_serial};
 use crate::kernels::rms_norm::{rms_norm_grad_into, rms_norm_into};
 use crate::kernels::swiglu::{swiglu_grad_into, swiglu_into};
@@ -154,13 +155,12 @@ struct Pass<'m> {
 }
 
 impl CausalLm {
-    /// Whether [`Self::hand_loss_and_grads`] can train this model: CPU, f32, a SiLU MLP, and
-    /// not switched off with `LLAMADUO_TRAIN_PASS=autograd`.
+    /// Whether [`Self::hand_loss_and_grads`] can train this model: CPU and f32, and not
+    /// switched off with `LLAMADUO_TRAIN_PASS=autograd`.
     pub fn hand_pass_supported(&self) -> bool {
         std::env::var("LLAMADUO_TRAIN_PASS").as_deref() != Ok("autograd")
             && self.device.is_cpu()
             && self.dtype == DType::F32
-            && self.flavor.activation == Activation::Silu
             && self
                 .weights
                 .iter()
@@ -407,7 +407,10 @@ impl<'m> Pass<'m> {
         let (gate, lg) = self.linear_forward(&l.gate, &h2, t)?;
         let (up, lu) = self.linear_forward(&l.up, &h2, t)?;
         let mut act = vec![0f32; gate.len()];
-        swiglu_into(&gate, &up, &mut act);
+        match m.flavor.activation {
+            Activation::Silu => swiglu_into(&gate, &up, &mut act),
+            Activation::GeluTanh => geglu_into(&gate, &up, &mut act),
+        }
         let (y, ld) = self.linear_forward(&l.down, &act, t)?;
         let mut x3 = y;
         x3.iter_mut().zip(&x2).for_each(|(y, x)| *y += x);
@@ -443,7 +446,7 @@ impl<'m> Pass<'m> {
         let m = self.model;
         let (t, eps, one_plus) = (d.t(), m.cfg.rms_norm_eps, m.flavor.gemma_norm);
         let [lq, lk, lv, lo, lg, lu, ld] = a.lora;
-        // MLP: x3 = x2 + down(swiglu(gate(h2), up(h2))), h2 = norm(x2).
+        // MLP: x3 = x2 + down(act(gate(h2)) · up(h2)), h2 = norm(x2).
         let mut dact = vec![0f32; a.act.len()];
         self.linear_backward(
             &l.down,
@@ -454,7 +457,10 @@ impl<'m> Pass<'m> {
             Some((&mut dact, false)),
         )?;
         let (mut dgate, mut dup) = (vec![0f32; dact.len()], vec![0f32; dact.len()]);
-        swiglu_grad_into(&a.gate, &a.up, &dact, &mut dgate, &mut dup);
+        match m.flavor.activation {
+            Activation::Silu => swiglu_grad_into(&a.gate, &a.up, &dact, &mut dgate, &mut dup),
+            Activation::GeluTanh => geglu_grad_into(&a.gate, &a.up, &dact, &mut dgate, &mut dup),
+        }
         drop(dact);
         let mut dh = vec![0f32; t * d.h];
         self.linear_backward(
