@@ -43,20 +43,28 @@ pub struct HandBatch<'a> {
 }
 
 /// Read access to the f32 data of the model's tensors for the length of one pass.
+#[derive(Default)]
 struct Data<'m> {
     // candle's storage lock guards, by what they deref to (their type is candle's choice).
     guards: Vec<(Box<dyn Deref<Target = Storage> + 'm>, Range<usize>)>,
+    handles: HashMap<TensorId, usize>,
 }
 
 impl<'m> Data<'m> {
-    /// Registers `t` (CPU, f32, contiguous) and returns its handle.
+    /// Registers `t` (CPU, f32, contiguous) and returns its handle; a tensor registered twice
+    /// (a tied lm_head) keeps its one lock guard, since a second read lock on it from this
+    /// thread could wait behind a writer.
     fn add(&mut self, t: &'m Tensor) -> Result<usize> {
+        if let Some(h) = self.handles.get(&t.id()) {
+            return Ok(*h);
+        }
         let (guard, layout) = t.storage_and_layout();
         let range = match (&*guard, layout.contiguous_offsets()) {
             (Storage::Cpu(CpuStorage::F32(_)), Some((a, b))) => a..b,
             _ => candle_core::bail!("hand training pass: contiguous f32 CPU tensors expected"),
         };
         self.guards.push((Box::new(guard), range));
+        self.handles.insert(t.id(), self.guards.len() - 1);
         Ok(self.guards.len() - 1)
     }
 
@@ -126,6 +134,7 @@ struct LayerActs {
     gate: Vec<f32>,
     up: Vec<f32>,
     act: Vec<f32>,
+    /// Per linear, in forward order: q, k, v, o, gate, up, down.
     lora: [Option<LoraActs>; 7],
 }
 
@@ -203,7 +212,7 @@ impl<'m> Pass<'m> {
             .collect();
         Ok(Self {
             model,
-            data: Data { guards: Vec::new() },
+            data: Data::default(),
             grad_of,
             grads,
         })
