@@ -10,6 +10,11 @@ every position, AdamW (no weight decay), gradient clipping at 1.0, 3 warm-up ste
 STEPS timed steps (default 20). LoRA: PEFT r=8, alpha=16, dropout 0 on q_proj and v_proj.
 Threads: BENCH_THREADS (default 2). Tokens/s counts batch x seq tokens per step, as the Rust
 side does (no padding). Prints one JSON line; peak RSS is the process's ru_maxrss (= VmHWM).
+BENCH_DEVICE cpu (default) or cuda, BENCH_DTYPE f32 or bf16 (default f32 on the CPU, bf16 on
+CUDA) as train_bench.rs reads them; in bf16 the trained weights stay f32 masters and the
+forward and backward passes run under bf16 autocast (the mixed-precision recipe the Rust side
+follows: bf16 compute, f32 weights and optimizer state); on CUDA it also reports the peak GPU
+memory PyTorch allocated.
 """
 import json
 import os
@@ -59,7 +64,13 @@ def main():
         rope_theta=10000.0,
         tie_word_embeddings=False,
     )
-    model = LlamaForCausalLM(cfg).to(torch.float32)
+    device = os.environ.get("BENCH_DEVICE", "cpu")
+    if device not in ("cpu", "cuda"):
+        raise SystemExit(f"BENCH_DEVICE={device!r} must be cpu or cuda")
+    dtype = os.environ.get("BENCH_DTYPE", "f32" if device == "cpu" else "bf16")
+    if dtype not in ("f32", "bf16"):
+        raise SystemExit(f"BENCH_DTYPE={dtype!r} must be f32 or bf16")
+    model = LlamaForCausalLM(cfg).to(device=device, dtype=torch.float32)
     if mode == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -73,19 +84,25 @@ def main():
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
     warmup = 3
     gen = torch.Generator().manual_seed(7)
-    data = torch.randint(0, vocab, (warmup + steps, batch, seq), generator=gen)
+    data = torch.randint(0, vocab, (warmup + steps, batch, seq), generator=gen).to(device)
+    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=dtype == "bf16")
     t0 = None
     loss_v = 0.0
     for step in range(warmup + steps):
         if step == warmup:
+            if device == "cuda":
+                torch.cuda.synchronize()
             t0 = time.perf_counter()
         ids = data[step]
-        out = model(input_ids=ids, labels=ids)
+        with autocast:
+            out = model(input_ids=ids, labels=ids)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         loss_v = out.loss.item()
+    if device == "cuda":
+        torch.cuda.synchronize()
     secs = time.perf_counter() - t0
     import transformers
 
@@ -101,6 +118,9 @@ def main():
         "config": {"vocab": vocab, "hidden": hidden, "layers": layers, "heads": heads,
                    "intermediate": inter, "batch": batch, "seq": seq},
         "mode": mode,
+        "device": device,
+        "dtype": dtype,
+        "gpu_peak_mib": round(torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else None,
         "threads": str(torch.get_num_threads()),
         "steps_timed": steps,
         "tokens_per_second": round(steps * batch * seq / secs),

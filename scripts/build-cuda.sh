@@ -18,14 +18,17 @@
 # Usage: scripts/build-cuda.sh            (CUDA_COMPUTE_CAP defaults to 80: A100; H100 is 90)
 #        scripts/build-cuda.sh --check    CI's compile check: the dev profile, so the crates the
 #                                         tests already built are reused; binary in target/cuda-dev/
+#        scripts/build-cuda.sh --bench    also the training benchmark, target/cuda/train_bench, for
+#                                         bench/gpu.sh on a GPU machine
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
-profile=release out=target/cuda
+profile=release out=target/cuda bench=0
 case "${1:-}" in
   "") ;;
   --check) profile=dev out=target/cuda-dev ;;
-  *) echo "usage: scripts/build-cuda.sh [--check]" >&2; exit 2 ;;
+  --bench) bench=1 ;;
+  *) echo "usage: scripts/build-cuda.sh [--check | --bench]" >&2; exit 2 ;;
 esac
 profile_dir=$([[ $profile == dev ]] && echo debug || echo release)
 
@@ -77,6 +80,13 @@ if [[ -f $bin ]] && ! readelf -d "$bin" | grep -q 'libcuda\.so'; then had_cpu=1;
 cargo build --profile "$profile" -p llamaduo-trainer --features cuda
 mkdir -p "$out"
 cp "$bin" "$out/llamaduo-trainer"
+if [[ $bench == 1 ]]; then
+  cargo build --profile "$profile" -p llamaduo-model --example train_bench --features llamaduo-model/cuda
+  cp "target/$profile_dir/examples/train_bench" "$out/train_bench"
+  # bench/run.sh runs the CPU build from the same place: put it back.
+  cargo build --profile "$profile" -p llamaduo-model --example train_bench
+  echo "== $out/train_bench (bench/gpu.sh runs it on a GPU machine)"
+fi
 if [[ $had_cpu == 1 ]]; then
   cargo build --profile "$profile" -p llamaduo-trainer
 fi

@@ -26,5 +26,8 @@ export LLAMADUO_REQUIRE_PEFT=1
 echo "== unit, reconcile, stage and end-to-end tests (cargo test)"
 cargo test --workspace --all-targets --no-fail-fast
 
+echo "== benchmark table scripts (bench/table.py, bench/mfu.py)"
+python3 -m unittest bench/test_table.py bench/test_mfu.py
+
 echo "== Helm chart, kustomize base, Argo CD health check"
 scripts/test-chart.sh

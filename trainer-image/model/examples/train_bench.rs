@@ -8,6 +8,11 @@
 //! The shape can be changed through the environment, so bench/torch_train.py builds the same
 //! model from the same variables: BENCH_VOCAB, BENCH_HIDDEN, BENCH_LAYERS, BENCH_HEADS,
 //! BENCH_INTERMEDIATE, BENCH_BATCH, BENCH_SEQ (defaults: the tiny Llama above).
+//!
+//! BENCH_DEVICE `cpu` (default) or `cuda` (GPU 0; needs a build with `--features
+//! llamaduo-model/cuda`, see bench/gpu.sh) and BENCH_DTYPE `f32` or `bf16` (default: f32 on the
+//! CPU, bf16 on CUDA) pick where and in what the model computes; trained weights keep f32
+//! masters either way, as in the train stage.
 
 use std::ops::ControlFlow;
 use std::time::Instant;
@@ -87,10 +92,20 @@ fn main() -> anyhow::Result<()> {
         }),
         other => anyhow::bail!("mode must be full or lora, not {other}"),
     };
-    let device = Device::Cpu;
+    let device = match std::env::var("BENCH_DEVICE").as_deref() {
+        Err(_) | Ok("cpu") => Device::Cpu,
+        Ok("cuda") => Device::new_cuda(0)?,
+        Ok(other) => anyhow::bail!("BENCH_DEVICE={other:?} must be cpu or cuda"),
+    };
+    let dtype = match std::env::var("BENCH_DTYPE").as_deref() {
+        Err(_) if device.is_cpu() => DType::F32,
+        Err(_) | Ok("bf16") => DType::BF16,
+        Ok("f32") => DType::F32,
+        Ok(other) => anyhow::bail!("BENCH_DTYPE={other:?} must be f32 or bf16"),
+    };
     let weights = random_weights(&cfg, 1, &device)?;
     let opts = LoadOptions {
-        dtype: DType::F32,
+        dtype,
         trainable,
         seed: 1,
     };
@@ -140,6 +155,9 @@ fn main() -> anyhow::Result<()> {
             "config": {"vocab": vocab, "hidden": hidden, "layers": layers, "heads": heads,
                        "intermediate": intermediate, "batch": batch, "seq": seq},
             "mode": mode,
+            "device": if device.is_cpu() { "cpu" } else { "cuda" },
+            "dtype": format!("{dtype:?}").to_lowercase(),
+            "trainable_params": model.trainable().iter().map(|(_, v)| v.elem_count()).sum::<usize>(),
             "mallopt": mallopt,
             "threads": std::env::var("RAYON_NUM_THREADS").unwrap_or_default(),
             "candle_threads": candle_threads,

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The GPU training benchmark: llamaduo's CUDA build of train_bench beside PyTorch (+PEFT), bf16
+# on one GPU, full fine-tuning and LoRA (r=8 on q,v), on a ~0.56B Llama (h1280 L24 v32000
+# i3456, 20 heads, batch 8 x 512). Prints the table of bench/mfu.py (tokens/s, MFU, peak memory).
+#
+# Runs on the GPU machine from the repository root. It needs:
+#   - the CUDA build of train_bench at BENCH_BIN (default target/cuda/train_bench), made on the
+#     build machine by `scripts/build-cuda.sh --bench` (CUDA_COMPUTE_CAP=90 for H100/H200);
+#   - python3 with torch, transformers and peft (the peer side);
+#   - the NVIDIA driver (R580+) and CUDA 13 libraries; when the loader cannot find cuBLAS etc.,
+#     the script adds the lib folders of python3's nvidia-* packages to LD_LIBRARY_PATH.
+# Knobs: GPU_STEPS (10) timed steps after 3 warm-up steps; BENCH_* shapes as in BENCHMARKS.md;
+# PEAK_TFLOPS (989); BENCH_OUT keeps the raw JSON lines; BENCH_DEVICE=cpu for a dry run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export BENCH_DEVICE="${BENCH_DEVICE:-cuda}" BENCH_DTYPE="${BENCH_DTYPE:-bf16}"
+export BENCH_VOCAB="${BENCH_VOCAB:-32000}" BENCH_HIDDEN="${BENCH_HIDDEN:-1280}"
+export BENCH_LAYERS="${BENCH_LAYERS:-24}" BENCH_HEADS="${BENCH_HEADS:-20}"
+export BENCH_INTERMEDIATE="${BENCH_INTERMEDIATE:-3456}" BENCH_BATCH="${BENCH_BATCH:-8}"
+export BENCH_SEQ="${BENCH_SEQ:-512}"
+BIN="${BENCH_BIN:-target/cuda/train_bench}"
+STEPS="${GPU_STEPS:-10}"
+OUT="${BENCH_OUT:-$(mktemp -d)}"
+mkdir -p "$OUT"
+[[ -x $BIN ]] || { echo "gpu.sh: no train_bench at $BIN (scripts/build-cuda.sh --bench makes it)" >&2; exit 1; }
+if [[ $BENCH_DEVICE == cuda ]] && ! ldconfig -p | grep -q 'libcublas\.so\.13'; then
+  libs=$(python3 -c 'import glob, os, nvidia
+print(":".join(sorted({os.path.dirname(p) for d in nvidia.__path__ for p in glob.glob(d + "/**/lib*.so*", recursive=True)})))')
+  export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+[[ $BENCH_DEVICE != cuda ]] || nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+# run_one <label> <command...>: runs it, and on CUDA samples the GPU's used memory meanwhile
+# (nvidia-smi, every 100 ms: the same measure for both sides, CUDA context and caching
+# allocators included), appending "| label | max MiB |" to memory.md.
+run_one() {
+  local label=$1 sampler=""
+  shift
+  if [[ $BENCH_DEVICE == cuda ]]; then
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$OUT/smi.$label" &
+    sampler=$!
+  fi
+  "$@" | tail -n 1 | tee -a "$OUT/results.jsonl"
+  if [[ -n $sampler ]]; then
+    kill "$sampler"; wait "$sampler" 2>/dev/null || true
+    echo "| $label | $(sort -n "$OUT/smi.$label" | tail -n 1) |" >> "$OUT/memory.md"
+  fi
+}
+for mode in full lora; do
+  echo "[gpu] $mode: llamaduo" >&2
+  run_one "$mode-llamaduo" "$BIN" "$mode" "$STEPS"
+  echo "[gpu] $mode: PyTorch" >&2
+  run_one "$mode-pytorch" python3 bench/torch_train.py "$mode" "$STEPS"
+done
+python3 bench/mfu.py "$OUT/results.jsonl" "${PEAK_TFLOPS:-989}" | tee "$OUT/table.md"
+if [[ -f $OUT/memory.md ]]; then
+  printf '\n| run | GPU memory used at most (nvidia-smi), MiB |\n|---|---|\n' | tee -a "$OUT/table.md"
+  tee -a "$OUT/table.md" < "$OUT/memory.md"
+fi
+echo "[gpu] raw results in $OUT" >&2
