@@ -35,6 +35,50 @@ pub fn rope_heads_first(x: &Tensor, cos: &Tensor, sin: &Tensor, scale: f64) -> R
     }
 }
 
+/// Slice form of the op, for hand-written passes: `x` holds (b, s, h, d) rows (forward, rotated
+/// by +θ into `y` as (b, h, s, d)) or (b, h, s, d) rows (`backward`: rotated by −θ into `y` as
+/// (b, s, h, d)), times `scale`; `cos`/`sin` are (s, d/2) tables, or one per batch row.
+pub(crate) fn rope_move_into(
+    x: &[f32],
+    (b, s, h, d): (usize, usize, usize, usize),
+    cos: &[f32],
+    sin: &[f32],
+    scale: f32,
+    backward: bool,
+    y: &mut [f32],
+) {
+    let half = d / 2;
+    let per_batch_tables = cos.len() == b * s * half;
+    let out = SharedOut::new(y);
+    par_blocks(b * s * h, 64, |range| {
+        for o in range {
+            // o indexes output rows: forward (b, h, s), backward (b, s, h).
+            let (bi, hi, si) = if backward {
+                (o / (s * h), o % h, (o / h) % s)
+            } else {
+                (o / (h * s), (o / s) % h, o % s)
+            };
+            let src = if backward {
+                ((bi * h + hi) * s + si) * d
+            } else {
+                ((bi * s + si) * h + hi) * d
+            };
+            let t = ((if per_batch_tables { bi } else { 0 }) * s + si) * half;
+            let (c, sn) = (&cos[t..t + half], &sin[t..t + half]);
+            let (x1, x2) = (&x[src..src + half], &x[src + half..src + d]);
+            // SAFETY: par_blocks hands out disjoint output rows.
+            let dst = unsafe { out.range_mut(o * d..(o + 1) * d) };
+            let (y1, y2) = dst.split_at_mut(half);
+            for i in 0..half {
+                // The inverse rotation is the rotation by −θ: sin changes sign.
+                let sn = if backward { -sn[i] } else { sn[i] };
+                y1[i] = (x1[i] * c[i] - x2[i] * sn) * scale;
+                y2[i] = (x2[i] * c[i] + x1[i] * sn) * scale;
+            }
+        }
+    });
+}
+
 /// Forward: (b, s, h, d) → (b, h, s, d), rotate by +θ. Backward (`backward`): the gradient
 /// (b, h, s, d) → (b, s, h, d), rotate by −θ.
 #[derive(Clone, Copy)]
@@ -66,38 +110,8 @@ impl CustomOp3 for Rope {
         // Input dims: forward (b, s, h, d), backward (b, h, s, d).
         let (b, d0, d1, d) = xl.shape().dims4()?;
         let (s, h) = if self.backward { (d1, d0) } else { (d0, d1) };
-        let half = d / 2;
-        let per_batch_tables = cos.len() == b * s * half;
-        let rows = b * s * h;
         let mut y = vec![0f32; x.len()];
-        let out = SharedOut::new(&mut y);
-        par_blocks(rows, 64, |range| {
-            for o in range {
-                // o indexes output rows: forward (b, h, s), backward (b, s, h).
-                let (bi, hi, si) = if self.backward {
-                    (o / (s * h), o % h, (o / h) % s)
-                } else {
-                    (o / (h * s), (o / s) % h, o % s)
-                };
-                let src = if self.backward {
-                    ((bi * h + hi) * s + si) * d
-                } else {
-                    ((bi * s + si) * h + hi) * d
-                };
-                let t = ((if per_batch_tables { bi } else { 0 }) * s + si) * half;
-                let (c, sn) = (&cos[t..t + half], &sin[t..t + half]);
-                let (x1, x2) = (&x[src..src + half], &x[src + half..src + d]);
-                // SAFETY: par_blocks hands out disjoint output rows.
-                let dst = unsafe { out.range_mut(o * d..(o + 1) * d) };
-                let (y1, y2) = dst.split_at_mut(half);
-                for i in 0..half {
-                    // The inverse rotation is the rotation by −θ: sin changes sign.
-                    let sn = if self.backward { -sn[i] } else { sn[i] };
-                    y1[i] = (x1[i] * c[i] - x2[i] * sn) * self.scale;
-                    y2[i] = (x2[i] * c[i] + x1[i] * sn) * self.scale;
-                }
-            }
-        });
+        rope_move_into(x, (b, s, h, d), cos, sin, self.scale, self.backward, &mut y);
         let shape = if self.backward {
             Shape::from((b, s, h, d))
         } else {

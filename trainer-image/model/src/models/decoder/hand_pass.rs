@@ -23,6 +23,7 @@ use crate::kernels::cross_entropy::loss_and_grad_in_place;
 use crate::kernels::geglu::{geglu_grad_into, geglu_into};
 use crate::kernels::matmul::{Mat, gemm_into, gemm_serial};
 use crate::kernels::rms_norm::{rms_norm_grad_into, rms_norm_into};
+use crate::kernels::rope::rope_move_into;
 use crate::kernels::swiglu::{swiglu_grad_into, swiglu_into};
 use crate::kernels::{SharedOut, math, par_blocks, run_chunked};
 use crate::models::Activation;
@@ -317,7 +318,7 @@ impl<'m> Pass<'m> {
             .collect::<Result<Vec<_>>>()?;
         let norm = self.weight(&m.norm)?;
         let lm_head = self.linear(&m.lm_head)?;
-        let rope = RopeTables::new(&m.inv_freq, d.s);
+        let rope = RopeTables::new(m, d)?;
         let window = m.flavor.sliding_window;
         let (eps, one_plus) = (cfg.rms_norm_eps, m.flavor.gemma_norm);
         let embed_scale = if m.flavor.embed_scale {
@@ -403,9 +404,9 @@ impl<'m> Pass<'m> {
         let (k, lk) = self.linear_forward(&l.k, &h1, t)?;
         let (v, lv) = self.linear_forward(&l.v, &h1, t)?;
         let scale = 1.0 / (d.hd as f32).sqrt();
-        let qh = to_heads(&q, d, d.nh, Some(rope), scale);
-        let kh = to_heads(&k, d, d.nkv, Some(rope), 1.0);
-        let vh = to_heads(&v, d, d.nkv, None, 1.0);
+        let qh = to_heads(&q, d, d.nh, rope, true, scale);
+        let kh = to_heads(&k, d, d.nkv, rope, true, 1.0);
+        let vh = to_heads(&v, d, d.nkv, rope, false, 1.0);
         drop((q, k, v));
         let (probs, attn) = attention_forward(&qh, &kh, &vh, d, window);
         let (a, lo) = self.linear_forward(&l.o, &attn, t)?;
@@ -489,9 +490,9 @@ impl<'m> Pass<'m> {
         let (dqh, dkh, dvh) = attention_backward(&a.qh, &a.kh, &a.vh, &a.probs, &dattn, d, window);
         drop(dattn);
         let scale = 1.0 / (d.hd as f32).sqrt();
-        let dq = from_heads(&dqh, d, d.nh, Some(rope), scale);
-        let dk = from_heads(&dkh, d, d.nkv, Some(rope), 1.0);
-        let dv = from_heads(&dvh, d, d.nkv, None, 1.0);
+        let dq = from_heads(&dqh, d, d.nh, rope, true, scale);
+        let dk = from_heads(&dkh, d, d.nkv, rope, true, 1.0);
+        let dv = from_heads(&dvh, d, d.nkv, rope, false, 1.0);
         drop((dqh, dkh, dvh));
         self.linear_backward(&l.q, &a.h1, t, &dq, lq.as_ref(), Some((&mut dh, false)))?;
         self.linear_backward(&l.k, &a.h1, t, &dk, lk.as_ref(), Some((&mut dh, true)))?;
@@ -649,29 +650,33 @@ impl<'m> Pass<'m> {
     }
 }
 
-/// cos and sin of position · frequency for positions 0..s, (s, d/2) each, as
-/// `CausalLm::rope_tables` computes them without left padding.
+/// The rotary tables of positions 0..s, (s, d/2) each, from `CausalLm::rope_tables` (training
+/// has no left padding), and an identity pair that moves v's heads without rotating them.
 struct RopeTables {
     cos: Vec<f32>,
     sin: Vec<f32>,
-    half: usize,
+    ones: Vec<f32>,
+    zeros: Vec<f32>,
 }
 
 impl RopeTables {
-    fn new(inv_freq: &[f32], s: usize) -> Self {
-        let mut cos = Vec::with_capacity(s * inv_freq.len());
-        let mut sin = Vec::with_capacity(s * inv_freq.len());
-        for pos in 0..s {
-            for f in inv_freq {
-                let a = pos as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
-        }
-        Self {
+    fn new(model: &CausalLm, d: Dims) -> Result<Self> {
+        let (cos, sin) = model.rope_tables(d.b, d.s, 0, None)?;
+        let cos = cos.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Self {
+            sin: sin.flatten_all()?.to_vec1::<f32>()?,
+            ones: vec![1.0; cos.len()],
+            zeros: vec![0.0; cos.len()],
             cos,
-            sin,
-            half: inv_freq.len(),
+        })
+    }
+
+    /// (cos, sin): the rotation, or the identity when `rotate` is false.
+    fn pick(&self, rotate: bool) -> (&[f32], &[f32]) {
+        if rotate {
+            (&self.cos, &self.sin)
+        } else {
+            (&self.ones, &self.zeros)
         }
     }
 }
@@ -687,62 +692,34 @@ fn par_rows(buf: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync)
     });
 }
 
-/// (b, s, heads, hd) → (b, heads, s, hd), rotated by the position's angle and scaled when
-/// `rope` is given (the forward half of `kernels::rope`).
-fn to_heads(x: &[f32], d: Dims, heads: usize, rope: Option<&RopeTables>, scale: f32) -> Vec<f32> {
-    move_heads(x, d, heads, rope, scale, false)
-}
-
-/// The backward pass of [`to_heads`]: (b, heads, s, hd) → (b, s, heads, hd), rotated back.
-fn from_heads(g: &[f32], d: Dims, heads: usize, rope: Option<&RopeTables>, scale: f32) -> Vec<f32> {
-    move_heads(g, d, heads, rope, scale, true)
-}
-
-fn move_heads(
+/// (b, s, heads, hd) → (b, heads, s, hd), rotated (when `rotate`) and scaled: the RoPE
+/// kernel's forward half.
+fn to_heads(
     x: &[f32],
     d: Dims,
     heads: usize,
-    rope: Option<&RopeTables>,
+    rope: &RopeTables,
+    rotate: bool,
     scale: f32,
-    back: bool,
 ) -> Vec<f32> {
-    let (s, hd) = (d.s, d.hd);
+    let (cos, sin) = rope.pick(rotate);
     let mut y = vec![0f32; x.len()];
-    let n = y.len();
-    let out = SharedOut::new(&mut y);
-    // r runs over the rows of the heads-first layout, (b, head, pos).
-    par_blocks(n / hd.max(1), 64, |rows| {
-        for r in rows {
-            let (bi, hi, si) = (r / (heads * s), (r / s) % heads, r % s);
-            let heads_first = r * hd;
-            let seq_first = ((bi * s + si) * heads + hi) * hd;
-            let (from, to) = if back {
-                (heads_first, seq_first)
-            } else {
-                (seq_first, heads_first)
-            };
-            let src = &x[from..from + hd];
-            // SAFETY: (b, head, pos) ↦ row is one-to-one in both layouts, so each output row
-            // is written by exactly one r; `to + hd <= n` as both layouts cover `x.len()`.
-            let dst = unsafe { out.range_mut(to..to + hd) };
-            match rope {
-                None => dst.iter_mut().zip(src).for_each(|(y, x)| *y = x * scale),
-                Some(t) => {
-                    let half = t.half;
-                    let tab = si * half..(si + 1) * half;
-                    let (c, sn) = (&t.cos[tab.clone()], &t.sin[tab]);
-                    let (x1, x2) = src.split_at(half);
-                    let (y1, y2) = dst.split_at_mut(half);
-                    for i in 0..half {
-                        // Backward rotates by −θ: sin changes sign.
-                        let sn = if back { -sn[i] } else { sn[i] };
-                        y1[i] = (x1[i] * c[i] - x2[i] * sn) * scale;
-                        y2[i] = (x2[i] * c[i] + x1[i] * sn) * scale;
-                    }
-                }
-            }
-        }
-    });
+    rope_move_into(x, (d.b, d.s, heads, d.hd), cos, sin, scale, false, &mut y);
+    y
+}
+
+/// The backward pass of [`to_heads`]: (b, heads, s, hd) → (b, s, heads, hd), rotated back.
+fn from_heads(
+    g: &[f32],
+    d: Dims,
+    heads: usize,
+    rope: &RopeTables,
+    rotate: bool,
+    scale: f32,
+) -> Vec<f32> {
+    let (cos, sin) = rope.pick(rotate);
+    let mut y = vec![0f32; g.len()];
+    rope_move_into(g, (d.b, d.s, heads, d.hd), cos, sin, scale, true, &mut y);
     y
 }
 
