@@ -529,6 +529,10 @@ pub struct TrainingSpec {
     /// PriorityClass of training pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
+    /// Container image of the train stage only, overriding `image` (e.g. the CUDA image for
+    /// GPU nodes while synthesize and evaluate keep the CPU image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 fn default_epochs() -> u32 {
@@ -572,6 +576,7 @@ impl Default for TrainingSpec {
             node_selector: None,
             tolerations: None,
             priority_class_name: None,
+            image: None,
         }
     }
 }

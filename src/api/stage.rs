@@ -23,6 +23,9 @@ pub const TEACHER_API_KEY_ENV: &str = "LLAMADUO_TEACHER_API_KEY";
 pub const JUDGE_API_KEY_ENV: &str = "LLAMADUO_JUDGE_API_KEY";
 /// Environment variable naming the file the result JSON is written to.
 pub const RESULT_PATH_ENV: &str = "LLAMADUO_RESULT_PATH";
+/// Environment variable choosing the compute device: `auto` (unset), `cpu`, `cuda` or
+/// `cuda:N`.
+pub const DEVICE_ENV: &str = "LLAMADUO_DEVICE";
 /// Where the result goes when `LLAMADUO_RESULT_PATH` is unset.
 pub const DEFAULT_RESULT_PATH: &str = "/dev/termination-log";
 /// Kubernetes keeps at most 4096 bytes of a termination message.

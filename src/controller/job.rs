@@ -10,12 +10,12 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec,
-    SecretKeySelector, Volume, VolumeMount,
+    ResourceRequirements, SecretKeySelector, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::api::{
-    DEFAULT_RESULT_PATH, JUDGE_API_KEY_ENV, LlamaDuoMigrationSpec, RESULT_PATH_ENV,
+    DEFAULT_RESULT_PATH, DEVICE_ENV, JUDGE_API_KEY_ENV, LlamaDuoMigrationSpec, RESULT_PATH_ENV,
     STAGE_CONFIG_ENV, SecretKeyRef, Stage, StageConfig, StageRun, TEACHER_API_KEY_ENV,
 };
 use crate::plan::stage_run_name;
@@ -183,6 +183,19 @@ fn config_map_source(source: &str) -> Option<(&str, &str)> {
     source.strip_prefix("configmap://")?.split_once('/')
 }
 
+/// The resource name of NVIDIA's device plugin.
+const NVIDIA_GPU: &str = "nvidia.com/gpu";
+
+/// Whether the resources request or limit at least one NVIDIA GPU.
+fn requests_nvidia_gpu(resources: Option<&ResourceRequirements>) -> bool {
+    let Some(r) = resources else { return false };
+    [&r.limits, &r.requests]
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.get(NVIDIA_GPU))
+        .any(|q| q.0.trim() != "0")
+}
+
 /// The Job of `inputs.run`.
 pub fn build_job(inputs: &JobInputs<'_>) -> Result<Job, serde_json::Error> {
     let JobInputs {
@@ -275,6 +288,15 @@ pub fn build_job(inputs: &JobInputs<'_>) -> Result<Job, serde_json::Error> {
                 env.push(secret_env(TEACHER_API_KEY_ENV, r));
             }
         }
+        // A train pod given an NVIDIA GPU must train on it: `cuda` makes a GPU that cannot be
+        // opened a failed stage instead of hours on the pod's CPU.
+        Stage::Train if requests_nvidia_gpu(spec.training.resources.as_ref()) => {
+            env.push(EnvVar {
+                name: DEVICE_ENV.into(),
+                value: Some("cuda".into()),
+                ..EnvVar::default()
+            });
+        }
         Stage::Train => {}
     }
     let StorageWiring {
@@ -288,8 +310,10 @@ pub fn build_job(inputs: &JobInputs<'_>) -> Result<Job, serde_json::Error> {
     let container = Container {
         name: CONTAINER_NAME.into(),
         image: Some(
-            spec.image
-                .clone()
+            is_train
+                .then(|| spec.training.image.clone())
+                .flatten()
+                .or_else(|| spec.image.clone())
                 .unwrap_or_else(|| default_image.to_string()),
         ),
         command: Some(vec!["llamaduo-trainer".into(), run.stage.to_string()]),

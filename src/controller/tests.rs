@@ -830,6 +830,13 @@ mod pure {
         assert_eq!(c["command"], json!(["llamaduo-trainer", "train"]));
         let env = c["env"].to_string();
         assert!(!env.contains("API_KEY"), "train gets no API key: {env}");
+        assert!(
+            c["env"]
+                .as_array()
+                .expect("env")
+                .contains(&json!({"name": "LLAMADUO_DEVICE", "value": "cuda"})),
+            "a GPU train pod must not fall back to its CPU: {env}"
+        );
         assert_eq!(job["metadata"]["name"], "tickets-r2-train-a3");
         assert_eq!(job["metadata"]["labels"]["llamaduo.dev/attempt"], "3");
         // Other stages are not scheduled like training.
@@ -844,6 +851,48 @@ mod pure {
                 .get("resources")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn only_train_pods_with_an_nvidia_gpu_ask_for_cuda() {
+        let device_env = |resources: serde_json::Value, stage: Stage| {
+            let mut v = spec();
+            v["training"] = json!({ "resources": resources });
+            let job = job_for(&typed(v), "tickets", stage);
+            job["spec"]["template"]["spec"]["containers"][0]["env"]
+                .as_array()
+                .expect("env")
+                .iter()
+                .find(|e| e["name"] == "LLAMADUO_DEVICE")
+                .map(|e| e["value"].clone())
+        };
+        let gpu = json!({"requests": {"nvidia.com/gpu": 2}});
+        assert_eq!(device_env(gpu.clone(), Stage::Train), Some(json!("cuda")));
+        assert_eq!(device_env(gpu.clone(), Stage::Synthesize), None);
+        assert_eq!(device_env(gpu, Stage::Evaluate), None);
+        let cpu = json!({"limits": {"cpu": "8", "memory": "16Gi"}});
+        assert_eq!(device_env(cpu, Stage::Train), None, "auto: the CPU");
+        let zero = json!({"limits": {"nvidia.com/gpu": "0"}});
+        assert_eq!(device_env(zero, Stage::Train), None);
+    }
+
+    #[test]
+    fn training_image_replaces_the_image_for_train_pods_only() {
+        let image_of = |v: &serde_json::Value, stage| {
+            job_for(&typed(v.clone()), "tickets", stage)["spec"]["template"]["spec"]["containers"]
+                [0]["image"]
+                .clone()
+        };
+        let mut v = spec();
+        v["image"] = json!("llamaduo-trainer:cpu");
+        v["training"] = json!({"image": "llamaduo-trainer:cuda"});
+        assert_eq!(image_of(&v, Stage::Train), "llamaduo-trainer:cuda");
+        assert_eq!(image_of(&v, Stage::Synthesize), "llamaduo-trainer:cpu");
+        assert_eq!(image_of(&v, Stage::Evaluate), "llamaduo-trainer:cpu");
+        // Without spec.image the other stages take the operator's default.
+        v.as_object_mut().expect("object").remove("image");
+        assert_eq!(image_of(&v, Stage::Train), "llamaduo-trainer:cuda");
+        assert_ne!(image_of(&v, Stage::Evaluate), "llamaduo-trainer:cuda");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use llamaduo::api::{
     TrainingMethod,
 };
 use llamaduo_model::config::ModelConfig;
+use llamaduo_model::device::{DeviceChoice, device_name};
 use llamaduo_model::hub_dir::HubDir;
 use llamaduo_model::lora::LoraConfig;
 use llamaduo_model::models::{CausalLm, LoadOptions, Trainable};
@@ -92,6 +93,8 @@ async fn train_round(config: &TrainConfig) -> anyhow::Result<TrainOutcome> {
         return Ok(manifest.outcome);
     }
 
+    // Before any data moves: a pod that asked for a GPU it cannot have fails now.
+    let selected = DeviceChoice::from_env()?.select()?;
     let rows = training_rows(&store, ctx.round).await?;
     let training = &config.training;
     let base_dir = student::base_model_dir(
@@ -119,9 +122,11 @@ async fn train_round(config: &TrainConfig) -> anyhow::Result<TrainOutcome> {
     let out = tempfile::tempdir_in(student::scratch_root()?)?;
     let spec = config.clone();
     let out_path = out.path().to_path_buf();
-    let report =
-        tokio::task::spawn_blocking(move || fit(&spec, &rows, &base_dir, &checkpoints, &out_path))
-            .await??;
+    let device = selected.device;
+    let report = tokio::task::spawn_blocking(move || {
+        fit(&spec, &rows, &base_dir, &checkpoints, &out_path, &device)
+    })
+    .await??;
 
     let outcome = report.outcome(store.url_of(&model_key));
     let manifest = ModelManifest {
@@ -149,10 +154,11 @@ fn fit(
     base_dir: &Path,
     checkpoints: &Path,
     out: &Path,
+    device: &candle_core::Device,
 ) -> anyhow::Result<llamaduo_model::train::TrainReport> {
     let training = &config.training;
-    let device = candle_core::Device::Cpu;
-    let dtype = compute_dtype(training.precision, &device);
+    let dtype = compute_dtype(training.precision, device);
+    tracing::info!(device = %device_name(device), dtype = ?dtype, "training device");
     let hub = HubDir::open(base_dir)?;
     let cfg = ModelConfig::from_file(&base_dir.join("config.json"))?;
     let tokenizer = hub.tokenizer()?;
@@ -168,7 +174,7 @@ fn fit(
     };
     let model = CausalLm::load(
         &cfg,
-        hub.var_builder(dtype, &device)?,
+        hub.var_builder(dtype, device)?,
         &LoadOptions {
             dtype,
             trainable: trainable.clone(),

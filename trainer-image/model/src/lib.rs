@@ -1,6 +1,7 @@
 //! Trainable Llama-family models, LoRA, training and generation on candle.
 //!
 //! - [`config`]: Hugging Face config.json → [`config::ModelConfig`].
+//! - [`device`]: CPU or CUDA (`LLAMADUO_DEVICE`), and the compute dtype.
 //! - [`models`]: the trainable decoder [`models::CausalLm`] (Llama, Qwen2, Mistral, Gemma) and
 //!   its KV cache.
 //! - [`lora`], [`optim`], [`schedule`], [`train`]: fine-tuning.
@@ -12,6 +13,7 @@
 pub mod alloc;
 pub mod chat_template;
 pub mod config;
+pub mod device;
 pub mod embedding;
 pub mod from_scratch;
 pub mod generate;

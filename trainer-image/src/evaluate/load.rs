@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use llamaduo::api::{EvaluateConfig, Precision, TrainingMethod};
 use llamaduo_model::chat_template::ChatTemplate;
 use llamaduo_model::config::ModelConfig;
+use llamaduo_model::device::{DeviceChoice, DeviceError, compute_dtype};
 use llamaduo_model::hub_dir::HubDir;
 use llamaduo_model::models::{CausalLm, LoadOptions};
 use llamaduo_model::tokenizer::TextTokenizer;
@@ -57,6 +58,9 @@ pub enum LoadError {
     /// Converting a GGUF base failed.
     #[error("{0}")]
     Gguf(String),
+    /// The device asked for (`LLAMADUO_DEVICE`) cannot be used.
+    #[error("{0}")]
+    Device(#[from] DeviceError),
 }
 
 /// The round's model, ready to generate.
@@ -71,17 +75,13 @@ pub struct LoadedModel {
     pub source: String,
 }
 
-/// The device and compute dtype: CUDA with bf16 when built with `cuda` and a GPU is present,
-/// else the CPU in f32; `training.precision` overrides the dtype.
-pub fn device_and_dtype(precision: Precision) -> (Device, DType) {
-    let device = Device::cuda_if_available(0).unwrap_or(Device::Cpu);
-    let dtype = match precision {
-        Precision::F32 => DType::F32,
-        Precision::Bf16 => DType::BF16,
-        Precision::Auto if device.is_cuda() => DType::BF16,
-        Precision::Auto => DType::F32,
-    };
-    (device, dtype)
+/// The device (`LLAMADUO_DEVICE`, see [`llamaduo_model::device`]) and compute dtype: bf16 on
+/// a GPU and f32 on the CPU unless `training.precision` says otherwise.
+pub fn device_and_dtype(precision: Precision) -> Result<(Device, DType), DeviceError> {
+    let selected = DeviceChoice::from_env()?.select()?;
+    let dtype = compute_dtype(precision, &selected.device);
+    tracing::info!(device = %selected.name(), dtype = ?dtype, "generation device");
+    Ok((selected.device, dtype))
 }
 
 pub use llamaduo_store::cache_dir;
@@ -115,7 +115,7 @@ pub async fn load_round_model(
     let resolver = Resolver::new(cache_dir(), HfConfig::from_env());
     let key = llamaduo::api::ArtifactLayout::model(config.context.round);
     let model_dir = resolver.resolve_in(store, &key).await?;
-    let (device, dtype) = device_and_dtype(config.training.precision);
+    let (device, dtype) = device_and_dtype(config.training.precision)?;
     let is_adapter = model_dir.join(ADAPTER_CONFIG).exists();
     if config.training.method == TrainingMethod::Lora && !is_adapter {
         // A merged or full export is fine to evaluate; say so in the log.

@@ -131,7 +131,7 @@ async fn adapter_base(
 /// Loads the model (blocking: run on a blocking thread). The dtype is bf16 on a GPU, f32 on
 /// the CPU.
 pub fn load(dirs: &ModelDirs) -> anyhow::Result<LoadedModel> {
-    let (device, dtype) = device_and_dtype(Precision::Auto);
+    let (device, dtype) = device_and_dtype(Precision::Auto)?;
     let (model, tokenizer, source) = match &dirs.base {
         None => load_full(&dirs.model, &device, dtype)?,
         Some(base) => {

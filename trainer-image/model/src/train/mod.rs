@@ -24,8 +24,7 @@ pub use trainer::{Progress, TrainReport, train};
 
 use std::path::PathBuf;
 
-use candle_core::{DType, Device};
-use llamaduo::api::{Precision, TrainingSpec};
+use llamaduo::api::TrainingSpec;
 
 /// Why training failed.
 #[derive(Debug, thiserror::Error)]
@@ -163,12 +162,4 @@ impl TrainOptions {
     }
 }
 
-/// The compute dtype for a precision on a device: bf16 on CUDA and f32 on CPU for `auto`.
-pub fn compute_dtype(precision: Precision, device: &Device) -> DType {
-    match precision {
-        Precision::Auto if device.is_cuda() => DType::BF16,
-        Precision::Auto => DType::F32,
-        Precision::Bf16 => DType::BF16,
-        Precision::F32 => DType::F32,
-    }
-}
+pub use crate::device::compute_dtype;
