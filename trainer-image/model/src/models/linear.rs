@@ -16,6 +16,13 @@ pub struct DropoutCtl {
     state: Mutex<Option<(u64, u64)>>,
 }
 
+/// A dropout mask from uniform draws in [0, 1): 0 where a draw is below `p`, else 1/(1 − p)
+/// (f32, on the draws' device).
+fn mask_from_uniform(uniform: &Tensor, p: f64) -> Result<Tensor> {
+    let keep = 1.0 / (1.0 - p);
+    uniform.ge(p)?.to_dtype(DType::F32)?.affine(keep, 0.0)
+}
+
 impl DropoutCtl {
     /// Turns dropout on with a seed (counter reset) or off.
     pub fn set(&self, seed: Option<u64>) {
@@ -26,6 +33,22 @@ impl DropoutCtl {
 
     /// Applies dropout with probability `p` to `x` when on.
     fn apply(&self, x: &Tensor, p: f64) -> Result<Tensor> {
+        if !x.device().is_cpu() {
+            return match self.device_seed(p) {
+                Some(seed) => {
+                    let dev = x.device();
+                    // The first mask of a micro-batch reseeds the device's generator; later
+                    // ones continue its stream, so a micro-batch's masks are a pure function
+                    // of its seed (as on the CPU) without a host round trip per mask.
+                    if let Some(seed) = seed {
+                        dev.set_seed(seed)?;
+                    }
+                    let uniform = Tensor::rand(0f32, 1f32, x.shape(), dev)?;
+                    x.mul(&mask_from_uniform(&uniform, p)?.to_dtype(x.dtype())?)
+                }
+                None => Ok(x.clone()),
+            };
+        }
         match self.mask(x.elem_count(), p) {
             Some(mask) => {
                 let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
@@ -33,6 +56,18 @@ impl DropoutCtl {
             }
             None => Ok(x.clone()),
         }
+    }
+
+    /// For masks drawn on a GPU: `None` when dropout is off; else `Some(Some(seed))` for the
+    /// first mask since [`Self::set`] (the device generator's seed) and `Some(None)` after.
+    fn device_seed(&self, p: f64) -> Option<Option<u64>> {
+        if p <= 0.0 {
+            return None;
+        }
+        let mut state = self.state.lock().ok()?;
+        let (seed, counter) = state.as_mut()?;
+        *counter += 1;
+        Some((*counter == 1).then(|| derive(*seed, &[0xdec1ce])))
     }
 
     /// The next dropout mask for `n` elements (0 or 1/(1 − p) each), or `None` when dropout is
@@ -129,5 +164,47 @@ impl Linear {
     /// (out, in).
     pub fn dims(&self) -> Result<(usize, usize)> {
         self.weight.tensor().dims2()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn uniform_draws_below_p_are_dropped_and_the_rest_scaled() {
+        let u = Tensor::new(&[0.0f32, 0.09, 0.1, 0.5, 0.99], &Device::Cpu).expect("u");
+        let m = mask_from_uniform(&u, 0.1)
+            .expect("mask")
+            .to_vec1::<f32>()
+            .expect("values");
+        let keep = (1.0 / 0.9) as f32;
+        assert_eq!(m, vec![0.0, 0.0, keep, keep, keep]);
+    }
+
+    #[test]
+    fn device_masks_reseed_once_per_micro_batch() {
+        let d = DropoutCtl::default();
+        assert_eq!(d.device_seed(0.1), None, "off until a seed is set");
+        d.set(Some(7));
+        assert_eq!(d.device_seed(0.0), None, "p = 0 draws nothing");
+        let first = d.device_seed(0.1).expect("on").expect("first mask seeds");
+        assert_eq!(
+            d.device_seed(0.1),
+            Some(None),
+            "later masks continue the stream"
+        );
+        d.set(Some(7));
+        assert_eq!(
+            d.device_seed(0.1),
+            Some(Some(first)),
+            "same micro-batch, same seed"
+        );
+        d.set(Some(8));
+        let other = d.device_seed(0.1).expect("on").expect("seeds");
+        assert_ne!(other, first);
+        d.set(None);
+        assert_eq!(d.device_seed(0.1), None);
     }
 }
