@@ -667,6 +667,11 @@ pub struct EvaluationSpec {
     /// all-MiniLM-L6-v2 style directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding_model: Option<String>,
+    /// Run evaluate pods like training pods: with `training.image`, `resources`,
+    /// `nodeSelector`, `tolerations` and `priorityClassName`, so the student writes its test
+    /// answers on the training GPU instead of a CPU node.
+    #[serde(default)]
+    pub use_training_resources: bool,
 }
 
 fn default_answers() -> u32 {
@@ -689,6 +694,7 @@ impl Default for EvaluationSpec {
             pass_score: default_pass_score(),
             baseline: false,
             embedding_model: None,
+            use_training_resources: false,
         }
     }
 }

@@ -288,16 +288,23 @@ pub fn build_job(inputs: &JobInputs<'_>) -> Result<Job, serde_json::Error> {
                 env.push(secret_env(TEACHER_API_KEY_ENV, r));
             }
         }
-        // A train pod given an NVIDIA GPU must train on it: `cuda` makes a GPU that cannot be
-        // opened a failed stage instead of hours on the pod's CPU.
-        Stage::Train if requests_nvidia_gpu(spec.training.resources.as_ref()) => {
-            env.push(EnvVar {
-                name: DEVICE_ENV.into(),
-                value: Some("cuda".into()),
-                ..EnvVar::default()
-            });
-        }
         Stage::Train => {}
+    }
+    // Train pods, and evaluate pods with evaluation.useTrainingResources, run with the
+    // training scheduling and image.
+    let like_training = match run.stage {
+        Stage::Train => true,
+        Stage::Evaluate => spec.evaluation.use_training_resources,
+        Stage::Synthesize => false,
+    };
+    // Such a pod given an NVIDIA GPU must compute on it: `cuda` makes a GPU that cannot be
+    // opened a failed stage instead of hours on the pod's CPU.
+    if like_training && requests_nvidia_gpu(spec.training.resources.as_ref()) {
+        env.push(EnvVar {
+            name: DEVICE_ENV.into(),
+            value: Some("cuda".into()),
+            ..EnvVar::default()
+        });
     }
     let StorageWiring {
         volumes: storage_volumes,
@@ -306,11 +313,10 @@ pub fn build_job(inputs: &JobInputs<'_>) -> Result<Job, serde_json::Error> {
     } = storage_wiring(spec);
     volumes.extend(storage_volumes);
     mounts.extend(storage_mounts);
-    let is_train = run.stage == Stage::Train;
     let container = Container {
         name: CONTAINER_NAME.into(),
         image: Some(
-            is_train
+            like_training
                 .then(|| spec.training.image.clone())
                 .flatten()
                 .or_else(|| spec.image.clone())
@@ -320,7 +326,7 @@ pub fn build_job(inputs: &JobInputs<'_>) -> Result<Job, serde_json::Error> {
         env: Some(env),
         env_from,
         volume_mounts: Some(mounts),
-        resources: if is_train {
+        resources: if like_training {
             spec.training.resources.clone()
         } else {
             None
@@ -337,13 +343,13 @@ pub fn build_job(inputs: &JobInputs<'_>) -> Result<Job, serde_json::Error> {
         containers: vec![container],
         volumes: Some(volumes),
         security_context: Some(pod_security()),
-        node_selector: is_train
+        node_selector: like_training
             .then(|| spec.training.node_selector.clone())
             .flatten(),
-        tolerations: is_train
+        tolerations: like_training
             .then(|| spec.training.tolerations.clone())
             .flatten(),
-        priority_class_name: is_train
+        priority_class_name: like_training
             .then(|| spec.training.priority_class_name.clone())
             .flatten(),
         ..PodSpec::default()

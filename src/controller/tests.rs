@@ -869,7 +869,11 @@ mod pure {
         let gpu = json!({"requests": {"nvidia.com/gpu": 2}});
         assert_eq!(device_env(gpu.clone(), Stage::Train), Some(json!("cuda")));
         assert_eq!(device_env(gpu.clone(), Stage::Synthesize), None);
-        assert_eq!(device_env(gpu, Stage::Evaluate), None);
+        assert_eq!(
+            device_env(gpu, Stage::Evaluate),
+            None,
+            "unless useTrainingResources"
+        );
         let cpu = json!({"limits": {"cpu": "8", "memory": "16Gi"}});
         assert_eq!(device_env(cpu, Stage::Train), None, "auto: the CPU");
         let zero = json!({"limits": {"nvidia.com/gpu": "0"}});
@@ -893,6 +897,49 @@ mod pure {
         v.as_object_mut().expect("object").remove("image");
         assert_eq!(image_of(&v, Stage::Train), "llamaduo-trainer:cuda");
         assert_ne!(image_of(&v, Stage::Evaluate), "llamaduo-trainer:cuda");
+    }
+
+    #[test]
+    fn evaluate_pods_can_run_like_training_pods() {
+        let mut v = spec();
+        v["training"] = json!({
+            "image": "llamaduo-trainer:cuda",
+            "resources": {"limits": {"nvidia.com/gpu": "1"}},
+            "nodeSelector": {"gpu": "h100"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "priorityClassName": "training"
+        });
+        let pod_of = |v: &serde_json::Value, stage| {
+            job_for(&typed(v.clone()), "tickets", stage)["spec"]["template"]["spec"].clone()
+        };
+        let plain = pod_of(&v, Stage::Evaluate);
+        assert!(plain.get("nodeSelector").is_none());
+        assert!(plain["containers"][0].get("resources").is_none());
+        assert_ne!(plain["containers"][0]["image"], "llamaduo-trainer:cuda");
+        assert!(
+            !plain["containers"][0]["env"]
+                .to_string()
+                .contains("LLAMADUO_DEVICE")
+        );
+
+        v["evaluation"] = json!({"useTrainingResources": true});
+        let pod = pod_of(&v, Stage::Evaluate);
+        let train = pod_of(&v, Stage::Train);
+        for field in ["nodeSelector", "tolerations", "priorityClassName"] {
+            assert_eq!(pod[field], train[field], "{field}");
+        }
+        let c = &pod["containers"][0];
+        assert_eq!(c["image"], "llamaduo-trainer:cuda");
+        assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], "1");
+        assert!(
+            c["env"]
+                .as_array()
+                .expect("env")
+                .contains(&json!({"name": "LLAMADUO_DEVICE", "value": "cuda"}))
+        );
+        assert_eq!(c["command"], json!(["llamaduo-trainer", "evaluate"]));
+        // Synthesis never takes the training scheduling.
+        assert!(pod_of(&v, Stage::Synthesize).get("nodeSelector").is_none());
     }
 
     #[test]
