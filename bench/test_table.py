@@ -48,6 +48,28 @@ def operator_lines(text):
     return [l for l in text.splitlines() if l.startswith("| operator")]
 
 
+SYNTHESIS = """synthesis request rate, simulated teacher with 200 ms latency, limit 600 RPM, concurrency 8, 20 s window
+| scheme | requests/min | share of limit | client CPU per request | 429 from the server |
+|---|---|---|---|---|
+| llamaduo (token bucket) | 596.9 | 99.5% | 574 µs | 0 |
+| reference (batch of 8, sleep 2.4 s), measured | 184.3 | 30.7% | 222 µs | 0 |
+| llamaduo client in the reference's pattern (batch of 8, sleep 2.4 s) | 184.2 | 30.7% | 281 µs | |
+| reference, computed W/(latency+sleep) | 184.6 | 30.8% | | |
+"""
+
+
+class SynthesisRows(unittest.TestCase):
+    def test_rate_cpu_and_the_client_alone(self):
+        rows = [l for l in render({"synthesis.md": SYNTHESIS}).splitlines() if l.startswith("| synthesis")]
+        self.assertEqual(len(rows), 4, rows)
+        self.assertIn("| 99.5% | 30.7% |", rows[0])
+        self.assertIn("computed 30.8%", rows[0])
+        self.assertIn("| 574 µs | 222 µs | 2.59x |", rows[1])
+        self.assertIn("batch-and-sleep pattern", rows[2])
+        self.assertIn("| 281 µs | 222 µs | 1.27x |", rows[2])
+        self.assertIn("| 0 | 0 |", rows[3])
+
+
 class OperatorRows(unittest.TestCase):
     def test_medians_of_the_runs(self):
         runs = [RUN, {**RUN, "seconds_to_all_first_jobs": 68.0, "p50_seconds": 43.9, "p90_seconds": 64.8,
