@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU training benchmark: llamaduo's CUDA build of train_bench beside PyTorch (+PEFT), bf16
 # on one GPU, full fine-tuning and LoRA (r=8 on q,v), on a ~0.56B Llama (h1280 L24 v32000
-# i3456, 20 heads, batch 8 x 512). Prints the table of bench/mfu.py (tokens/s, MFU, peak memory).
+# i3456, 20 heads, batch 8 x 512; LoRA dropout 0.05). Prints the table of bench/mfu.py (tokens/s, MFU, peak memory).
 #
 # Runs on the GPU machine from the repository root. It needs:
 #   - the CUDA build of train_bench at BENCH_BIN (default target/cuda/train_bench), made on the
@@ -18,6 +18,9 @@ export BENCH_VOCAB="${BENCH_VOCAB:-32000}" BENCH_HIDDEN="${BENCH_HIDDEN:-1280}"
 export BENCH_LAYERS="${BENCH_LAYERS:-24}" BENCH_HEADS="${BENCH_HEADS:-20}"
 export BENCH_INTERMEDIATE="${BENCH_INTERMEDIATE:-3456}" BENCH_BATCH="${BENCH_BATCH:-8}"
 export BENCH_SEQ="${BENCH_SEQ:-512}"
+# LoRA with the dropout users get by default (training.lora.dropout 0.05) on both sides: on a GPU
+# llamaduo draws the masks on the device, and this run shows what that costs.
+export BENCH_LORA_DROPOUT="${BENCH_LORA_DROPOUT:-0.05}"
 BIN="${BENCH_BIN:-target/cuda/train_bench}"
 STEPS="${GPU_STEPS:-10}"
 OUT="${BENCH_OUT:-$(mktemp -d)}"

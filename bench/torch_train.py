@@ -7,7 +7,7 @@ Builds the same Llama as train_bench.rs from the same environment variables (BEN
 BENCH_HIDDEN, BENCH_LAYERS, BENCH_HEADS, BENCH_INTERMEDIATE, BENCH_BATCH, BENCH_SEQ; defaults:
 the tiny Llama of FINDINGS.md), f32 on CPU, random weights, random tokens with the loss on
 every position, AdamW (no weight decay), gradient clipping at 1.0, 3 warm-up steps, then
-STEPS timed steps (default 20). LoRA: PEFT r=8, alpha=16, dropout 0 on q_proj and v_proj.
+STEPS timed steps (default 20). LoRA: PEFT r=8, alpha=16 on q_proj and v_proj, dropout BENCH_LORA_DROPOUT (default 0).
 Threads: BENCH_THREADS (default 2). Tokens/s counts batch x seq tokens per step, as the Rust
 side does (no padding). Prints one JSON line; peak RSS is the process's ru_maxrss (= VmHWM).
 BENCH_DEVICE cpu (default) or cuda, BENCH_DTYPE f32 or bf16 (default f32 on the CPU, bf16 on
@@ -76,7 +76,7 @@ def main():
 
         model = get_peft_model(
             model,
-            LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+            LoraConfig(r=8, lora_alpha=16, lora_dropout=float(os.environ.get("BENCH_LORA_DROPOUT", "0")),
                        target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
         )
     model.train()
@@ -118,6 +118,7 @@ def main():
         "config": {"vocab": vocab, "hidden": hidden, "layers": layers, "heads": heads,
                    "intermediate": inter, "batch": batch, "seq": seq},
         "mode": mode,
+        "lora_dropout": float(os.environ.get("BENCH_LORA_DROPOUT", "0")),
         "device": device,
         "dtype": dtype,
         "gpu_peak_mib": round(torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else None,

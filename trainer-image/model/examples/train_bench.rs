@@ -12,7 +12,8 @@
 //! BENCH_DEVICE `cpu` (default) or `cuda` (GPU 0; needs a build with `--features
 //! llamaduo-model/cuda`, see bench/gpu.sh) and BENCH_DTYPE `f32` or `bf16` (default: f32 on the
 //! CPU, bf16 on CUDA) pick where and in what the model computes; trained weights keep f32
-//! masters either way, as in the train stage.
+//! masters either way, as in the train stage. BENCH_LORA_DROPOUT (default 0) sets the LoRA
+//! dropout.
 
 use std::ops::ControlFlow;
 use std::time::Instant;
@@ -82,12 +83,18 @@ fn main() -> anyhow::Result<()> {
         max_pos,
     );
     cfg.tie_word_embeddings = Some(false);
+    let lora_dropout: f64 = match std::env::var("BENCH_LORA_DROPOUT") {
+        Ok(v) => v
+            .parse()
+            .map_err(|_| anyhow::anyhow!("BENCH_LORA_DROPOUT={v:?} must be a number"))?,
+        Err(_) => 0.0,
+    };
     let trainable = match mode.as_str() {
         "full" => Trainable::Full,
         "lora" => Trainable::Lora(LoraConfig {
             rank: 8,
             alpha: 16.0,
-            dropout: 0.0,
+            dropout: lora_dropout,
             target_modules: vec!["q_proj".into(), "v_proj".into()],
         }),
         other => anyhow::bail!("mode must be full or lora, not {other}"),
@@ -155,6 +162,7 @@ fn main() -> anyhow::Result<()> {
             "config": {"vocab": vocab, "hidden": hidden, "layers": layers, "heads": heads,
                        "intermediate": intermediate, "batch": batch, "seq": seq},
             "mode": mode,
+            "lora_dropout": lora_dropout,
             "device": if device.is_cpu() { "cpu" } else { "cuda" },
             "dtype": format!("{dtype:?}").to_lowercase(),
             "trainable_params": model.trainable().iter().map(|(_, v)| v.elem_count()).sum::<usize>(),
