@@ -808,9 +808,19 @@ pub struct ServingSpec {
     /// Server replicas.
     #[serde(default = "default_replicas")]
     pub replicas: i32,
-    /// Compute resources of the server pods.
+    /// Compute resources of the server pods, e.g. limits {nvidia.com/gpu: 1} (the server then
+    /// runs with LLAMADUO_DEVICE=cuda).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Container image of the server pods, overriding `image` (e.g. the CUDA image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Node labels server pods must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations of server pods (e.g. for tainted GPU nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
 }
 
 fn default_replicas() -> i32 {
@@ -823,6 +833,9 @@ impl Default for ServingSpec {
             enabled: false,
             replicas: default_replicas(),
             resources: None,
+            image: None,
+            node_selector: None,
+            tolerations: None,
         }
     }
 }

@@ -10,19 +10,20 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec,
-    ResourceRequirements, SecretKeySelector, Volume, VolumeMount,
+    SecretKeySelector, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::api::{
-    DEFAULT_RESULT_PATH, DEVICE_ENV, JUDGE_API_KEY_ENV, LlamaDuoMigrationSpec, RESULT_PATH_ENV,
+    DEFAULT_RESULT_PATH, JUDGE_API_KEY_ENV, LlamaDuoMigrationSpec, RESULT_PATH_ENV,
     STAGE_CONFIG_ENV, SecretKeyRef, Stage, StageConfig, StageRun, TEACHER_API_KEY_ENV,
 };
 use crate::plan::stage_run_name;
 
 pub use super::pod::owner_reference;
 use super::pod::{
-    StorageWiring, container_security, home_env, pod_security, storage_wiring, tmp_volume,
+    StorageWiring, container_security, gpu_device_env, home_env, pod_security, storage_wiring,
+    tmp_volume,
 };
 
 /// Name of the stage container (the one whose termination message is the result).
@@ -183,19 +184,6 @@ fn config_map_source(source: &str) -> Option<(&str, &str)> {
     source.strip_prefix("configmap://")?.split_once('/')
 }
 
-/// The resource name of NVIDIA's device plugin.
-const NVIDIA_GPU: &str = "nvidia.com/gpu";
-
-/// Whether the resources request or limit at least one NVIDIA GPU.
-fn requests_nvidia_gpu(resources: Option<&ResourceRequirements>) -> bool {
-    let Some(r) = resources else { return false };
-    [&r.limits, &r.requests]
-        .into_iter()
-        .flatten()
-        .filter_map(|m| m.get(NVIDIA_GPU))
-        .any(|q| q.0.trim() != "0")
-}
-
 /// The Job of `inputs.run`.
 pub fn build_job(inputs: &JobInputs<'_>) -> Result<Job, serde_json::Error> {
     let JobInputs {
@@ -297,14 +285,9 @@ pub fn build_job(inputs: &JobInputs<'_>) -> Result<Job, serde_json::Error> {
         Stage::Evaluate => spec.evaluation.use_training_resources,
         Stage::Synthesize => false,
     };
-    // Such a pod given an NVIDIA GPU must compute on it: `cuda` makes a GPU that cannot be
-    // opened a failed stage instead of hours on the pod's CPU.
-    if like_training && requests_nvidia_gpu(spec.training.resources.as_ref()) {
-        env.push(EnvVar {
-            name: DEVICE_ENV.into(),
-            value: Some("cuda".into()),
-            ..EnvVar::default()
-        });
+    // Such a pod given an NVIDIA GPU must compute on it.
+    if like_training && let Some(device) = gpu_device_env(spec.training.resources.as_ref()) {
+        env.push(device);
     }
     let StorageWiring {
         volumes: storage_volumes,

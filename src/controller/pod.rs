@@ -8,11 +8,12 @@
 
 use k8s_openapi::api::core::v1::{
     Capabilities, EmptyDirVolumeSource, EnvFromSource, EnvVar, PersistentVolumeClaimVolumeSource,
-    PodSecurityContext, SeccompProfile, SecretEnvSource, SecurityContext, Volume, VolumeMount,
+    PodSecurityContext, ResourceRequirements, SeccompProfile, SecretEnvSource, SecurityContext,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
-use crate::api::{LlamaDuoMigration, LlamaDuoMigrationSpec};
+use crate::api::{DEVICE_ENV, LlamaDuoMigration, LlamaDuoMigrationSpec};
 
 /// UID and GID pods run as (distroless `nonroot`).
 pub const NON_ROOT_ID: i64 = 65532;
@@ -86,6 +87,25 @@ pub fn home_env() -> EnvVar {
         value: Some("/tmp".into()),
         ..EnvVar::default()
     }
+}
+
+/// The resource name of NVIDIA's device plugin.
+const NVIDIA_GPU: &str = "nvidia.com/gpu";
+
+/// `LLAMADUO_DEVICE=cuda` for a container whose resources request or limit an NVIDIA GPU:
+/// such a pod computes on its GPU or fails in seconds, never on its CPU for hours.
+pub fn gpu_device_env(resources: Option<&ResourceRequirements>) -> Option<EnvVar> {
+    let r = resources?;
+    let wants_gpu = [&r.limits, &r.requests]
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.get(NVIDIA_GPU))
+        .any(|q| q.0.trim() != "0");
+    wants_gpu.then(|| EnvVar {
+        name: DEVICE_ENV.into(),
+        value: Some("cuda".into()),
+        ..EnvVar::default()
+    })
 }
 
 /// The container security context of the restricted profile.

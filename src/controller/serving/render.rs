@@ -25,7 +25,8 @@ use crate::plan::{MigrationId, RenderError, artifacts_root, serving_name};
 
 use super::super::job::{FIELD_MANAGER, MIGRATION_LABEL, label_value};
 use super::super::pod::{
-    container_security, home_env, owner_reference, pod_security, storage_wiring, tmp_volume,
+    container_security, gpu_device_env, home_env, owner_reference, pod_security, storage_wiring,
+    tmp_volume,
 };
 
 /// Name of the serving container.
@@ -193,8 +194,10 @@ fn deployment(inputs: &ServingInputs<'_>, best: &BestRound) -> Result<Deployment
     let container = Container {
         name: SERVE_CONTAINER.into(),
         image: Some(
-            spec.image
+            spec.serving
+                .image
                 .clone()
+                .or_else(|| spec.image.clone())
                 .unwrap_or_else(|| default_image.to_string()),
         ),
         command: Some(vec!["llamaduo-trainer".into(), "serve".into()]),
@@ -205,7 +208,11 @@ fn deployment(inputs: &ServingInputs<'_>, best: &BestRound) -> Result<Deployment
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
-        env: Some(vec![home_env()]),
+        env: Some(
+            std::iter::once(home_env())
+                .chain(gpu_device_env(spec.serving.resources.as_ref()))
+                .collect(),
+        ),
         env_from: storage.env_from,
         volume_mounts: Some(mounts),
         resources: spec.serving.resources.clone(),
@@ -246,6 +253,8 @@ fn deployment(inputs: &ServingInputs<'_>, best: &BestRound) -> Result<Deployment
                     containers: vec![container],
                     volumes: Some(volumes),
                     security_context: Some(pod_security()),
+                    node_selector: spec.serving.node_selector.clone(),
+                    tolerations: spec.serving.tolerations.clone(),
                     ..PodSpec::default()
                 }),
             },

@@ -219,6 +219,7 @@ fn a_spec_change_of_serving_fields_reapplies() {
     let mut more = spec_json();
     more["serving"]["replicas"] = json!(3);
     more["serving"]["resources"] = json!({"limits": {"cpu": "2", "memory": "2Gi"}});
+    more["serving"]["tolerations"] = json!([{"key": "dedicated", "operator": "Exists"}]);
     let more = spec_from(more);
     let plan = plan_serving(
         &inputs(&more),
@@ -242,6 +243,48 @@ fn a_spec_change_of_serving_fields_reapplies() {
             ..
         }
     ));
+}
+
+#[test]
+fn gpu_serving_gets_its_image_scheduling_and_the_cuda_device() {
+    let mut v = spec_json();
+    v["image"] = json!("llamaduo-trainer:cpu");
+    v["serving"] = json!({
+        "enabled": true,
+        "image": "llamaduo-trainer:cuda",
+        "resources": {"limits": {"nvidia.com/gpu": "1"}},
+        "nodeSelector": {"gpu": "l4"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    });
+    let gpu = spec_from(v);
+    let objects = render(&inputs(&gpu), &best(2)).expect("render");
+    let pod = serde_json::to_value(&objects.deployment).expect("json")["spec"]["template"]["spec"]
+        .clone();
+    assert_eq!(pod["nodeSelector"], json!({"gpu": "l4"}));
+    assert_eq!(pod["tolerations"][0]["key"], "nvidia.com/gpu");
+    let c = &pod["containers"][0];
+    assert_eq!(c["image"], "llamaduo-trainer:cuda");
+    assert!(
+        c["env"]
+            .as_array()
+            .expect("env")
+            .contains(&json!({"name": "LLAMADUO_DEVICE", "value": "cuda"})),
+        "{c}"
+    );
+    // Without a GPU: spec.image, no device pinned, no scheduling constraints.
+    let mut v = spec_json();
+    v["image"] = json!("llamaduo-trainer:cpu");
+    let cpu = spec_from(v);
+    let objects = render(&inputs(&cpu), &best(2)).expect("render");
+    let pod = serde_json::to_value(&objects.deployment).expect("json")["spec"]["template"]["spec"]
+        .clone();
+    assert!(pod.get("nodeSelector").is_none() && pod.get("tolerations").is_none());
+    assert_eq!(pod["containers"][0]["image"], "llamaduo-trainer:cpu");
+    assert!(
+        !pod["containers"][0]["env"]
+            .to_string()
+            .contains("LLAMADUO_DEVICE")
+    );
 }
 
 #[test]
