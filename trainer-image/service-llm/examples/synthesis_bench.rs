@@ -7,13 +7,15 @@
 //!
 //! Run: `cargo run --release -p llamaduo-service-llm --example synthesis_bench -- [SECONDS]`
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use llamaduo::api::ProviderSpec;
+use llamaduo_service_llm::error::LlmError;
 use llamaduo_service_llm::flow::{ClientConfig, LlmClient, TokenBudget};
-use llamaduo_service_llm::provider::{ChatRequest, provider_for};
+use llamaduo_service_llm::provider::{ChatRequest, ChatResponse, provider_for};
 use llamaduo_service_llm::simulate::{Family, SimulateOptions, spawn_simulated_teacher};
 use llamaduo_service_llm::synth::prompt::synthesis_request;
 use serde_json::json;
@@ -30,6 +32,35 @@ fn thread_cpu() -> f64 {
     assert_eq!(rc, 0, "getrusage failed");
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// The reference's pattern for `seconds`: `CONCURRENCY` calls at once, then `sleep`.
+/// Returns requests per minute and the calling thread's CPU seconds per request.
+async fn batch_and_sleep<F, Fut>(
+    seconds: u64,
+    sleep: Duration,
+    call: F,
+) -> anyhow::Result<(f64, f64)>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<ChatResponse, LlmError>> + Send + 'static,
+{
+    let cpu0 = thread_cpu();
+    let t0 = Instant::now();
+    let mut done = 0usize;
+    while t0.elapsed() < Duration::from_secs(seconds) {
+        let batch: Vec<_> = (0..CONCURRENCY).map(|_| tokio::spawn(call())).collect();
+        for t in batch {
+            t.await??;
+            done += 1;
+        }
+        tokio::time::sleep(sleep).await;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    Ok((
+        done as f64 / elapsed * 60.0,
+        (thread_cpu() - cpu0) / done as f64,
+    ))
 }
 
 fn request() -> ChatRequest {
@@ -99,61 +130,28 @@ fn main() -> anyhow::Result<()> {
     let sleep = Duration::from_secs_f64(180.0 * CONCURRENCY as f64 / f64::from(RPM));
     let (ref_rate, ref_cpu) = rt.block_on(async {
         let provider = provider_for(&spec, None)?;
-        let cpu0 = thread_cpu();
-        let t0 = Instant::now();
-        let mut done = 0usize;
-        while t0.elapsed() < Duration::from_secs(seconds) {
-            let batch: Vec<_> = (0..CONCURRENCY)
-                .map(|_| {
-                    let p = Arc::clone(&provider);
-                    tokio::spawn(async move { p.chat(&request()).await })
-                })
-                .collect();
-            for t in batch {
-                t.await??;
-                done += 1;
-            }
-            tokio::time::sleep(sleep).await;
-        }
-        let elapsed = t0.elapsed().as_secs_f64();
-        anyhow::Ok((
-            done as f64 / elapsed * 60.0,
-            (thread_cpu() - cpu0) / done as f64,
-        ))
+        batch_and_sleep(seconds, sleep, move || {
+            let p = Arc::clone(&provider);
+            async move { p.chat(&request()).await }
+        })
+        .await
     })?;
     // The same batch-and-sleep pattern through llamaduo's client (no rate limit: the sleep
     // paces it): the client's own CPU per request, apart from what smooth pacing costs (a
     // wake-up per request instead of one per batch).
     let (batched_rate, batched_cpu) = rt.block_on(async {
-        let provider = provider_for(&spec, None)?;
         let mut config = ClientConfig::from_spec(&spec);
         config.requests_per_minute = None;
         let client = Arc::new(LlmClient::new(
-            provider,
+            provider_for(&spec, None)?,
             config,
             Arc::new(TokenBudget::new(None)),
         ));
-        let cpu0 = thread_cpu();
-        let t0 = Instant::now();
-        let mut done = 0usize;
-        while t0.elapsed() < Duration::from_secs(seconds) {
-            let batch: Vec<_> = (0..CONCURRENCY)
-                .map(|_| {
-                    let c = Arc::clone(&client);
-                    tokio::spawn(async move { c.chat(&request()).await })
-                })
-                .collect();
-            for t in batch {
-                t.await??;
-                done += 1;
-            }
-            tokio::time::sleep(sleep).await;
-        }
-        let elapsed = t0.elapsed().as_secs_f64();
-        anyhow::Ok((
-            done as f64 / elapsed * 60.0,
-            (thread_cpu() - cpu0) / done as f64,
-        ))
+        batch_and_sleep(seconds, sleep, move || {
+            let c = Arc::clone(&client);
+            async move { c.chat(&request()).await }
+        })
+        .await
     })?;
     let ref_computed =
         CONCURRENCY as f64 / (LATENCY_MS as f64 / 1000.0 + sleep.as_secs_f64()) * 60.0;
