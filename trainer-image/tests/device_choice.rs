@@ -1,6 +1,7 @@
-//! `llamaduo-trainer train` on the device `LLAMADUO_DEVICE` names: a GPU request this build
-//! cannot meet fails the stage before anything is trained (never a silent run on the CPU), a
-//! misspelt value names the accepted ones, and `cpu` trains and says where in the log.
+//! `llamaduo-trainer` on the device `LLAMADUO_DEVICE` names: a GPU request this build cannot
+//! meet fails the train stage before anything is trained (never a silent run on the CPU), a
+//! misspelt value names the accepted ones, `cpu` trains and says where in the log; evaluate
+//! and serve refuse the same GPU request with the same fix.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -54,13 +55,7 @@ fn a_gpu_request_without_cuda_fails_before_training() {
     let (out, result) = train(tmp.path(), "cuda");
     assert!(!out.status.success());
     assert_eq!(result["succeeded"], false);
-    let message = result["message"].as_str().expect("message");
-    assert!(
-        message.contains("LLAMADUO_DEVICE=cuda")
-            && message.contains("built without CUDA")
-            && message.contains("LLAMADUO_DEVICE=cpu"),
-        "{message}"
-    );
+    assert_names_the_fix(result["message"].as_str().expect("message"));
     assert!(
         !tmp.path().join("round-1/model").exists(),
         "nothing trained"
@@ -80,7 +75,7 @@ fn a_misspelt_device_names_the_accepted_values() {
 }
 
 #[test]
-fn cpu_trains_and_logs_the_device() {
+fn cpu_trains_and_logs_the_device_then_evaluate_and_serve_refuse_a_gpu_request() {
     let tmp = tempfile::tempdir().expect("tmp");
     let (out, result) = train(tmp.path(), "cpu");
     let log = String::from_utf8_lossy(&out.stderr);
@@ -94,4 +89,73 @@ fn cpu_trains_and_logs_the_device() {
         .unwrap_or_else(|| panic!("no device line in {log}"));
     assert_eq!(device_line["fields"]["device"], "cpu");
     assert_eq!(device_line["fields"]["dtype"], "F32");
+    #[cfg(not(feature = "cuda"))]
+    {
+        evaluate_refuses_a_gpu_request(tmp.path());
+        serve_refuses_a_gpu_request(&tmp.path().join("round-1/model"));
+    }
+}
+
+/// The evaluate stage of the trained round, on a GPU this build cannot have.
+#[cfg(not(feature = "cuda"))]
+fn evaluate_refuses_a_gpu_request(root: &Path) {
+    std::fs::copy(
+        root.join("coverage/train.jsonl"),
+        root.join("coverage/test.jsonl"),
+    )
+    .expect("test set");
+    let simulated =
+        json!({"provider": "simulated", "model": "reverse", "baseUrl": "http://127.0.0.1:9/v1"});
+    let config = json!({
+        "stage": "evaluate",
+        "namespace": "local",
+        "migration": "m",
+        "round": 1,
+        "artifacts": format!("file://{}", root.display()),
+        "task": {"description": "Reverse the digits."},
+        "student": {"fromScratch": {"hiddenSize": 32, "numLayers": 1, "numHeads": 2, "vocabSize": 300}},
+        "training": {"method": "full"},
+        "judge": simulated,
+        "teacher": simulated,
+        "evaluation": {"metric": "exactMatch", "answersPerPrompt": 1}
+    });
+    let path = root.join("evaluate-config.json");
+    std::fs::write(&path, config.to_string()).expect("write");
+    let result_path = root.join("evaluate-result.json");
+    let out = Command::new(TRAINER)
+        .args(["evaluate", "--config", path.to_str().expect("utf8")])
+        .env("LLAMADUO_DEVICE", "cuda")
+        .env("LLAMADUO_RESULT_PATH", &result_path)
+        .env("LLAMADUO_CACHE_DIR", root.join("cache"))
+        .output()
+        .expect("trainer runs");
+    assert!(!out.status.success());
+    let result: Value =
+        serde_json::from_slice(&std::fs::read(&result_path).expect("result")).expect("json");
+    assert_eq!(result["succeeded"], false);
+    assert_names_the_fix(result["message"].as_str().expect("message"));
+    assert!(!root.join("round-1/eval/summary.json").exists());
+}
+
+/// `serve` of the trained model, on a GPU this build cannot have: exits non-zero, saying why.
+#[cfg(not(feature = "cuda"))]
+fn serve_refuses_a_gpu_request(model: &Path) {
+    let out = Command::new(TRAINER)
+        .args(["serve", "--listen", "127.0.0.1:0", "--model"])
+        .arg(model)
+        .env("LLAMADUO_DEVICE", "cuda")
+        .output()
+        .expect("trainer runs");
+    assert!(!out.status.success());
+    assert_names_the_fix(&String::from_utf8_lossy(&out.stderr));
+}
+
+#[cfg(not(feature = "cuda"))]
+fn assert_names_the_fix(message: &str) {
+    assert!(
+        message.contains("LLAMADUO_DEVICE=cuda")
+            && message.contains("built without CUDA")
+            && message.contains("LLAMADUO_DEVICE=cpu"),
+        "{message}"
+    );
 }
