@@ -325,7 +325,7 @@ ev=$(events_of broken)
 [[ $(event_count "$ev" Warning StageFailed) == 3 ]] || fail "expected 3 Warning StageFailed Events:"$'\n'"$ev"
 printf '[test]      reported: %s\n' "$(jq -r .status.message <<<"$m")" >&2
 
-check "deleting migrations garbage-collects their Jobs and pods, a running one included"
+check "deleting migrations garbage-collects their Jobs and pods, a running one included, and drops their metrics"
 # gc's first stage stays active (podrunner holds its pod Running) when it is deleted.
 touch "$work/hold/${ns}_gc-r1-synthesize"
 migration gc "$teacher_url" | kubectl apply -f - >/dev/null
@@ -339,6 +339,15 @@ eventually 120 "Jobs of the deleted migrations gone" \
 eventually 120 "their pods gone" \
   bash -c "[[ \$(kubectl get pods -n $ns -o json | jq '.items | length') == 0 ]]"
 eventually 30 "podrunner to stop the deleted running pod" grep -q "gc-r1-synthesize-.*stopped while held" "$work/podrunner.log"
+# No finalizer: a deleted migration is never reconciled again, so /metrics must drop its series
+# from the operator's cache, not wait for a reconcile.
+no_deleted_series() {
+  curl -fsS "http://127.0.0.1:$op_port/metrics" > "$work/metrics-after-delete.txt" &&
+    grep -q '^llamaduo_reconciliations_total' "$work/metrics-after-delete.txt" &&
+    ! grep -qE 'name="(triage|broken|gc)"' "$work/metrics-after-delete.txt"
+}
+for _ in $(seq 120); do no_deleted_series && break; sleep 0.25; done
+no_deleted_series || fail "/metrics still has series of deleted migrations:"$'\n'"$(grep '^llamaduo_migration' "$work/metrics-after-delete.txt")"
 
 check "every stage pod was admitted under Pod Security 'restricted'; the operator was never forbidden"
 if kubectl get events -n "$ns" -o json | jq -e '[.items[] | select(.reason == "FailedCreate")] | length > 0' >/dev/null; then

@@ -1,7 +1,9 @@
 //! Prometheus metrics of the operator: reconcile counts, durations and failures, decisions,
 //! and per-migration round, best score and service tokens.
 
+use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -35,6 +37,9 @@ pub struct DecisionLabels {
     pub decision: String,
 }
 
+/// Whether a migration (namespace, name) still exists.
+type Exists = Box<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
 /// All operator metrics, registered in one registry served at /metrics.
 pub struct Metrics {
     /// The registry `/metrics` encodes.
@@ -47,6 +52,10 @@ pub struct Metrics {
     round: Family<MigrationLabels, Gauge>,
     best_score: Family<MigrationLabels, Gauge<f64, AtomicU64>>,
     tokens: Family<MigrationLabels, Gauge>,
+    /// The migrations that have per-migration series.
+    tracked: Mutex<HashSet<MigrationLabels>>,
+    /// Set once the operator's cache of migrations is complete (see [`Self::prune_with`]).
+    exists: OnceLock<Exists>,
 }
 
 impl Default for Metrics {
@@ -103,6 +112,8 @@ impl Default for Metrics {
             round,
             best_score,
             tokens,
+            tracked: Mutex::default(),
+            exists: OnceLock::new(),
         }
     }
 }
@@ -152,12 +163,82 @@ impl Metrics {
         self.tokens
             .get_or_create(&labels)
             .set(i64::try_from(status.service_tokens.total()).unwrap_or(i64::MAX));
+        if let Ok(mut tracked) = self.tracked.lock() {
+            tracked.insert(labels);
+        }
+    }
+
+    /// From now on every [`Self::encode`] first drops the series of migrations `exists` no
+    /// longer knows. A deleted migration is never reconciled again (no finalizer), so without
+    /// this its round, score and tokens would be scraped forever and pile up with churn.
+    pub fn prune_with(&self, exists: impl Fn(&str, &str) -> bool + Send + Sync + 'static) {
+        let _ = self.exists.set(Box::new(exists));
+    }
+
+    fn prune(&self) {
+        let (Some(exists), Ok(mut tracked)) = (self.exists.get(), self.tracked.lock()) else {
+            return;
+        };
+        tracked.retain(|l| {
+            let keep = exists(&l.namespace, &l.name);
+            if !keep {
+                self.round.remove(l);
+                self.best_score.remove(l);
+                self.tokens.remove(l);
+            }
+            keep
+        });
     }
 
     /// The text exposition of every metric.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        self.prune();
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    fn status(round: u32) -> LlamaDuoMigrationStatus {
+        LlamaDuoMigrationStatus {
+            round,
+            ..LlamaDuoMigrationStatus::default()
+        }
+    }
+
+    #[test]
+    fn series_of_deleted_migrations_are_dropped_once_the_cache_is_complete() {
+        let m = Metrics::default();
+        m.migration("team-a", "kept", &status(2));
+        m.migration("team-a", "deleted", &status(3));
+        let text = m.encode().expect("encode");
+        assert!(
+            text.contains("name=\"deleted\""),
+            "nothing pruned before the cache is ready"
+        );
+        let deleted_exists = Arc::new(AtomicBool::new(true));
+        let flag = deleted_exists.clone();
+        m.prune_with(move |ns, name| {
+            ns == "team-a" && (name == "kept" || flag.load(Ordering::Relaxed))
+        });
+        assert!(m.encode().expect("encode").contains("name=\"deleted\""));
+        deleted_exists.store(false, Ordering::Relaxed);
+        let text = m.encode().expect("encode");
+        assert!(!text.contains("name=\"deleted\""), "{text}");
+        assert!(
+            text.contains("llamaduo_migration_round{namespace=\"team-a\",name=\"kept\"} 2"),
+            "{text}"
+        );
+        // A migration created again under the same name is published again.
+        deleted_exists.store(true, Ordering::Relaxed);
+        m.migration("team-a", "deleted", &status(1));
+        assert!(m.encode().expect("encode").contains("name=\"deleted\"} 1"));
     }
 }

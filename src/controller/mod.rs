@@ -34,6 +34,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 
@@ -267,6 +268,32 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             let _ = rx.await;
         });
     }
+    // Once the cache of migrations is complete, /metrics drops the series of deleted ones.
+    let store = controller.store();
+    let (pruned, dyntype) = (ctx.metrics.clone(), ctx.api_resource.clone());
+    tokio::spawn(async move {
+        // `wait_until_ready` wakes only the last task that polled it (kube-runtime 5 keeps one
+        // waker per store), and the controller's runner waits on the same store: poll again
+        // every second instead of waiting for a wake-up that may go to the runner.
+        let ready = loop {
+            if let Ok(r) =
+                tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await
+            {
+                break r;
+            }
+        };
+        if ready.is_ok() {
+            tracing::info!(
+                migrations = store.len(),
+                "migration cache complete; /metrics drops series of deleted migrations"
+            );
+            pruned.prune_with(move |ns, name| {
+                store
+                    .get(&ObjectRef::new_with(name, dyntype.clone()).within(ns))
+                    .is_some()
+            });
+        }
+    });
     tracing::info!(namespace = ?args.watch_namespace(), image = %args.trainer_image, "operator started");
     controller
         .run(reconcile, error_policy, ctx)
