@@ -164,6 +164,16 @@ impl Context {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         failures.remove(key);
     }
+
+    /// Forget the failures of migrations `exists` no longer knows (deleted while stalled or
+    /// failing: never reconciled again, so never reset).
+    pub fn forget_deleted(&self, exists: impl Fn(&str, &str) -> bool) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.retain(|key, _| {
+            key.split_once('/')
+                .is_some_and(|(namespace, name)| exists(namespace, name))
+        });
+    }
 }
 
 /// Install the JSON log subscriber with `filter` (EnvFilter syntax). A second call is a
@@ -268,9 +278,10 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             let _ = rx.await;
         });
     }
-    // Once the cache of migrations is complete, /metrics drops the series of deleted ones.
+    // Once the cache of migrations is complete, /metrics drops the series of deleted ones and
+    // the requeue backoff forgets them.
     let store = controller.store();
-    let (pruned, dyntype) = (ctx.metrics.clone(), ctx.api_resource.clone());
+    let task_ctx = ctx.clone();
     tokio::spawn(async move {
         // `wait_until_ready` wakes only the last task that polled it (kube-runtime 5 keeps one
         // waker per store), and the controller's runner waits on the same store: poll again
@@ -282,16 +293,28 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
                 break r;
             }
         };
-        if ready.is_ok() {
-            tracing::info!(
-                migrations = store.len(),
-                "migration cache complete; /metrics drops series of deleted migrations"
-            );
-            pruned.prune_with(move |ns, name| {
+        if ready.is_err() {
+            return;
+        }
+        tracing::info!(
+            migrations = store.len(),
+            "migration cache complete; /metrics drops series of deleted migrations"
+        );
+        let dyntype = task_ctx.api_resource.clone();
+        let exists =
+            move |store: &kube::runtime::reflector::Store<DynamicObject>, ns: &str, name: &str| {
                 store
                     .get(&ObjectRef::new_with(name, dyntype.clone()).within(ns))
                     .is_some()
-            });
+            };
+        let (scrape_store, scrape_exists) = (store.clone(), exists.clone());
+        task_ctx
+            .metrics
+            .prune_with(move |ns, name| scrape_exists(&scrape_store, ns, name));
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            task_ctx.forget_deleted(|ns, name| exists(&store, ns, name));
         }
     });
     tracing::info!(namespace = ?args.watch_namespace(), image = %args.trainer_image, "operator started");

@@ -321,6 +321,18 @@ async fn a_new_migration_starts_round_one_synthesis_as_a_restricted_job() {
 }
 
 #[tokio::test]
+async fn the_backoff_of_deleted_migrations_is_forgotten() {
+    let (ctx, _api) = context();
+    assert_eq!(ctx.backoff("team-a/kept"), Duration::from_secs(5));
+    assert_eq!(ctx.backoff("team-a/kept"), Duration::from_secs(10));
+    assert_eq!(ctx.backoff("team-a/gone"), Duration::from_secs(5));
+    assert_eq!(ctx.backoff("team-a/gone"), Duration::from_secs(10));
+    ctx.forget_deleted(|ns, name| ns == "team-a" && name == "kept");
+    assert_eq!(ctx.backoff("team-a/kept"), Duration::from_secs(20), "kept counting");
+    assert_eq!(ctx.backoff("team-a/gone"), Duration::from_secs(5), "started over");
+}
+
+#[tokio::test]
 async fn a_missing_secret_stalls_with_its_name_and_creates_no_job() {
     let obj = migration(spec(), Value::Null);
     let (result, seen) = scenario(obj, async |s: &mut ApiServer| {
