@@ -328,8 +328,16 @@ async fn the_backoff_of_deleted_migrations_is_forgotten() {
     assert_eq!(ctx.backoff("team-a/gone"), Duration::from_secs(5));
     assert_eq!(ctx.backoff("team-a/gone"), Duration::from_secs(10));
     ctx.forget_deleted(|ns, name| ns == "team-a" && name == "kept");
-    assert_eq!(ctx.backoff("team-a/kept"), Duration::from_secs(20), "kept counting");
-    assert_eq!(ctx.backoff("team-a/gone"), Duration::from_secs(5), "started over");
+    assert_eq!(
+        ctx.backoff("team-a/kept"),
+        Duration::from_secs(20),
+        "kept counting"
+    );
+    assert_eq!(
+        ctx.backoff("team-a/gone"),
+        Duration::from_secs(5),
+        "started over"
+    );
 }
 
 #[tokio::test]
