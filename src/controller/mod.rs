@@ -34,7 +34,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 
@@ -176,6 +176,40 @@ impl Context {
     }
 }
 
+/// Once the cache of migrations is complete, makes /metrics drop the series of deleted
+/// migrations and, every minute, the requeue backoff forget them: without a finalizer a deleted
+/// migration is never reconciled again.
+async fn forget_deleted_migrations(store: Store<DynamicObject>, ctx: Arc<Context>) {
+    // `wait_until_ready` wakes only the last task that polled it (kube-runtime 5 keeps one
+    // waker per store), and the controller's runner waits on the same store: poll again every
+    // second instead of waiting for a wake-up that may go to the runner.
+    let ready = loop {
+        if let Ok(r) = tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await
+        {
+            break r;
+        }
+    };
+    if ready.is_err() {
+        return;
+    }
+    tracing::info!(
+        migrations = store.len(),
+        "migration cache complete; /metrics drops series of deleted migrations"
+    );
+    let dyntype = ctx.api_resource.clone();
+    let exists = move |ns: &str, name: &str| {
+        store
+            .get(&ObjectRef::new_with(name, dyntype.clone()).within(ns))
+            .is_some()
+    };
+    ctx.metrics.prune_with(exists.clone());
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        ctx.forget_deleted(&exists);
+    }
+}
+
 /// Install the JSON log subscriber with `filter` (EnvFilter syntax). A second call is a
 /// no-op.
 pub fn init_logging(filter: &str) -> anyhow::Result<()> {
@@ -278,45 +312,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             let _ = rx.await;
         });
     }
-    // Once the cache of migrations is complete, /metrics drops the series of deleted ones and
-    // the requeue backoff forgets them.
-    let store = controller.store();
-    let task_ctx = ctx.clone();
-    tokio::spawn(async move {
-        // `wait_until_ready` wakes only the last task that polled it (kube-runtime 5 keeps one
-        // waker per store), and the controller's runner waits on the same store: poll again
-        // every second instead of waiting for a wake-up that may go to the runner.
-        let ready = loop {
-            if let Ok(r) =
-                tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await
-            {
-                break r;
-            }
-        };
-        if ready.is_err() {
-            return;
-        }
-        tracing::info!(
-            migrations = store.len(),
-            "migration cache complete; /metrics drops series of deleted migrations"
-        );
-        let dyntype = task_ctx.api_resource.clone();
-        let exists =
-            move |store: &kube::runtime::reflector::Store<DynamicObject>, ns: &str, name: &str| {
-                store
-                    .get(&ObjectRef::new_with(name, dyntype.clone()).within(ns))
-                    .is_some()
-            };
-        let (scrape_store, scrape_exists) = (store.clone(), exists.clone());
-        task_ctx
-            .metrics
-            .prune_with(move |ns, name| scrape_exists(&scrape_store, ns, name));
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            tick.tick().await;
-            task_ctx.forget_deleted(|ns, name| exists(&store, ns, name));
-        }
-    });
+    tokio::spawn(forget_deleted_migrations(controller.store(), ctx.clone()));
     tracing::info!(namespace = ?args.watch_namespace(), image = %args.trainer_image, "operator started");
     controller
         .run(reconcile, error_policy, ctx)

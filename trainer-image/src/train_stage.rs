@@ -14,11 +14,11 @@ use llamaduo::api::{
     TrainingMethod,
 };
 use llamaduo_model::config::ModelConfig;
-use llamaduo_model::device::{DeviceChoice, device_name};
+use llamaduo_model::device::{DeviceChoice, compute_dtype, device_name};
 use llamaduo_model::hub_dir::HubDir;
 use llamaduo_model::lora::LoraConfig;
 use llamaduo_model::models::{CausalLm, LoadOptions, Trainable};
-use llamaduo_model::train::{TrainOptions, compute_dtype, data::tokenize_rows, train};
+use llamaduo_model::train::{TrainOptions, data::tokenize_rows, train};
 use llamaduo_store::{Store, read_jsonl};
 use serde::{Deserialize, Serialize};
 

@@ -10,34 +10,30 @@ use serde_json::{Value, json};
 
 const TRAINER: &str = env!("CARGO_BIN_EXE_llamaduo-trainer");
 
-/// A migration root with a small coverage/train.jsonl, and a train config for round 1.
-fn setup(root: &Path) -> std::path::PathBuf {
-    let rows = Command::new(TRAINER)
-        .args(["sample-dataset", "--family", "reverse", "--rows", "24"])
-        .output()
-        .expect("sample-dataset runs");
-    assert!(rows.status.success(), "{rows:?}");
-    std::fs::create_dir_all(root.join("coverage")).expect("dir");
-    std::fs::write(root.join("coverage/train.jsonl"), rows.stdout).expect("write");
-    let config = json!({
-        "stage": "train",
+/// The stage config of round 1 of migration `m` stored under `root`, with `fields` added.
+fn stage_config(root: &Path, stage: &str, fields: Value) -> Value {
+    let mut config = json!({
+        "stage": stage,
         "namespace": "local",
         "migration": "m",
         "round": 1,
         "artifacts": format!("file://{}", root.display()),
         "student": {"fromScratch": {"hiddenSize": 32, "numLayers": 1, "numHeads": 2, "vocabSize": 300}},
-        "training": {"method": "full", "epochs": 1, "batchSize": 8, "maxSeqLen": 64}
     });
-    let path = root.join("train-config.json");
-    std::fs::write(&path, config.to_string()).expect("write");
-    path
+    if let (Some(c), Value::Object(f)) = (config.as_object_mut(), fields) {
+        c.extend(f);
+    }
+    config
 }
 
-fn train(root: &Path, device: &str) -> (Output, Value) {
-    let config = setup(root);
-    let result_path = root.join("result.json");
+/// Runs `llamaduo-trainer <stage>` on `config` with LLAMADUO_DEVICE=`device`: its output and
+/// the result it wrote.
+fn run_stage(root: &Path, stage: &str, config: &Value, device: &str) -> (Output, Value) {
+    let config_path = root.join(format!("{stage}-config.json"));
+    std::fs::write(&config_path, config.to_string()).expect("write");
+    let result_path = root.join(format!("{stage}-result.json"));
     let out = Command::new(TRAINER)
-        .args(["train", "--config", config.to_str().expect("utf8")])
+        .args([stage, "--config", config_path.to_str().expect("utf8")])
         .env("LLAMADUO_DEVICE", device)
         .env("LLAMADUO_RESULT_PATH", &result_path)
         .env("LLAMADUO_CACHE_DIR", root.join("cache"))
@@ -46,6 +42,25 @@ fn train(root: &Path, device: &str) -> (Output, Value) {
         .expect("trainer runs");
     let result = std::fs::read(&result_path).expect("a result is written whatever happens");
     (out, serde_json::from_slice(&result).expect("result JSON"))
+}
+
+/// Round 1's train stage on a small coverage/train.jsonl under `root`.
+fn train(root: &Path, device: &str) -> (Output, Value) {
+    let rows = Command::new(TRAINER)
+        .args(["sample-dataset", "--family", "reverse", "--rows", "24"])
+        .output()
+        .expect("sample-dataset runs");
+    assert!(rows.status.success(), "{rows:?}");
+    std::fs::create_dir_all(root.join("coverage")).expect("dir");
+    std::fs::write(root.join("coverage/train.jsonl"), rows.stdout).expect("write");
+    let training =
+        json!({"training": {"method": "full", "epochs": 1, "batchSize": 8, "maxSeqLen": 64}});
+    run_stage(
+        root,
+        "train",
+        &stage_config(root, "train", training),
+        device,
+    )
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -106,32 +121,20 @@ fn evaluate_refuses_a_gpu_request(root: &Path) {
     .expect("test set");
     let simulated =
         json!({"provider": "simulated", "model": "reverse", "baseUrl": "http://127.0.0.1:9/v1"});
-    let config = json!({
-        "stage": "evaluate",
-        "namespace": "local",
-        "migration": "m",
-        "round": 1,
-        "artifacts": format!("file://{}", root.display()),
+    let fields = json!({
         "task": {"description": "Reverse the digits."},
-        "student": {"fromScratch": {"hiddenSize": 32, "numLayers": 1, "numHeads": 2, "vocabSize": 300}},
         "training": {"method": "full"},
         "judge": simulated,
         "teacher": simulated,
         "evaluation": {"metric": "exactMatch", "answersPerPrompt": 1}
     });
-    let path = root.join("evaluate-config.json");
-    std::fs::write(&path, config.to_string()).expect("write");
-    let result_path = root.join("evaluate-result.json");
-    let out = Command::new(TRAINER)
-        .args(["evaluate", "--config", path.to_str().expect("utf8")])
-        .env("LLAMADUO_DEVICE", "cuda")
-        .env("LLAMADUO_RESULT_PATH", &result_path)
-        .env("LLAMADUO_CACHE_DIR", root.join("cache"))
-        .output()
-        .expect("trainer runs");
+    let (out, result) = run_stage(
+        root,
+        "evaluate",
+        &stage_config(root, "evaluate", fields),
+        "cuda",
+    );
     assert!(!out.status.success());
-    let result: Value =
-        serde_json::from_slice(&std::fs::read(&result_path).expect("result")).expect("json");
     assert_eq!(result["succeeded"], false);
     assert_names_the_fix(result["message"].as_str().expect("message"));
     assert!(!root.join("round-1/eval/summary.json").exists());

@@ -104,13 +104,6 @@ pub struct Selected {
     pub fallback: Option<String>,
 }
 
-impl Selected {
-    /// `cpu` or `cuda:N`, for logs.
-    pub fn name(&self) -> String {
-        device_name(&self.device)
-    }
-}
-
 /// `cpu`, `cuda:N` or `metal:N`, for logs.
 pub fn device_name(device: &Device) -> String {
     match device.location() {

@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use llamaduo::api::{EvaluateConfig, Precision, TrainingMethod};
 use llamaduo_model::chat_template::ChatTemplate;
 use llamaduo_model::config::ModelConfig;
-use llamaduo_model::device::{DeviceChoice, DeviceError, compute_dtype};
+use llamaduo_model::device::{DeviceChoice, DeviceError, compute_dtype, device_name};
 use llamaduo_model::hub_dir::HubDir;
 use llamaduo_model::models::{CausalLm, LoadOptions};
 use llamaduo_model::tokenizer::TextTokenizer;
@@ -80,7 +80,7 @@ pub struct LoadedModel {
 pub fn device_and_dtype(precision: Precision) -> Result<(Device, DType), DeviceError> {
     let selected = DeviceChoice::from_env()?.select()?;
     let dtype = compute_dtype(precision, &selected.device);
-    tracing::info!(device = %selected.name(), dtype = ?dtype, "generation device");
+    tracing::info!(device = %device_name(&selected.device), dtype = ?dtype, "generation device");
     Ok((selected.device, dtype))
 }
 

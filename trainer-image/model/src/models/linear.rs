@@ -34,20 +34,17 @@ impl DropoutCtl {
     /// Applies dropout with probability `p` to `x` when on.
     fn apply(&self, x: &Tensor, p: f64) -> Result<Tensor> {
         if !x.device().is_cpu() {
-            return match self.device_seed(p) {
-                Some(seed) => {
-                    let dev = x.device();
-                    // The first mask of a micro-batch reseeds the device's generator; later
-                    // ones continue its stream, so a micro-batch's masks are a pure function
-                    // of its seed (as on the CPU) without a host round trip per mask.
-                    if let Some(seed) = seed {
-                        dev.set_seed(seed)?;
-                    }
-                    let uniform = Tensor::rand(0f32, 1f32, x.shape(), dev)?;
-                    x.mul(&mask_from_uniform(&uniform, p)?.to_dtype(x.dtype())?)
-                }
-                None => Ok(x.clone()),
+            let Some(seed) = self.device_seed(p) else {
+                return Ok(x.clone());
             };
+            // The first mask of a micro-batch reseeds the device's generator; later ones
+            // continue its stream, so a micro-batch's masks are a pure function of its seed
+            // (as on the CPU) without a host round trip per mask.
+            if let Some(seed) = seed {
+                x.device().set_seed(seed)?;
+            }
+            let uniform = Tensor::rand(0f32, 1f32, x.shape(), x.device())?;
+            return x.mul(&mask_from_uniform(&uniform, p)?.to_dtype(x.dtype())?);
         }
         match self.mask(x.elem_count(), p) {
             Some(mask) => {

@@ -161,5 +161,3 @@ impl TrainOptions {
         Ok(())
     }
 }
-
-pub use crate::device::compute_dtype;

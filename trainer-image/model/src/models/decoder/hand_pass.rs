@@ -702,10 +702,7 @@ fn to_heads(
     rotate: bool,
     scale: f32,
 ) -> Vec<f32> {
-    let (cos, sin) = rope.pick(rotate);
-    let mut y = vec![0f32; x.len()];
-    rope_move_into(x, (d.b, d.s, heads, d.hd), cos, sin, scale, false, &mut y);
-    y
+    move_heads(x, d, heads, rope.pick(rotate), scale, false)
 }
 
 /// The backward pass of [`to_heads`]: (b, heads, s, hd) → (b, s, heads, hd), rotated back.
@@ -717,9 +714,27 @@ fn from_heads(
     rotate: bool,
     scale: f32,
 ) -> Vec<f32> {
-    let (cos, sin) = rope.pick(rotate);
-    let mut y = vec![0f32; g.len()];
-    rope_move_into(g, (d.b, d.s, heads, d.hd), cos, sin, scale, true, &mut y);
+    move_heads(g, d, heads, rope.pick(rotate), scale, true)
+}
+
+fn move_heads(
+    x: &[f32],
+    d: Dims,
+    heads: usize,
+    (cos, sin): (&[f32], &[f32]),
+    scale: f32,
+    backward: bool,
+) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    rope_move_into(
+        x,
+        (d.b, d.s, heads, d.hd),
+        cos,
+        sin,
+        scale,
+        backward,
+        &mut y,
+    );
     y
 }
 
