@@ -159,6 +159,8 @@ pub struct ProviderSpec {
     /// simulated provider, the built-in task family (arithmetic, reverse, sort, triage).
     pub model: String,
     /// Override the API base URL (required for openaiCompatible; e.g. http://vllm:8000/v1).
+    /// An http:// or https:// URL; one without a path gets the API version (/v1, or /v1beta
+    /// for gemini). Redirects are not followed, so the API key never leaves this host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
     /// The Secret key holding the API key; passed to stage pods by reference, never copied.

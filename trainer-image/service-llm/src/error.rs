@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use llamaduo::api::TokenUsage;
+
 /// Why a call to a service LLM did not produce a reply.
 #[derive(Debug, thiserror::Error)]
 pub enum LlmError {
@@ -19,8 +21,20 @@ pub enum LlmError {
         kind: Option<String>,
         /// The provider's error message (or the start of the body).
         message: String,
-        /// How long the provider asked us to wait (Retry-After, retry-after-ms, RetryInfo).
+        /// How long the provider asked us to wait (Retry-After, retry-after-ms, RetryInfo,
+        /// rate-limit reset headers).
         retry_after: Option<Duration>,
+    },
+    /// The account's quota or credit is used up (OpenAI `insufficient_quota`, a Gemini daily
+    /// quota): retrying within minutes cannot succeed.
+    #[error("{provider} quota exhausted (HTTP {status}): {message}")]
+    QuotaExhausted {
+        /// Which provider.
+        provider: &'static str,
+        /// HTTP status code (429).
+        status: u16,
+        /// The provider's message.
+        message: String,
     },
     /// No complete reply within the per-request timeout.
     #[error("no reply within {0:?}")]
@@ -35,13 +49,16 @@ pub enum LlmError {
         provider: &'static str,
         /// What was wrong.
         message: String,
+        /// Tokens the reply says were billed anyway (zero when it does not say).
+        billed: TokenUsage,
     },
     /// The next request could exceed the stage's token budget, so it was not sent.
     #[error(
         "token budget exhausted: {used} of {budget} tokens used, the next request may need up to {needed}"
     )]
     BudgetExhausted {
-        /// Tokens used so far (reported by the provider).
+        /// Tokens used so far: as the providers reported them, plus the worst case of attempts
+        /// that timed out (their billing is unknown).
         used: u64,
         /// The budget.
         budget: u64,
@@ -64,7 +81,17 @@ impl LlmError {
             LlmError::Timeout(_) | LlmError::Connection(_) | LlmError::InvalidResponse { .. } => {
                 true
             }
-            LlmError::BudgetExhausted { .. } | LlmError::Config(_) => false,
+            LlmError::BudgetExhausted { .. }
+            | LlmError::Config(_)
+            | LlmError::QuotaExhausted { .. } => false,
+        }
+    }
+
+    /// Tokens the provider billed for the failed attempt, when its reply said.
+    pub fn billed(&self) -> TokenUsage {
+        match self {
+            LlmError::InvalidResponse { billed, .. } => *billed,
+            _ => TokenUsage::default(),
         }
     }
 
@@ -107,5 +134,11 @@ mod tests {
             needed: 3,
         };
         assert!(!budget.is_retryable());
+        let quota = LlmError::QuotaExhausted {
+            provider: "openai",
+            status: 429,
+            message: "You exceeded your current quota".into(),
+        };
+        assert!(!quota.is_retryable());
     }
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use llamaduo::api::TokenUsage;
 use llamaduo_service_llm::flow::{ClientConfig, LlmClient, TokenBudget};
-use llamaduo_service_llm::provider::{ChatProvider, ChatRequest, ChatResponse, provider_for};
+use llamaduo_service_llm::provider::{
+    ChatProvider, ChatRequest, ChatResponse, Completion, provider_for,
+};
 use llamaduo_service_llm::{LlmError, Secret};
 use serde_json::json;
 use tokio::time::Instant;
@@ -43,6 +45,8 @@ impl ChatProvider for Clock {
                     output: 5,
                 },
                 finish_reason: None,
+                completion: Completion::Complete,
+                reasoning_tokens: 0,
             })
         })
     }
@@ -182,6 +186,145 @@ async fn budget_refuses_before_sending() {
     assert_eq!(clock.starts.lock().expect("lock").len(), sent);
     assert_eq!(budget.used().total(), 15 * sent as u64);
     assert!(budget.used().total() + worst > 500);
+}
+
+/// A provider whose first attempts fail in scripted ways, then answers.
+#[derive(Debug)]
+struct Flaky {
+    /// What each attempt does: `true` replies, `false` fails with `failure`.
+    failures_before_success: usize,
+    calls: AtomicUsize,
+    failure: fn() -> LlmError,
+    /// How long each failing attempt takes.
+    hang: Duration,
+}
+
+impl ChatProvider for Flaky {
+    fn name(&self) -> &'static str {
+        "flaky"
+    }
+    fn model(&self) -> &str {
+        "flaky"
+    }
+    fn chat<'a>(&'a self, _r: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+        Box::pin(async move {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            if n < self.failures_before_success {
+                tokio::time::sleep(self.hang).await;
+                return Err((self.failure)());
+            }
+            Ok(ChatResponse {
+                text: "ok".into(),
+                usage: TokenUsage {
+                    input: 10,
+                    output: 5,
+                },
+                finish_reason: Some("stop".into()),
+                completion: Completion::Complete,
+                reasoning_tokens: 0,
+            })
+        })
+    }
+}
+
+fn retrying(max_retries: u32, timeout: Duration) -> ClientConfig {
+    ClientConfig {
+        max_retries,
+        timeout,
+        backoff: llamaduo_service_llm::flow::Backoff {
+            base: Duration::from_millis(1),
+            max: Duration::from_millis(2),
+            max_retry_after: Duration::from_millis(2),
+        },
+        ..config(1, None, None)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn tokens_billed_by_failed_attempts_are_counted() {
+    // A 2xx reply without choices is unreadable but billed; the retry then succeeds.
+    let flaky = Arc::new(Flaky {
+        failures_before_success: 2,
+        calls: AtomicUsize::new(0),
+        failure: || LlmError::InvalidResponse {
+            provider: "flaky",
+            message: "no choices[0] in the reply".into(),
+            billed: TokenUsage {
+                input: 7,
+                output: 3,
+            },
+        },
+        hang: Duration::ZERO,
+    });
+    let budget = Arc::new(TokenBudget::new(Some(10_000)));
+    let client = LlmClient::new(flaky, retrying(3, Duration::from_secs(30)), budget.clone());
+    client
+        .chat(&ChatRequest::user(None, "hi", 10))
+        .await
+        .expect("third attempt");
+    let expected = TokenUsage {
+        input: 10 + 2 * 7,
+        output: 5 + 2 * 3,
+    };
+    assert_eq!(client.stats().usage, expected);
+    assert_eq!(budget.used(), expected);
+
+    // When every attempt fails, what they were billed still counts.
+    let flaky = Arc::new(Flaky {
+        failures_before_success: usize::MAX,
+        calls: AtomicUsize::new(0),
+        failure: || LlmError::InvalidResponse {
+            provider: "flaky",
+            message: "no choices[0] in the reply".into(),
+            billed: TokenUsage {
+                input: 7,
+                output: 3,
+            },
+        },
+        hang: Duration::ZERO,
+    });
+    let budget = Arc::new(TokenBudget::new(None));
+    let client = LlmClient::new(flaky, retrying(1, Duration::from_secs(30)), budget.clone());
+    client
+        .chat(&ChatRequest::user(None, "hi", 10))
+        .await
+        .expect_err("retries exhausted");
+    assert_eq!(budget.used().total(), 2 * 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn timed_out_attempts_are_presumed_spent_against_the_budget() {
+    // Every attempt hangs past the timeout: the provider may bill it, so the budget counts
+    // each attempt's worst case and refuses further calls before the limit could be passed.
+    let flaky = Arc::new(Flaky {
+        failures_before_success: usize::MAX,
+        calls: AtomicUsize::new(0),
+        failure: || LlmError::Connection("never reached".into()),
+        hang: Duration::from_secs(3600),
+    });
+    // Worst case 333 tokens: three of them fit in 1,000, a fourth does not.
+    let req = ChatRequest::user(None, "hi", 300);
+    let budget = Arc::new(TokenBudget::new(Some(1_000)));
+    let client = LlmClient::new(
+        flaky.clone(),
+        retrying(2, Duration::from_secs(5)),
+        budget.clone(),
+    );
+    let worst = client.worst_case_tokens(&req);
+    let err = client.chat(&req).await.expect_err("times out");
+    assert!(matches!(err, LlmError::Timeout(_)), "{err}");
+    assert_eq!(flaky.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(budget.presumed(), 3 * worst);
+    assert_eq!(budget.used(), TokenUsage::default(), "nothing reported");
+    match client.chat(&req).await {
+        Err(LlmError::BudgetExhausted { used, .. }) => assert_eq!(used, 3 * worst),
+        other => panic!("expected the budget to refuse, got {other:?}"),
+    }
+    assert_eq!(
+        flaky.calls.load(Ordering::SeqCst),
+        3,
+        "nothing more was sent"
+    );
 }
 
 /// A writer collecting log output.

@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use llamaduo::api::{ProviderKind, ProviderSpec};
 use llamaduo_service_llm::flow::{Backoff, ClientConfig, LlmClient, TokenBudget};
 use llamaduo_service_llm::judge::{judge_request, parse_judgement};
-use llamaduo_service_llm::provider::{ChatRequest, ResponseFormat, provider_for};
+use llamaduo_service_llm::provider::{ChatRequest, Completion, ResponseFormat, provider_for};
 use llamaduo_service_llm::{LlmError, Secret};
 use serde_json::{Value, json};
 
@@ -321,6 +321,7 @@ async fn gemini_generate_content_wire_format_and_errors() {
     let reply = c.chat(&schema_request()).await.expect("blocked reply");
     assert_eq!(reply.text, "");
     assert_eq!(reply.finish_reason.as_deref(), Some("blocked: SAFETY"));
+    assert_eq!(reply.completion, Completion::Withheld);
     assert_eq!(reply.usage.input, 8);
 }
 
@@ -374,4 +375,260 @@ async fn missing_keys_and_base_urls_are_clear_errors() {
             .expect("spec");
     let err = provider_for(&spec, None).expect_err("needs a base URL");
     assert!(err.to_string().contains("baseUrl"), "{err}");
+}
+
+/// A fixture server and a client of `provider` at `{server}{path}` answering `replies`.
+async fn fixture(
+    provider: ProviderKind,
+    model: &str,
+    path: &str,
+    replies: Vec<Canned>,
+) -> (Arc<Fixture>, LlmClient) {
+    let fx = Arc::new(Fixture::default());
+    *fx.replies.lock().expect("lock") = replies;
+    let base = serve(Arc::clone(&fx)).await;
+    let c = client(&spec(provider, model, format!("{base}{path}")));
+    (fx, c)
+}
+
+fn openai_reply(message: Value, finish: &str, usage: Value) -> Value {
+    json!({
+        "id": "chatcmpl-2", "object": "chat.completion", "created": 1, "model": "o3",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": usage
+    })
+}
+
+#[tokio::test]
+async fn openai_reasoning_models_refusals_and_cut_off_replies() {
+    // o-series models refuse any temperature but the default: the request goes again without
+    // it, and later requests leave it out from the start.
+    let temperature_400 = (
+        400,
+        vec![],
+        json!({"error": {"message": "Unsupported value: 'temperature' does not support 0.2 with this model. Only the default (1) value is supported.", "type": "invalid_request_error", "param": "temperature", "code": "unsupported_value"}}),
+    );
+    let cut_off = openai_reply(
+        json!({"role": "assistant", "content": "", "refusal": null}),
+        "length",
+        json!({"prompt_tokens": 40, "completion_tokens": 100, "total_tokens": 140,
+               "completion_tokens_details": {"reasoning_tokens": 100}}),
+    );
+    let (fx, c) = fixture(
+        ProviderKind::Openai,
+        "o3",
+        "/v1",
+        vec![temperature_400, (200, vec![], cut_off)],
+    )
+    .await;
+    let reply = c.chat(&schema_request()).await.expect("resent without it");
+    assert_eq!(reply.completion, Completion::Truncated);
+    assert_eq!(reply.reasoning_tokens, 100);
+    let why = reply
+        .incomplete_reason(100, "judge.generation.maxTokens")
+        .expect("incomplete");
+    assert!(
+        why.contains("100 of them spent on hidden reasoning"),
+        "{why}"
+    );
+    assert!(why.contains("raise judge.generation.maxTokens"), "{why}");
+    c.chat(&schema_request()).await.expect("second call");
+    {
+        let seen = fx.seen.lock().expect("lock");
+        assert_eq!(seen.len(), 3, "one resend, then no more 400s");
+        assert_eq!(seen[0].0["temperature"], 0.2);
+        assert!(seen[1].0.get("temperature").is_none());
+        assert!(seen[2].0.get("temperature").is_none());
+        assert_eq!(seen[1].0["response_format"]["type"], "json_schema");
+    }
+    assert_eq!(
+        c.stats().retries,
+        0,
+        "a resend without the field is not a retry"
+    );
+
+    // A refusal is withheld, not an answer.
+    let refusal = openai_reply(
+        json!({"role": "assistant", "content": null, "refusal": "I can't help with that."}),
+        "stop",
+        json!({"prompt_tokens": 40, "completion_tokens": 8, "total_tokens": 48}),
+    );
+    let (_, c) = fixture(
+        ProviderKind::Openai,
+        "gpt-4o",
+        "/v1",
+        vec![(200, vec![], refusal)],
+    )
+    .await;
+    let reply = c.chat(&schema_request()).await.expect("reply");
+    assert_eq!(reply.completion, Completion::Withheld);
+    assert_eq!(reply.finish_reason.as_deref(), Some("refusal"));
+
+    // Out of credit: fatal at once, with the provider's words.
+    let (fx, c) = fixture(
+        ProviderKind::Openai,
+        "gpt-4o",
+        "/v1",
+        vec![(
+            429,
+            vec![],
+            json!({"error": {"message": "You exceeded your current quota, please check your plan and billing details.", "type": "insufficient_quota", "param": null, "code": "insufficient_quota"}}),
+        )],
+    )
+    .await;
+    let err = c.chat(&schema_request()).await.expect_err("quota");
+    assert!(matches!(err, LlmError::QuotaExhausted { .. }), "{err:?}");
+    assert!(err.to_string().contains("billing details"), "{err}");
+    assert_eq!(fx.calls.load(Ordering::SeqCst), 1);
+
+    // A server that does not take json_schema: plain JSON mode instead.
+    let (fx, c) = fixture(
+        ProviderKind::OpenaiCompatible,
+        "local",
+        "/v1",
+        vec![
+            (
+                400,
+                vec![],
+                json!({"error": {"message": "response_format.type json_schema is not supported", "type": "BadRequestError", "code": 400}}),
+            ),
+            (
+                200,
+                vec![],
+                openai_reply(
+                    json!({"role": "assistant", "content": "{\"answer\": \"4\"}"}),
+                    "stop",
+                    json!({"prompt_tokens": 5, "completion_tokens": 5}),
+                ),
+            ),
+        ],
+    )
+    .await;
+    let reply = c.chat(&schema_request()).await.expect("JSON mode");
+    assert_eq!(reply.completion, Completion::Complete);
+    let seen = fx.seen.lock().expect("lock");
+    assert_eq!(seen[1].0["response_format"], json!({"type": "json_object"}));
+    assert_eq!(
+        seen[1].0["temperature"], 0.2,
+        "only the named field is dropped"
+    );
+}
+
+#[tokio::test]
+async fn anthropic_cut_off_refused_and_older_models() {
+    // A base URL without /v1 (the SDKs' convention) works.
+    let mut truncated = anthropic_ok("{\"answer\": ");
+    truncated["stop_reason"] = json!("max_tokens");
+    let mut refused = anthropic_ok("");
+    refused["stop_reason"] = json!("refusal");
+    let (fx, c) = fixture(
+        ProviderKind::Anthropic,
+        "claude-3-5-haiku-latest",
+        "",
+        vec![
+            (
+                400,
+                vec![],
+                json!({"type": "error", "error": {"type": "invalid_request_error", "message": "output_config: Extra inputs are not permitted"}}),
+            ),
+            (200, vec![], truncated),
+            (200, vec![], refused),
+        ],
+    )
+    .await;
+    let reply = c.chat(&schema_request()).await.expect("resent");
+    assert_eq!(reply.completion, Completion::Truncated);
+    let reply = c.chat(&schema_request()).await.expect("second");
+    assert_eq!(reply.completion, Completion::Withheld);
+    let seen = fx.seen.lock().expect("lock");
+    assert!(seen[0].0.get("output_config").is_some());
+    assert!(seen[1].0.get("output_config").is_none());
+    assert!(seen[2].0.get("output_config").is_none());
+    assert_eq!(seen[1].0["temperature"], 0.2);
+}
+
+#[tokio::test]
+async fn gemini_safety_stops_thinking_cut_offs_and_unreadable_billed_replies() {
+    let mut safety = gemini_ok("");
+    safety["candidates"][0]["finishReason"] = json!("SAFETY");
+    let mut thinking = gemini_ok("");
+    thinking["candidates"][0]["finishReason"] = json!("MAX_TOKENS");
+    thinking["usageMetadata"]["thoughtsTokenCount"] = json!(95);
+    let no_candidates = json!({"usageMetadata": {"promptTokenCount": 30, "candidatesTokenCount": 0, "totalTokenCount": 30}});
+    let (_, c) = fixture(
+        ProviderKind::Gemini,
+        "gemini-2.5-flash",
+        "",
+        vec![
+            (200, vec![], safety),
+            (200, vec![], thinking),
+            (200, vec![], no_candidates),
+            (200, vec![], gemini_ok("{\"answer\": \"4\"}")),
+        ],
+    )
+    .await;
+    let reply = c.chat(&schema_request()).await.expect("safety");
+    assert_eq!(reply.completion, Completion::Withheld);
+    assert!(
+        reply
+            .incomplete_reason(100, "x")
+            .expect("why")
+            .contains("SAFETY")
+    );
+    let reply = c.chat(&schema_request()).await.expect("thinking");
+    assert_eq!(reply.completion, Completion::Truncated);
+    assert_eq!(reply.reasoning_tokens, 95);
+    // A reply with usage but no candidate is retried, and its tokens are billed.
+    let before = c.stats().usage;
+    let reply = c.chat(&schema_request()).await.expect("after a retry");
+    assert_eq!(reply.completion, Completion::Complete);
+    let spent = c.stats().usage.total() - before.total();
+    assert_eq!(
+        spent,
+        30 + (30 + 17),
+        "the unreadable reply's 30 tokens count"
+    );
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed_and_keys_stay_home() {
+    // The "other host": records whether any request reached it.
+    let other = Arc::new(Fixture::default());
+    *other.replies.lock().expect("lock") = vec![(200, vec![], anthropic_ok("stolen"))];
+    let other_base = serve(Arc::clone(&other)).await;
+    let (fx, c) = fixture(
+        ProviderKind::Anthropic,
+        "claude-sonnet-4-5",
+        "/v1",
+        vec![(
+            307,
+            vec![("location", format!("{other_base}/v1/messages?token=abc"))],
+            json!({}),
+        )],
+    )
+    .await;
+    let err = c.chat(&schema_request()).await.expect_err("redirect");
+    assert!(matches!(err, LlmError::Config(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("redirect"), "{text}");
+    assert!(text.contains("baseUrl"), "{text}");
+    assert!(
+        !text.contains("token=abc"),
+        "query strings are not echoed: {text}"
+    );
+    assert_eq!(fx.calls.load(Ordering::SeqCst), 1, "not retried");
+    assert_eq!(other.calls.load(Ordering::SeqCst), 0, "never followed");
+}
+
+#[tokio::test]
+async fn base_urls_need_a_scheme_and_host() {
+    for bad in ["vllm:8000/v1", "ftp://example.com/v1", "localhost"] {
+        let spec: ProviderSpec = serde_json::from_value(
+            json!({"provider": "openaiCompatible", "model": "m", "baseUrl": bad}),
+        )
+        .expect("spec");
+        let err = provider_for(&spec, None).expect_err(bad);
+        assert!(matches!(err, LlmError::Config(_)), "{bad}: {err:?}");
+        assert!(err.to_string().contains("http://"), "{bad}: {err}");
+    }
 }

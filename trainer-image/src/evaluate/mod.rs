@@ -378,22 +378,33 @@ async fn teacher_answers(
     let mut stream = futures::stream::iter(todo)
         .map(|(p, a)| async move {
             let request = answer_request(p.row.prompt_messages(), temperature, max_tokens);
-            teacher.chat(&request).await.map(|r| AnswerRecord {
-                id: answer_id(Answerer::Teacher, &p.id, a),
-                answerer: Answerer::Teacher,
-                prompt_id: p.id.clone(),
-                answer_index: a,
-                text: r.text,
-                finish_reason: r.finish_reason,
-                tokens: r.usage.output,
-                service_tokens: r.usage,
+            teacher.chat(&request).await.map(|r| {
+                let incomplete = r.incomplete_reason(max_tokens, "teacher.generation.maxTokens");
+                let record = AnswerRecord {
+                    id: answer_id(Answerer::Teacher, &p.id, a),
+                    answerer: Answerer::Teacher,
+                    prompt_id: p.id.clone(),
+                    answer_index: a,
+                    text: r.text,
+                    finish_reason: r.finish_reason,
+                    tokens: r.usage.output,
+                    service_tokens: r.usage,
+                };
+                (record, incomplete)
             })
         })
         .buffer_unordered(concurrency);
     let mut pending = Vec::new();
+    // Baseline answers the provider cut off or withheld are judged as they are (the student's
+    // answers are too, at maxNewTokens); say how many, since they lower the teacher's score.
+    let mut incomplete: (u64, Option<String>) = (0, None);
     while let Some(result) = stream.next().await {
         match result {
-            Ok(rec) => {
+            Ok((rec, why)) => {
+                if let Some(why) = why {
+                    incomplete.0 += 1;
+                    incomplete.1.get_or_insert(why);
+                }
                 pending.push(rec);
                 if pending.len() >= JUDGEMENT_COMMIT_EVERY {
                     answers.commit(std::mem::take(&mut pending)).await?;
@@ -407,6 +418,13 @@ async fn teacher_answers(
         }
     }
     answers.commit(pending).await?;
+    if let (count, Some(first)) = incomplete {
+        tracing::warn!(
+            count,
+            first = %first,
+            "baseline teacher answers were cut off or withheld; they are judged as they are, which lowers the teacher's baseline score"
+        );
+    }
     Ok(())
 }
 

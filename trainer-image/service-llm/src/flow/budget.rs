@@ -1,7 +1,9 @@
 //! The hard token budget of a stage run. Before a request is sent its worst case (prompt
 //! estimate plus max output tokens) is reserved; a request whose worst case could take the
 //! total past the budget is refused. After the reply the reservation is replaced by the
-//! tokens the provider reports, so `used()` is exact.
+//! tokens the provider reports, so `used()` is exact. An attempt that timed out may still be
+//! billed (the provider finishes the generation), but no count comes back: its worst case is
+//! *presumed* spent, which counts against the limit without entering `used()`.
 
 use std::sync::{Arc, Mutex};
 
@@ -21,6 +23,7 @@ pub struct TokenBudget {
 struct BudgetState {
     used: TokenUsage,
     reserved: u64,
+    presumed: u64,
 }
 
 /// Tokens held for one in-flight request. [`Reservation::settle`] records what was billed;
@@ -77,10 +80,10 @@ impl TokenBudget {
     pub fn reserve(self: &Arc<Self>, worst_case: u64) -> Result<Reservation, LlmError> {
         let mut s = self.lock();
         if let Some(limit) = self.limit {
-            let committed = s.used.total() + s.reserved;
+            let committed = s.used.total() + s.presumed + s.reserved;
             if committed + worst_case > limit {
                 return Err(LlmError::BudgetExhausted {
-                    used: s.used.total(),
+                    used: s.used.total() + s.presumed,
                     budget: limit,
                     needed: worst_case,
                 });
@@ -97,6 +100,17 @@ impl TokenBudget {
     /// Tokens used so far (exactly as the providers reported them).
     pub fn used(&self) -> TokenUsage {
         self.lock().used
+    }
+
+    /// Counts `tokens` of an attempt whose billing is unknown (it timed out) against the limit.
+    pub fn presume(&self, tokens: u64) {
+        let mut s = self.lock();
+        s.presumed = s.presumed.saturating_add(tokens);
+    }
+
+    /// Tokens presumed spent by attempts that timed out.
+    pub fn presumed(&self) -> u64 {
+        self.lock().presumed
     }
 
     /// The limit, if any.
@@ -133,6 +147,19 @@ mod tests {
         b.reserve(50)
             .expect("a dropped reservation is released")
             .settle(TokenUsage::default());
+    }
+
+    #[test]
+    fn timed_out_attempts_count_against_the_limit_only() {
+        let b = Arc::new(TokenBudget::new(Some(1000)));
+        b.presume(700);
+        assert_eq!(b.used(), TokenUsage::default());
+        assert_eq!(b.presumed(), 700);
+        match b.reserve(400) {
+            Err(LlmError::BudgetExhausted { used, .. }) => assert_eq!(used, 700),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        b.reserve(300).expect("fits").settle(TokenUsage::default());
     }
 
     #[test]

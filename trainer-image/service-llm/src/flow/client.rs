@@ -2,6 +2,8 @@
 //! against the token budget, waits for a concurrency permit and for the request and token
 //! buckets, sends with a timeout, and on a retryable failure releases its permit, sleeps
 //! (backoff with full jitter, at least Retry-After) and tries again, up to `max_retries`.
+//! Tokens a failed attempt was billed (a 2xx reply without choices still reports usage) are
+//! counted; an attempt that timed out is presumed to have spent its worst case.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -171,6 +173,8 @@ impl LlmClient {
         let reservation = self.budget.reserve(worst)?;
         let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
         let mut attempt = 0u32;
+        // Billed by failed attempts of this call.
+        let mut failed_billed = TokenUsage::default();
         loop {
             let result = {
                 let _permit = self
@@ -199,17 +203,23 @@ impl LlmClient {
                         tpm.refund(worst as f64 - billed.total() as f64);
                     }
                     self.observe_prompt(request, billed.input);
-                    self.input.fetch_add(billed.input, Ordering::Relaxed);
-                    self.output.fetch_add(billed.output, Ordering::Relaxed);
-                    reservation.settle(billed);
+                    self.count(billed);
+                    reservation.settle(billed + failed_billed);
                     return Ok(response);
                 }
                 Err(e) => {
-                    // Failed attempts are not billed: give their tokens back to the bucket.
+                    // Give the bucket back what the attempt did not use.
+                    let billed = e.billed();
                     if let Some(tpm) = &self.tpm {
-                        tpm.refund(worst as f64);
+                        tpm.refund(worst as f64 - billed.total() as f64);
+                    }
+                    self.count(billed);
+                    failed_billed += billed;
+                    if matches!(e, LlmError::Timeout(_)) {
+                        self.budget.presume(worst);
                     }
                     if !e.is_retryable() || attempt >= self.config.max_retries {
+                        reservation.settle(failed_billed);
                         self.failures.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(
                             provider = self.provider.name(),
@@ -236,6 +246,12 @@ impl LlmClient {
                 }
             }
         }
+    }
+
+    /// Adds billed tokens to this client's counters.
+    fn count(&self, billed: TokenUsage) {
+        self.input.fetch_add(billed.input, Ordering::Relaxed);
+        self.output.fetch_add(billed.output, Ordering::Relaxed);
     }
 
     /// Calibrates the prompt estimate from a reply's input tokens.

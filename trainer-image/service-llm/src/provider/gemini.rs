@@ -2,10 +2,13 @@
 //! `x-goog-api-key`). Request: `contents` (`role` user/model, `parts[].text`),
 //! `systemInstruction`, `generationConfig` (`temperature`, `maxOutputTokens`,
 //! `responseMimeType: application/json`, `responseSchema` in Gemini's OpenAPI subset).
-//! Reply: `candidates[0].content.parts[].text` (thought parts skipped), `finishReason`,
+//! Reply: `candidates[0].content.parts[].text` (thought parts skipped), `finishReason`
+//! (`STOP`; `MAX_TOKENS`: cut off; `SAFETY`, `RECITATION`, `PROHIBITED_CONTENT`, ...: withheld;
+//! no candidate but `promptFeedback.blockReason`: the prompt was blocked),
 //! `usageMetadata.promptTokenCount` / `candidatesTokenCount` (+ `thoughtsTokenCount`, billed as
 //! output). Errors: `{"error": {"code", "message", "status", "details"}}`, where a
-//! `google.rpc.RetryInfo` detail carries `retryDelay` ("37s").
+//! `google.rpc.RetryInfo` detail carries `retryDelay` ("37s") and a `google.rpc.QuotaFailure`
+//! detail names the quotas that ran out (a per-day one cannot be waited out).
 
 use std::time::Duration;
 
@@ -14,7 +17,7 @@ use llamaduo::api::{Role, TokenUsage};
 use serde_json::{Map, Value, json};
 
 use super::http::{self, str_at, u64_at};
-use super::{ChatProvider, ChatRequest, ChatResponse, ResponseFormat};
+use super::{ChatProvider, ChatRequest, ChatResponse, Completion, ResponseFormat};
 use crate::error::LlmError;
 use crate::secret::Secret;
 
@@ -28,12 +31,13 @@ pub struct GeminiProvider {
 }
 
 impl GeminiProvider {
-    /// A client posting to `{base}/models/{model}:generateContent`.
+    /// A client posting to `{base}/models/{model}:generateContent` (`/v1beta` added to a base
+    /// without a path).
     pub fn new(base: &str, model: &str, key: Option<Secret>) -> Result<Self, LlmError> {
         let model_path = model.strip_prefix("models/").unwrap_or(model);
         let url_of = |b: &str| format!("{b}/models/{model_path}:generateContent");
         Ok(Self {
-            endpoint: http::Endpoint::new(base, url_of, model, key)?,
+            endpoint: http::Endpoint::new(base, "/v1beta", url_of, model, key)?,
         })
     }
 
@@ -71,30 +75,34 @@ impl GeminiProvider {
         body
     }
 
-    /// Reads a 2xx reply. A prompt blocked by safety filters gives an empty text (the caller
-    /// counts it as unusable) with the block reason as finish reason.
+    /// Reads a 2xx reply. A prompt blocked by safety filters gives an empty, withheld reply
+    /// with the block reason as finish reason.
     pub fn parse_reply(v: &Value) -> Result<ChatResponse, LlmError> {
         let usage = v
             .get("usageMetadata")
             .ok_or_else(|| LlmError::InvalidResponse {
                 provider: "gemini",
                 message: "the reply has no usageMetadata".into(),
+                billed: TokenUsage::default(),
             })?;
         let input = u64_at(usage, &["promptTokenCount"]).unwrap_or(0);
-        let output = u64_at(usage, &["candidatesTokenCount"]).unwrap_or(0)
-            + u64_at(usage, &["thoughtsTokenCount"]).unwrap_or(0);
+        let reasoning_tokens = u64_at(usage, &["thoughtsTokenCount"]).unwrap_or(0);
+        let output = u64_at(usage, &["candidatesTokenCount"]).unwrap_or(0) + reasoning_tokens;
         let usage = TokenUsage { input, output };
         let Some(candidate) = v.get("candidates").and_then(|c| c.get(0)) else {
             let reason = str_at(v, &["promptFeedback", "blockReason"]).ok_or_else(|| {
                 LlmError::InvalidResponse {
                     provider: "gemini",
                     message: "no candidates and no promptFeedback.blockReason".into(),
+                    billed: usage,
                 }
             })?;
             return Ok(ChatResponse {
                 text: String::new(),
                 usage,
                 finish_reason: Some(format!("blocked: {reason}")),
+                completion: Completion::Withheld,
+                reasoning_tokens,
             });
         };
         let text = candidate
@@ -110,10 +118,19 @@ impl GeminiProvider {
                     .join("")
             })
             .unwrap_or_default();
+        let finish_reason = str_at(candidate, &["finishReason"]).map(str::to_string);
+        let completion = match finish_reason.as_deref() {
+            None | Some("STOP" | "FINISH_REASON_UNSPECIFIED") => Completion::Complete,
+            Some("MAX_TOKENS") => Completion::Truncated,
+            // SAFETY, RECITATION, LANGUAGE, BLOCKLIST, PROHIBITED_CONTENT, SPII, OTHER, ...
+            Some(_) => Completion::Withheld,
+        };
         Ok(ChatResponse {
             text,
             usage,
-            finish_reason: str_at(candidate, &["finishReason"]).map(str::to_string),
+            finish_reason,
+            completion,
+            reasoning_tokens,
         })
     }
 }
@@ -172,9 +189,26 @@ fn retry_info(body: &[u8]) -> Option<Duration> {
     let details = v.get("error")?.get("details")?.as_array()?;
     details.iter().find_map(|d| {
         let delay = d.get("retryDelay")?.as_str()?;
-        let secs: f64 = delay.strip_suffix('s')?.parse().ok()?;
-        (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+        http::seconds(delay.strip_suffix('s')?.parse().ok()?)
     })
+}
+
+/// A 429 whose `google.rpc.QuotaFailure` names only per-day quotas
+/// (`GenerateRequestsPerDayPerProjectPerModel-FreeTier`): nothing but tomorrow fixes it.
+fn daily_quota_exhausted(body: &[u8]) -> bool {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    let quota_ids: Vec<&str> = v
+        .pointer("/error/details")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.get("violations")?.as_array())
+        .flatten()
+        .filter_map(|violation| violation.get("quotaId")?.as_str())
+        .collect();
+    !quota_ids.is_empty() && quota_ids.iter().all(|id| id.contains("PerDay"))
 }
 
 impl ChatProvider for GeminiProvider {
@@ -194,6 +228,7 @@ impl ChatProvider for GeminiProvider {
             let shape = http::ErrorShape {
                 fields: error_fields,
                 retry_after: retry_info,
+                quota_exhausted: daily_quota_exhausted,
             };
             let prepare = |r: reqwest::RequestBuilder, key: Option<&str>| match key {
                 Some(key) => r.header("x-goog-api-key", key),
@@ -232,5 +267,30 @@ mod tests {
     fn retry_info_is_read() {
         let body = br#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"37s"}]}}"#;
         assert_eq!(retry_info(body), Some(Duration::from_secs(37)));
+        let huge = br#"{"error":{"details":[{"retryDelay":"1e300s"}]}}"#;
+        assert_eq!(retry_info(huge), Some(Duration::MAX));
+    }
+
+    #[test]
+    fn only_per_day_quotas_are_exhausted() {
+        let body = |ids: &[&str]| {
+            let violations: Vec<Value> = ids.iter().map(|id| json!({"quotaId": id})).collect();
+            json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": [
+                {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": violations}
+            ]}})
+            .to_string()
+        };
+        assert!(daily_quota_exhausted(
+            body(&["GenerateRequestsPerDayPerProjectPerModel-FreeTier"]).as_bytes()
+        ));
+        assert!(!daily_quota_exhausted(
+            body(&[
+                "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+                "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"
+            ])
+            .as_bytes()
+        ));
+        assert!(!daily_quota_exhausted(body(&[]).as_bytes()));
+        assert!(!daily_quota_exhausted(b"not json"));
     }
 }

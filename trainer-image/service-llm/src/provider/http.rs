@@ -1,7 +1,8 @@
 //! HTTP plumbing shared by the providers: one rustls client (ring crypto provider installed
-//! once), sending JSON, mapping transport failures and error statuses to [`LlmError`], and
-//! reading how long a provider asks us to wait (`retry-after-ms`, `Retry-After` in seconds or
-//! as an HTTP date).
+//! once, redirects never followed), sending JSON, mapping transport failures and error
+//! statuses to [`LlmError`], and reading how long a provider asks us to wait
+//! (`retry-after-ms`, `Retry-After` in seconds or as an HTTP date, else the rate-limit reset
+//! headers of the limit that ran out).
 
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
@@ -25,10 +26,13 @@ pub(crate) fn install_crypto_provider() {
 }
 
 /// A reqwest client for one provider. Timeouts are applied per request by the flow layer, so
-/// only connecting is bounded here.
+/// only connecting is bounded here. Redirects are not followed: provider APIs do not redirect,
+/// and reqwest would carry `x-api-key` / `x-goog-api-key` to whatever host a redirect names
+/// (it strips only `Authorization` and cookies).
 pub(crate) fn build_client() -> Result<reqwest::Client, LlmError> {
     install_crypto_provider();
     reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(20))
         .pool_idle_timeout(Duration::from_secs(60))
         .user_agent(concat!("llamaduo/", env!("CARGO_PKG_VERSION")))
@@ -59,18 +63,33 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
-    /// Checks `base` (the spec's baseUrl) and builds the request URL from it with `url_of`.
+    /// Checks `base` (the spec's baseUrl: an http or https URL) and builds the request URL from
+    /// it with `url_of`. A base without a path gets `version_path` (`/v1`), as the providers'
+    /// own SDKs do, so `https://api.anthropic.com` and `https://api.anthropic.com/v1` both work.
     pub fn new(
         base: &str,
+        version_path: &str,
         url_of: impl FnOnce(&str) -> String,
         model: &str,
         key: Option<Secret>,
     ) -> Result<Self, LlmError> {
-        let base = base.trim_end_matches('/');
-        url::Url::parse(base)
-            .map_err(|e| LlmError::Config(format!("baseUrl {base:?} is not a URL: {e}")))?;
+        let base = base.trim().trim_end_matches('/');
+        let wrong = |why: String| {
+            LlmError::Config(format!(
+                "baseUrl {base:?} {why}: it must be an http:// or https:// URL with a host (for example http://vllm:8000/v1)"
+            ))
+        };
+        let parsed = url::Url::parse(base).map_err(|e| wrong(format!("is not a URL ({e})")))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+            return Err(wrong(format!("has scheme {:?}", parsed.scheme())));
+        }
+        let base = if matches!(parsed.path(), "" | "/") && parsed.query().is_none() {
+            format!("{base}{version_path}")
+        } else {
+            base.to_string()
+        };
         Ok(Self {
-            url: url_of(base),
+            url: url_of(&base),
             model: model.to_string(),
             key,
             client: build_client()?,
@@ -94,6 +113,31 @@ impl Endpoint {
             self.key.as_ref().map(Secret::expose),
         );
         let (status, headers, reply) = send(request).await?;
+        if (300..400).contains(&status) {
+            let to = headers
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(|l| l.split('?').next().unwrap_or_default().to_string())
+                .unwrap_or_else(|| "another URL".into());
+            return Err(LlmError::Config(format!(
+                "{provider} at {} answered HTTP {status}, a redirect to {to}; set baseUrl to the URL that serves the API (redirects are not followed, so the API key never goes to another host)",
+                self.url
+            )));
+        }
+        if status == 429 && (shape.quota_exhausted)(&reply) {
+            let (_, message) = serde_json::from_slice::<Value>(&reply)
+                .ok()
+                .map(|v| (shape.fields)(&v))
+                .unwrap_or((None, None));
+            return Err(LlmError::QuotaExhausted {
+                provider,
+                status,
+                message: redact(
+                    &message.unwrap_or_else(|| String::from_utf8_lossy(&reply).into_owned()),
+                    self.key.as_ref(),
+                ),
+            });
+        }
         if !(200..300).contains(&status) {
             let mut err = status_error(
                 provider,
@@ -106,7 +150,11 @@ impl Endpoint {
             if let LlmError::Status { retry_after, .. } = &mut err
                 && retry_after.is_none()
             {
-                *retry_after = (shape.retry_after)(&reply);
+                *retry_after = (shape.retry_after)(&reply).or_else(|| {
+                    (status == 429)
+                        .then(|| rate_limit_reset(&headers, SystemTime::now()))
+                        .flatten()
+                });
             }
             return Err(err);
         }
@@ -122,11 +170,18 @@ pub(crate) struct ErrorShape {
     /// A wait the body asks for (Gemini's RetryInfo); providers that only use headers give
     /// [`no_body_retry`].
     pub retry_after: fn(&[u8]) -> Option<Duration>,
+    /// Whether a 429 body says the quota or credit is used up rather than a rate exceeded.
+    pub quota_exhausted: fn(&[u8]) -> bool,
 }
 
 /// For providers whose error bodies carry no wait.
 pub(crate) fn no_body_retry(_: &[u8]) -> Option<Duration> {
     None
+}
+
+/// For providers whose 429s are always rate limits.
+pub(crate) fn never_quota(_: &[u8]) -> bool {
+    false
 }
 
 /// Sends a prepared request and reads the whole body; transport failures become
@@ -146,6 +201,12 @@ fn transport_error(e: reqwest::Error) -> LlmError {
     let e = e.without_url();
     if e.is_timeout() {
         LlmError::Timeout(Duration::ZERO)
+    } else if e.is_builder() {
+        // The request could not be built (an API key with a newline, a bad URL): retrying
+        // sends the same thing.
+        LlmError::Config(format!(
+            "cannot build the request: {e} (check baseUrl and that the API key is one line)"
+        ))
     } else {
         let mut msg = e.to_string();
         let mut source = std::error::Error::source(&e);
@@ -171,16 +232,22 @@ pub(crate) fn status_error(
 ) -> LlmError {
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
     let (kind, message) = parsed.as_ref().map(&extract).unwrap_or((None, None));
-    let mut message = message.unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
-    if let Some(key) = key.filter(|k| !k.expose().is_empty()) {
-        message = message.replace(key.expose(), "[REDACTED]");
-    }
+    let message = message.unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
     LlmError::Status {
         provider,
         status,
         kind,
-        message: one_line(&message),
+        message: redact(&message, key),
         retry_after: parse_retry_after(headers, SystemTime::now()),
+    }
+}
+
+/// A provider's error text as one short line, with an API key the server echoed back replaced
+/// by `[REDACTED]`.
+fn redact(message: &str, key: Option<&Secret>) -> String {
+    match key.filter(|k| !k.expose().is_empty()) {
+        Some(key) => one_line(&message.replace(key.expose(), "[REDACTED]")),
+        None => one_line(message),
     }
 }
 
@@ -205,6 +272,7 @@ pub(crate) fn parse_body(provider: &'static str, body: &[u8]) -> Result<Value, L
             "body is not JSON ({e}): {}",
             one_line(&String::from_utf8_lossy(body))
         ),
+        billed: llamaduo::api::TokenUsage::default(),
     })
 }
 
@@ -215,16 +283,77 @@ pub fn parse_retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duratio
         .get("retry-after-ms")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|ms| ms.is_finite() && *ms >= 0.0)
     {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
+        return seconds(ms / 1000.0);
     }
     let value = headers.get("retry-after")?.to_str().ok()?.trim();
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return seconds(secs);
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// A wait of `secs` seconds: `None` for a negative or NaN value, a very long wait (capped later
+/// by the backoff's `max_retry_after`) for one too large for a `Duration`.
+pub(crate) fn seconds(secs: f64) -> Option<Duration> {
+    if secs.is_nan() || secs < 0.0 {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
+}
+
+/// When a 429 carries no Retry-After: the reset time of the limit that ran out, from OpenAI's
+/// `x-ratelimit-remaining-{requests,tokens}` / `x-ratelimit-reset-{requests,tokens}` (durations
+/// like `6m0s`, `1.5s`, `20ms`) or Anthropic's `anthropic-ratelimit-*-remaining` / `-reset`
+/// (RFC 3339 times). Only limits whose remaining count is 0 count; the latest reset wins.
+pub fn rate_limit_reset(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let text = |name: String| headers.get(name)?.to_str().ok().map(str::trim);
+    let exhausted = |prefix: &str, limit: &str| {
+        text(format!("{prefix}remaining-{limit}")).and_then(|v| v.parse::<u64>().ok()) == Some(0)
+    };
+    let openai = ["requests", "tokens"].into_iter().filter_map(|limit| {
+        if !exhausted("x-ratelimit-", limit) {
+            return None;
+        }
+        go_duration(text(format!("x-ratelimit-reset-{limit}"))?)
+    });
+    let anthropic = ["requests", "tokens", "input-tokens", "output-tokens"]
+        .into_iter()
+        .filter_map(|limit| {
+            let prefix = format!("anthropic-ratelimit-{limit}-");
+            if text(format!("{prefix}remaining")).and_then(|v| v.parse::<u64>().ok()) != Some(0) {
+                return None;
+            }
+            let at = humantime::parse_rfc3339_weak(text(format!("{prefix}reset"))?).ok()?;
+            Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+        });
+    openai.chain(anthropic).max()
+}
+
+/// A duration in Go's `time.Duration` text form, as OpenAI's reset headers send it: `1h2m3.5s`,
+/// `6m0s`, `250ms`.
+fn go_duration(text: &str) -> Option<Duration> {
+    let mut total = 0.0f64;
+    let mut rest = text;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = [("ms", 1e-3), ("us", 1e-6), ("µs", 1e-6), ("ns", 1e-9)]
+            .into_iter()
+            .chain([("h", 3600.0), ("m", 60.0), ("s", 1.0)])
+            .find(|(u, _)| rest.starts_with(u))
+            .map(|(u, scale)| (scale, u.len()))?;
+        total += value * unit;
+        rest = &rest[len..];
+    }
+    seconds(total)
 }
 
 /// A string field of a JSON object.
@@ -282,6 +411,64 @@ mod tests {
             None
         );
         assert_eq!(parse_retry_after(&HeaderMap::new(), now), None);
+        // Out-of-range values from a broken proxy: never a panic.
+        for huge in ["1e30", "99999999999999999999", "inf"] {
+            assert_eq!(
+                parse_retry_after(&headers("retry-after", huge), now),
+                Some(Duration::MAX),
+                "{huge}"
+            );
+        }
+        assert_eq!(
+            parse_retry_after(&headers("retry-after-ms", "1e40"), now),
+            Some(Duration::MAX)
+        );
+        assert_eq!(parse_retry_after(&headers("retry-after", "-3"), now), None);
+        assert_eq!(parse_retry_after(&headers("retry-after", "NaN"), now), None);
+    }
+
+    #[test]
+    fn rate_limit_reset_of_the_exhausted_limit() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("x-ratelimit-remaining-requests", "59"),
+            ("x-ratelimit-reset-requests", "1s"),
+            ("x-ratelimit-remaining-tokens", "0"),
+            ("x-ratelimit-reset-tokens", "6m0.5s"),
+        ] {
+            h.insert(k, HeaderValue::from_static(v));
+        }
+        assert_eq!(
+            rate_limit_reset(&h, now),
+            Some(Duration::from_secs_f64(360.5))
+        );
+        h.insert(
+            "x-ratelimit-remaining-tokens",
+            HeaderValue::from_static("10"),
+        );
+        assert_eq!(rate_limit_reset(&h, now), None, "no limit ran out");
+
+        let mut a = HeaderMap::new();
+        let at = humantime::format_rfc3339(now + Duration::from_secs(42)).to_string();
+        a.insert(
+            "anthropic-ratelimit-output-tokens-remaining",
+            HeaderValue::from_static("0"),
+        );
+        a.insert(
+            "anthropic-ratelimit-output-tokens-reset",
+            HeaderValue::from_str(&at).expect("header"),
+        );
+        assert_eq!(rate_limit_reset(&a, now), Some(Duration::from_secs(42)));
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(go_duration("20ms"), Some(Duration::from_millis(20)));
+        assert_eq!(go_duration("1h2m3s"), Some(Duration::from_secs(3723)));
+        assert_eq!(go_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(go_duration(""), None);
+        assert_eq!(go_duration("5 minutes"), None);
     }
 
     #[test]

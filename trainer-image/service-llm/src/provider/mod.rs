@@ -5,6 +5,7 @@
 //! generateContent. Flow control (limits, retries, budget) lives in [`crate::flow`], above this.
 
 mod anthropic;
+mod downgrade;
 mod gemini;
 mod http;
 mod openai;
@@ -20,7 +21,7 @@ use crate::secret::Secret;
 
 pub use anthropic::{ANTHROPIC_DEFAULT_BASE, ANTHROPIC_VERSION, AnthropicProvider};
 pub use gemini::{GEMINI_DEFAULT_BASE, GeminiProvider, to_gemini_schema};
-pub use http::parse_retry_after;
+pub use http::{parse_retry_after, rate_limit_reset};
 pub use openai::{OPENAI_DEFAULT_BASE, OpenAiProvider};
 
 /// What shape the reply text must have.
@@ -95,6 +96,20 @@ impl ChatRequest {
     }
 }
 
+/// How a reply ended, the same for every provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Completion {
+    /// The model finished its answer (end of turn, a stop sequence).
+    Complete,
+    /// Cut off at the output token limit (OpenAI `length`, Anthropic `max_tokens`, Gemini
+    /// `MAX_TOKENS`): the text is a prefix of an answer.
+    Truncated,
+    /// The provider withheld or stopped the answer: a refusal, a content or safety filter, a
+    /// blocked prompt, recitation (OpenAI `content_filter` or `message.refusal`, Anthropic
+    /// `refusal`, Gemini `SAFETY`, `RECITATION`, `blockReason`, ...).
+    Withheld,
+}
+
 /// A provider's reply.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChatResponse {
@@ -104,6 +119,39 @@ pub struct ChatResponse {
     pub usage: TokenUsage,
     /// Why generation stopped, in the provider's words (`stop`, `max_tokens`, `STOP`, ...).
     pub finish_reason: Option<String>,
+    /// How the reply ended, read from the finish reason.
+    pub completion: Completion,
+    /// Output tokens spent on hidden reasoning (OpenAI `reasoning_tokens`, Gemini
+    /// `thoughtsTokenCount`); 0 when none or not reported. Part of `usage.output`.
+    pub reasoning_tokens: u64,
+}
+
+impl ChatResponse {
+    /// Why the reply is not a whole answer, as one line a user can act on (`None` when it
+    /// is whole). `max_tokens` is the request's output limit; `field` names the setting that
+    /// raises it (e.g. `judge.generation.maxTokens`).
+    pub fn incomplete_reason(&self, max_tokens: u32, field: &str) -> Option<String> {
+        let finish = self.finish_reason.as_deref().unwrap_or("none");
+        match self.completion {
+            Completion::Complete => None,
+            Completion::Truncated => {
+                let reasoning = if self.reasoning_tokens > 0 {
+                    format!(
+                        ", {} of them spent on hidden reasoning",
+                        self.reasoning_tokens
+                    )
+                } else {
+                    String::new()
+                };
+                Some(format!(
+                    "the reply was cut off at the output limit of {max_tokens} tokens (finish reason {finish}{reasoning}); raise {field}"
+                ))
+            }
+            Completion::Withheld => Some(format!(
+                "the provider withheld the reply (finish reason {finish}): a refusal or a safety filter"
+            )),
+        }
+    }
 }
 
 /// A service LLM API.

@@ -282,6 +282,14 @@ impl<'a> Synthesis<'a> {
                         }
                     }
                     Err(reason) => {
+                        // Say why when the provider cut or withheld the reply: a JSON error
+                        // alone would send the user looking at the teacher's formatting.
+                        let reason = match reply
+                            .incomplete_reason(max_tokens, "teacher.generation.maxTokens")
+                        {
+                            Some(why) => format!("{why}; {reason}"),
+                            None => reason,
+                        };
                         outcome.rejected_malformed += 1;
                         malformed_streak += 1;
                         tracing::debug!(%reason, finish = ?reply.finish_reason, "malformed teacher reply");
