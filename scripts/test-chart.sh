@@ -37,6 +37,9 @@ echo "-- values.schema.json refuses bad values"
 if "$helm" template x charts/llamaduo --kube-version "$kube" --set replicaCount=-1 >/dev/null 2>&1; then
   echo "replicaCount=-1 was accepted"; exit 1
 fi
+# As a subchart, Helm passes `global` (and umbrella charts commonly set `enabled`).
+"$helm" template x charts/llamaduo --kube-version "$kube" --set global.registry=r.example \
+  --set enabled=true >/dev/null
 
 echo "-- the kustomize base is the chart rendered with default values"
 {

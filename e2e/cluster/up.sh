@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # shellcheck source-path=SCRIPTDIR
 # Starts a real control plane on 127.0.0.1 only: etcd, kube-apiserver (Node,RBAC authorization,
-# PodSecurity admission), kube-controller-manager (all controllers, service-account credentials),
+# PodSecurity and OwnerReferencesPermissionEnforcement admission, as hardened clusters and
+# OpenShift run), kube-controller-manager (all controllers, service-account credentials),
 # kube-scheduler and kwok managing one fake node. Binaries come from build.sh's cache.
 # Writes into $E2E_CLUSTER_DIR (default ${TMPDIR:-/tmp}/llamaduo-e2e):
 #   kubeconfig  admin kubeconfig (system:masters)      env   `source` it: KUBECONFIG and PATH
@@ -120,7 +121,8 @@ start kube-apiserver kube-apiserver --bind-address 127.0.0.1 --advertise-address
   --service-account-issuer https://kubernetes.default.svc.cluster.local \
   --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
   --service-cluster-ip-range 10.96.0.0/16 --endpoint-reconciler-type none \
-  --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction,PodSecurity \
+  --authorization-mode Node,RBAC \
+  --enable-admission-plugins NodeRestriction,PodSecurity,OwnerReferencesPermissionEnforcement \
   --admission-control-config-file "$dir/admission.yaml" --profiling=false --v 1
 wait_for kube-apiserver "kube-apiserver /readyz" "${curl_admin[@]}" "$api/readyz"
 

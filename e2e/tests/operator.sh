@@ -14,6 +14,7 @@
 #   - a stage that fails is retried (a new Job, attempt 2) and then reported: phase Failed,
 #     Stalled=True/StageFailed, Warning Events;
 #   - deleting a migration garbage-collects its Jobs and their pods;
+#   - SIGTERM: the operator exits 0 and releases its Lease;
 #   - the operator's log has no "forbidden" (every call it made was allowed by the chart).
 # Environment: E2E_LLAMADUO, E2E_TRAINER (binaries; default target/debug), E2E_REAL_STAGES
 # (stages run by the real trainer; default all three), E2E_STAGE_TIMEOUT (s, default 900),
@@ -364,4 +365,15 @@ if [[ -r /proc/${child[operator]}/status ]]; then
   hwm=$(awk '$1 == "VmHWM:" {print int($2 / 1024)}' "/proc/${child[operator]}/status")
   printf '[measure] operator (%s) idle RSS %s MiB, peak %s MiB\n' "$(basename "$(dirname "$llamaduo")")" "$rss" "$hwm" >&2
 fi
+
+check "SIGTERM: the operator exits 0 and hands its Lease back, so a new replica need not wait"
+op_pid=${child[operator]}
+kill -TERM "$op_pid"
+op_rc=0; wait "$op_pid" || op_rc=$?
+unset "child[operator]"
+((op_rc == 0)) || fail "the operator exited $op_rc on SIGTERM"
+holder=$(kubectl get leases -n "$opns" -o json | jq -r '[.items[] | select(.metadata.name | startswith("llamaduo"))][0].spec.holderIdentity // ""')
+[[ -z "$holder" ]] || fail "the Lease is still held by $holder after a clean shutdown"
+grep -q "released the leader lease" "$work/operator.log" || fail "no 'released the leader lease' in the log"
+check_done
 printf '[test] operator: all %d checks passed in %ds\n' "$E2E_PASSED" "$SECONDS" >&2

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
     singular = "llamaduomigration",
     shortname = "ldm",
     category = "llamaduo",
+    doc = "A migration of one feature from a service LLM (the teacher) to a small model you own (the student), following LlamaDuo: the teacher writes synthetic training data from the coverage dataset, the student is fine-tuned on it, an LLM judge scores the student on a frozen test set, and rounds repeat until the target score, a round limit, a plateau or the token budget stops them; the best model can then be served behind an OpenAI-compatible endpoint.",
     namespaced,
     status = "LlamaDuoMigrationStatus",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,

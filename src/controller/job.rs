@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::batch::v1::{
+    Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
+};
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec,
     SecretKeySelector, Volume, VolumeMount,
@@ -347,6 +349,19 @@ pub fn build_job(inputs: &JobInputs<'_>) -> Result<Job, serde_json::Error> {
         },
         spec: Some(JobSpec {
             backoff_limit: Some(0),
+            // A pod evicted by a node drain, preemption or a spot reclaim (condition
+            // DisruptionTarget) is replaced without counting as a failure: the stage resumes
+            // from what it stored, and the migration's stageRetries stay for real failures.
+            pod_failure_policy: Some(PodFailurePolicy {
+                rules: vec![PodFailurePolicyRule {
+                    action: "Ignore".into(),
+                    on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                        type_: "DisruptionTarget".into(),
+                        status: Some("True".into()),
+                    }]),
+                    on_exit_codes: None,
+                }],
+            }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),

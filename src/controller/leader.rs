@@ -3,8 +3,18 @@
 //!
 //! The lease is taken or renewed with a `replace` carrying the `resourceVersion` that was read,
 //! so of two replicas racing for it the API server accepts exactly one (the other gets 409
-//! Conflict). A holder that stops renewing loses the lease after `leaseDurationSeconds`.
+//! Conflict). Like client-go's elector, no replica compares another's clock with its own:
+//! - a candidate takes the lease over only when the lease record (its `resourceVersion`) has
+//!   not changed for `leaseDurationSeconds` *as measured on the candidate's own monotonic
+//!   clock* since it first saw that record, so clock skew between nodes cannot make it steal a
+//!   live lease;
+//! - the holder stops acting when no renewal has succeeded within the renew deadline (two
+//!   thirds of the lease duration) counted from when the last successful request was *sent*,
+//!   which is before the API server stamped the record a candidate measures from: the holder
+//!   always gives up before any candidate may take over. Every request has that deadline as
+//!   its timeout, so a hung connection cannot keep a stale leader acting.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -12,6 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
+use tokio::time::Instant;
 
 /// What to do with the lease, given what was read.
 #[derive(Debug, PartialEq, Eq)]
@@ -29,22 +40,44 @@ pub enum LeaseStep {
     },
 }
 
-/// Decide, purely, what to do with `lease` as `me` at `now`.
-pub fn lease_step(lease: Option<&Lease>, me: &str, now: Timestamp) -> LeaseStep {
+/// A lease record as a candidate last saw it: its `resourceVersion` and when (on the
+/// candidate's clock) that version was first seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeenRecord {
+    /// The lease's `metadata.resourceVersion` (changes on every write, renewals included).
+    pub resource_version: String,
+    /// When this replica first saw that version.
+    pub since: Instant,
+}
+
+/// Decide, purely, what to do with `lease` as `me` at `now` (this replica's monotonic clock),
+/// given what was seen before. Returns the step and the record to remember.
+pub fn lease_step(
+    lease: Option<&Lease>,
+    me: &str,
+    seen: Option<&SeenRecord>,
+    now: Instant,
+) -> (LeaseStep, Option<SeenRecord>) {
     let Some(lease) = lease else {
-        return LeaseStep::Create;
+        return (LeaseStep::Create, None);
+    };
+    let version = lease.metadata.resource_version.clone().unwrap_or_default();
+    let record = match seen {
+        Some(s) if s.resource_version == version => s.clone(),
+        _ => SeenRecord {
+            resource_version: version,
+            since: now,
+        },
     };
     let spec = lease.spec.clone().unwrap_or_default();
-    match spec.holder_identity.as_deref() {
+    let step = match spec.holder_identity.as_deref() {
         Some(holder) if holder == me => LeaseStep::Renew,
         None | Some("") => LeaseStep::TakeOver,
         Some(holder) => {
-            let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
-            let renewed = spec
-                .renew_time
-                .or(spec.acquire_time)
-                .map_or(0, |t| t.0.as_second());
-            if renewed + duration < now.as_second() {
+            let duration = Duration::from_secs(
+                u64::try_from(spec.lease_duration_seconds.unwrap_or(15)).unwrap_or(15),
+            );
+            if now.saturating_duration_since(record.since) >= duration {
                 LeaseStep::TakeOver
             } else {
                 LeaseStep::Wait {
@@ -52,7 +85,8 @@ pub fn lease_step(lease: Option<&Lease>, me: &str, now: Timestamp) -> LeaseStep 
                 }
             }
         }
-    }
+    };
+    (step, Some(record))
 }
 
 /// Takes and renews one Lease.
@@ -61,6 +95,8 @@ pub struct LeaderElector {
     name: String,
     identity: String,
     duration: Duration,
+    /// The lease record last seen while waiting for it.
+    seen: Mutex<Option<SeenRecord>>,
 }
 
 impl LeaderElector {
@@ -72,19 +108,39 @@ impl LeaderElector {
             name: name.into(),
             identity: identity.into(),
             duration,
+            seen: Mutex::new(None),
         }
     }
 
-    /// How often to renew (a third of the lease duration).
-    pub fn renew_interval(&self) -> Duration {
-        self.duration / 3
+    /// How often to renew or retry: client-go's 2 s for the default 15 s lease.
+    pub fn retry_period(&self) -> Duration {
+        self.duration * 2 / 15
+    }
+
+    /// How long the holder may go without a successful renewal before it stops acting: two
+    /// thirds of the lease (client-go's 10 s of 15 s).
+    pub fn renew_deadline(&self) -> Duration {
+        self.duration * 2 / 3
     }
 
     /// Try once to take or renew the lease; `Ok(true)` when we hold it afterwards.
     pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
         let now = Timestamp::now();
         let current = self.api.get_opt(&self.name).await?;
-        let step = lease_step(current.as_ref(), &self.identity, now);
+        let step = {
+            let mut seen = match self.seen.lock() {
+                Ok(s) => s,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let (step, record) = lease_step(
+                current.as_ref(),
+                &self.identity,
+                seen.as_ref(),
+                Instant::now(),
+            );
+            *seen = record;
+            step
+        };
         let seconds = i32::try_from(self.duration.as_secs()).unwrap_or(i32::MAX);
         let result = match step {
             LeaseStep::Wait { holder } => {
@@ -134,29 +190,45 @@ impl LeaderElector {
         }
     }
 
-    /// Block until this replica holds the lease.
-    pub async fn acquire(&self) {
+    /// One attempt bounded by `limit`: a request that hangs counts as failed.
+    async fn attempt(&self, limit: Duration) -> Result<bool, String> {
+        match tokio::time::timeout(limit, self.try_acquire_or_renew()).await {
+            Ok(Ok(held)) => Ok(held),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {limit:?}")),
+        }
+    }
+
+    /// Block until this replica holds the lease; returns when the successful request was sent
+    /// (the start of the first renew deadline).
+    pub async fn acquire(&self) -> Instant {
         loop {
-            match self.try_acquire_or_renew().await {
+            let sent = Instant::now();
+            match self.attempt(self.renew_deadline()).await {
                 Ok(true) => {
                     tracing::info!(lease = %self.name, identity = %self.identity, "acquired the leader lease");
-                    return;
+                    return sent;
                 }
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, lease = %self.name, "leader election failed"),
             }
-            tokio::time::sleep(self.renew_interval()).await;
+            tokio::time::sleep(self.retry_period()).await;
         }
     }
 
-    /// Renew until a renewal has not succeeded for a whole lease duration (another replica
-    /// may then hold it), then return: the caller must stop acting.
-    pub async fn keep_renewing(&self) {
-        let mut last_success = tokio::time::Instant::now();
+    /// Renew every retry period until the lease is lost or no renewal succeeded within the
+    /// renew deadline of the last successful one (sent at `renewed`), then return: the caller
+    /// must stop acting at once.
+    pub async fn keep_renewing(&self, mut renewed: Instant) {
         loop {
-            tokio::time::sleep(self.renew_interval()).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => last_success = tokio::time::Instant::now(),
+            tokio::time::sleep(self.retry_period()).await;
+            let sent = Instant::now();
+            let deadline = renewed + self.renew_deadline();
+            if sent >= deadline {
+                break;
+            }
+            match self.attempt(deadline - sent).await {
+                Ok(true) => renewed = sent,
                 Ok(false) => {
                     tracing::error!(lease = %self.name, "lost the leader lease to another replica");
                     return;
@@ -165,10 +237,40 @@ impl LeaderElector {
                     tracing::warn!(error = %e, lease = %self.name, "renewing the leader lease failed")
                 }
             }
-            if last_success.elapsed() >= self.duration {
-                tracing::error!(lease = %self.name, "could not renew the leader lease in time");
-                return;
+        }
+        tracing::error!(
+            lease = %self.name,
+            deadline = ?self.renew_deadline(),
+            "could not renew the leader lease within the renew deadline"
+        );
+    }
+
+    /// Hands the lease back on a clean shutdown (holder cleared, 1 s duration), so another
+    /// replica takes over at once instead of after a whole lease duration.
+    pub async fn release(&self) {
+        let result = tokio::time::timeout(self.renew_deadline(), async {
+            let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+                return Ok(());
+            };
+            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+            if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+                return Ok(());
             }
+            spec.holder_identity = None;
+            spec.lease_duration_seconds = Some(1);
+            spec.renew_time = Some(MicroTime(Timestamp::now()));
+            self.api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await
+                .map(|_| ())
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => tracing::info!(lease = %self.name, "released the leader lease"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, lease = %self.name, "releasing the leader lease failed")
+            }
+            Err(_) => tracing::warn!(lease = %self.name, "releasing the leader lease timed out"),
         }
     }
 }
@@ -177,9 +279,12 @@ impl LeaderElector {
 mod tests {
     use super::*;
 
-    fn lease(holder: Option<&str>, renewed: i64) -> Lease {
+    fn lease(holder: Option<&str>, version: &str, renewed: i64) -> Lease {
         Lease {
-            metadata: ObjectMeta::default(),
+            metadata: ObjectMeta {
+                resource_version: Some(version.into()),
+                ..ObjectMeta::default()
+            },
             spec: Some(LeaseSpec {
                 holder_identity: holder.map(str::to_string),
                 lease_duration_seconds: Some(15),
@@ -191,23 +296,56 @@ mod tests {
 
     #[test]
     fn lease_steps() {
-        let now = Timestamp::from_second(1_000).expect("ts");
-        assert_eq!(lease_step(None, "a", now), LeaseStep::Create);
-        assert_eq!(
-            lease_step(Some(&lease(Some("a"), 995)), "a", now),
-            LeaseStep::Renew
+        let t0 = Instant::now();
+        assert_eq!(lease_step(None, "a", None, t0).0, LeaseStep::Create);
+        let (step, _) = lease_step(Some(&lease(Some("a"), "1", 995)), "a", None, t0);
+        assert_eq!(step, LeaseStep::Renew);
+        let (step, _) = lease_step(Some(&lease(None, "1", 999)), "a", None, t0);
+        assert_eq!(step, LeaseStep::TakeOver);
+    }
+
+    #[test]
+    fn takeover_waits_a_lease_duration_on_the_candidates_own_clock() {
+        let t0 = Instant::now();
+        // A renewTime far in the past (a holder whose clock is behind, or a crashed one) is
+        // not enough: the candidate first has to watch the record stay unchanged.
+        let held = lease(Some("b"), "7", 0);
+        let (step, seen) = lease_step(Some(&held), "a", None, t0);
+        assert_eq!(step, LeaseStep::Wait { holder: "b".into() });
+        let seen = seen.expect("record");
+        assert_eq!(seen.since, t0);
+        let (step, seen) = lease_step(Some(&held), "a", Some(&seen), t0 + Duration::from_secs(14));
+        assert_eq!(step, LeaseStep::Wait { holder: "b".into() });
+        let seen = seen.expect("record");
+        assert_eq!(seen.since, t0, "same record, same first sighting");
+        let (step, _) = lease_step(Some(&held), "a", Some(&seen), t0 + Duration::from_secs(15));
+        assert_eq!(step, LeaseStep::TakeOver);
+
+        // A renewal (new resourceVersion) restarts the wait, whatever its renewTime says: a
+        // holder whose clock runs 10 minutes behind keeps its lease.
+        let renewed = lease(Some("b"), "8", -600);
+        let (step, seen) = lease_step(
+            Some(&renewed),
+            "a",
+            Some(&seen),
+            t0 + Duration::from_secs(15),
         );
-        assert_eq!(
-            lease_step(Some(&lease(Some("b"), 995)), "a", now),
-            LeaseStep::Wait { holder: "b".into() }
+        assert_eq!(step, LeaseStep::Wait { holder: "b".into() });
+        assert_eq!(seen.expect("record").since, t0 + Duration::from_secs(15));
+    }
+
+    #[tokio::test]
+    async fn the_holder_gives_up_before_a_candidate_may_take_over() {
+        let api: Api<Lease> = Api::namespaced(
+            kube::Client::try_from(kube::Config::new(
+                "http://127.0.0.1:1".parse().expect("url"),
+            ))
+            .expect("client"),
+            "ns",
         );
-        assert_eq!(
-            lease_step(Some(&lease(Some("b"), 980)), "a", now),
-            LeaseStep::TakeOver
-        );
-        assert_eq!(
-            lease_step(Some(&lease(None, 999)), "a", now),
-            LeaseStep::TakeOver
-        );
+        let e = LeaderElector::new(api, "l", "a", Duration::from_secs(15));
+        assert_eq!(e.retry_period(), Duration::from_secs(2));
+        assert_eq!(e.renew_deadline(), Duration::from_secs(10));
+        assert!(e.renew_deadline() + e.retry_period() < Duration::from_secs(15));
     }
 }

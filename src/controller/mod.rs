@@ -32,6 +32,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Service;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -41,7 +42,7 @@ use kube::{Api, Client};
 pub use error::Error;
 pub use http::{HttpState, router};
 pub use job::{JobInputs, Prerequisite, build_job, prerequisites};
-pub use leader::{LeaderElector, LeaseStep, lease_step};
+pub use leader::{LeaderElector, LeaseStep, SeenRecord, lease_step};
 pub use metrics::Metrics;
 pub use observe::observation_from;
 pub use reconcile::{error_policy, parse_spec, reconcile};
@@ -261,8 +262,8 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             &identity,
             Duration::from_secs(args.lease_duration_seconds.max(3)),
         );
-        elector.acquire().await;
-        Some(Arc::new(elector))
+        let renewed = elector.acquire().await;
+        Some((elector, renewed))
     } else {
         None
     };
@@ -275,22 +276,23 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         metrics,
         Some(identity),
     ));
-    let (migrations, jobs, deployments) = match args.watch_namespace() {
+    let (migrations, jobs, deployments, services) = match args.watch_namespace() {
         Some(ns) => (
             Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ctx.api_resource),
             Api::<Job>::namespaced(client.clone(), ns),
             Api::<Deployment>::namespaced(client.clone(), ns),
+            Api::<Service>::namespaced(client.clone(), ns),
         ),
         None => (
             Api::<DynamicObject>::all_with(client.clone(), &ctx.api_resource),
             Api::<Job>::all(client.clone()),
             Api::<Deployment>::all(client.clone()),
+            Api::<Service>::all(client.clone()),
         ),
     };
     let owned =
         || watcher::Config::default().labels("app.kubernetes.io/managed-by=llamaduo-operator");
-    let lost = Arc::new(AtomicBool::new(false));
-    let mut controller = Controller::new_with(
+    let controller = Controller::new_with(
         migrations,
         watcher::Config::default(),
         ctx.api_resource.clone(),
@@ -298,34 +300,37 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     .owns(jobs, owned())
     // Serving Deployments: availability changes update the Serving condition.
     .owns(deployments, owned())
+    // Serving Services: one deleted by hand is re-created at once, not at the next requeue.
+    .owns(services, owned())
     .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
     .shutdown_on_signal();
-    if let Some(elector) = elector.clone() {
-        let lost = lost.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            elector.keep_renewing().await;
-            lost.store(true, Ordering::Relaxed);
-            let _ = tx.send(());
-        });
-        controller = controller.graceful_shutdown_on(async move {
-            let _ = rx.await;
-        });
-    }
     tokio::spawn(forget_deleted_migrations(controller.store(), ctx.clone()));
     tracing::info!(namespace = ?args.watch_namespace(), image = %args.trainer_image, "operator started");
-    controller
+    let run = controller
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => tracing::debug!(migration = %obj, "reconciled"),
                 Err(e) => tracing::debug!(error = %e, "reconcile error"),
             }
-        })
-        .await;
-    server.abort();
-    if lost.load(Ordering::Relaxed) {
-        anyhow::bail!("lost the leader lease; exiting so a fresh replica can take over");
+        });
+    let Some((elector, renewed)) = elector else {
+        run.await;
+        server.abort();
+        return Ok(());
+    };
+    tokio::select! {
+        // Stopped by SIGTERM / Ctrl-C: in-flight reconciles finished; hand the lease over.
+        () = run => {
+            elector.release().await;
+            server.abort();
+        }
+        // The lease may be someone else's soon: stop acting now. Dropping the controller
+        // cancels the reconciles in flight at their next await instead of letting them write.
+        () = elector.keep_renewing(renewed) => {
+            server.abort();
+            anyhow::bail!("lost the leader lease; exiting so a fresh replica can take over");
+        }
     }
     Ok(())
 }

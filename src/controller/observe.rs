@@ -1,8 +1,10 @@
-//! Observing a stage run: its Job, the termination message of its pod, and the objects it
-//! needs before it may start.
+//! Observing a stage run: its Job, the termination message of its pod, a pod that cannot
+//! start, and the objects it needs before it may start.
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::ListParams;
 
@@ -49,19 +51,141 @@ pub async fn observe(
             ),
         });
     }
-    if job_finished(&job).is_none() {
+    let finished = job_finished(&job).is_some();
+    // A running Job with a ready pod needs no pod list: its container has started.
+    if !finished && job.status.as_ref().and_then(|s| s.ready).unwrap_or(0) > 0 {
         return Ok(Observation::Running);
     }
+    let pods = job_pods(ctx, namespace, &run.name, &job).await?;
+    if finished {
+        return Ok(observation_from(&job, &pods));
+    }
+    Ok(match stuck(&job, &pods, Timestamp::now()) {
+        Some(blocked) => blocked,
+        None => Observation::Running,
+    })
+}
+
+/// The pods of this very Job (by its uid: a Job re-created under the same name must not
+/// see the old one's pods).
+async fn job_pods(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    job: &Job,
+) -> Result<Vec<Pod>, Error> {
+    let selector = match job.metadata.uid.as_deref() {
+        Some(uid) => format!("batch.kubernetes.io/controller-uid={uid}"),
+        None => format!("batch.kubernetes.io/job-name={name}"),
+    };
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let list = pods
-        .list(&ListParams::default().labels(&format!("job-name={}", run.name)))
+        .list(&ListParams::default().labels(&selector))
         .await
         .map_err(|source| Error::ListPods {
             namespace: namespace.into(),
-            job: run.name.clone(),
+            job: name.into(),
             source,
         })?;
-    Ok(observation_from(&job, &list.items))
+    Ok(list.items)
+}
+
+/// Waiting reasons of a container that will not start without a change (a wrong image name,
+/// a registry that refuses it, a Secret or ConfigMap key that is missing).
+const STUCK_WAITING: &[&str] = &[
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+];
+/// How long a pod may wait on one of [`STUCK_WAITING`] before it is reported (an image pull
+/// can fail once on a registry hiccup and then succeed).
+const STUCK_WAITING_GRACE_S: i64 = 120;
+/// How long a pod may stay unschedulable before it is reported (a cluster autoscaler may be
+/// adding a GPU node).
+const UNSCHEDULABLE_GRACE_S: i64 = 600;
+/// How long a Job may have no pod at all before it is reported (a ResourceQuota, an unknown
+/// priorityClassName or an admission webhook refuses every pod it tries to create).
+const NO_POD_GRACE_S: i64 = 300;
+
+/// A running Job whose pod cannot start, as a Blocked observation naming the pod, Kubernetes'
+/// own reason and message, and the fix; `None` while it is starting normally or runs. Pure,
+/// so every case is unit-tested. The Job is left alone: a fixed Secret or a new GPU node lets
+/// the same pod start, and the condition clears on the next reconcile.
+pub fn stuck(job: &Job, pods: &[Pod], now: Timestamp) -> Option<Observation> {
+    let age = |meta: &ObjectMeta| {
+        meta.creation_timestamp
+            .as_ref()
+            .map_or(0, |t| now.as_second() - t.0.as_second())
+    };
+    let job_name = format!(
+        "{}/{}",
+        job.metadata.namespace.as_deref().unwrap_or_default(),
+        job.metadata.name.as_deref().unwrap_or_default()
+    );
+    let mut newest_first: Vec<&Pod> = pods.iter().collect();
+    newest_first
+        .sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.as_ref().map(|t| t.0)));
+    let Some(pod) = newest_first.first() else {
+        return (age(&job.metadata) >= NO_POD_GRACE_S).then(|| Observation::Blocked {
+            reason: "NoPodCreated".into(),
+            message: format!(
+                "Job {job_name} has created no pod in {} min; `kubectl describe job` shows why (a ResourceQuota, an unknown priorityClassName or an admission webhook refusing the pod)",
+                age(&job.metadata) / 60
+            ),
+        });
+    };
+    let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+    let status = pod.status.as_ref()?;
+    let waiting = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .filter_map(|c| c.state.as_ref()?.waiting.as_ref())
+        .find(|w| {
+            w.reason
+                .as_deref()
+                .is_some_and(|r| STUCK_WAITING.contains(&r))
+        });
+    if let Some(w) = waiting
+        && age(&pod.metadata) >= STUCK_WAITING_GRACE_S
+    {
+        let reason = w.reason.clone().unwrap_or_default();
+        let fix = if reason.contains("Image") {
+            format!(
+                "fix spec.image (spec.training.image for train, evaluate with useTrainingResources) or the registry credentials, then delete Job {job_name}: its container never ran, so nothing is lost, and the operator creates it again from the current spec"
+            )
+        } else {
+            "create the Secret or ConfigMap key the pod needs; the pod then starts by itself"
+                .to_string()
+        };
+        return Some(Observation::Blocked {
+            message: format!(
+                "stage pod {pod_name} cannot start: {reason}: {}; {fix}",
+                w.message.as_deref().unwrap_or("no message")
+            ),
+            reason,
+        });
+    }
+    let unschedulable = status.conditions.iter().flatten().find(|c| {
+        c.type_ == "PodScheduled"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("Unschedulable")
+    });
+    if let Some(c) = unschedulable
+        && age(&pod.metadata) >= UNSCHEDULABLE_GRACE_S
+    {
+        return Some(Observation::Blocked {
+            reason: "Unschedulable".into(),
+            message: format!(
+                "stage pod {pod_name} has not been scheduled for {} min: {}; check spec.training.resources, nodeSelector and tolerations against the nodes (the pod starts by itself once a node fits)",
+                age(&pod.metadata) / 60,
+                c.message.as_deref().unwrap_or("no message")
+            ),
+        });
+    }
+    None
 }
 
 /// `Some(true)` when the Job completed, `Some(false)` when it failed, `None` while it runs.
@@ -125,7 +249,16 @@ pub fn observation_from(job: &Job, pods: &[Pod]) -> Observation {
                     }
                     why
                 }
-                None => job_failure_message(job),
+                None => {
+                    // No container ever ran to the end (evicted, deleted): the newest pod's own
+                    // reason says more than the Job's BackoffLimitExceeded.
+                    let mut why = job_failure_message(job);
+                    if let Some(pod_why) = newest_pod_reason(pods) {
+                        why.push_str("; ");
+                        why.push_str(&pod_why);
+                    }
+                    why
+                }
             };
             Observation::Failed {
                 reason: why,
@@ -133,6 +266,21 @@ pub fn observation_from(job: &Job, pods: &[Pod]) -> Observation {
             }
         }
     }
+}
+
+/// `pod NAME: Reason: message` of the newest pod that has a status reason (Evicted,
+/// Preempting, DeadlineExceeded, ...).
+fn newest_pod_reason(pods: &[Pod]) -> Option<String> {
+    let pod = pods
+        .iter()
+        .max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0))?;
+    let status = pod.status.as_ref()?;
+    let reason = status.reason.as_deref()?;
+    Some(format!(
+        "pod {}: {reason}: {}",
+        pod.metadata.name.as_deref().unwrap_or_default(),
+        status.message.as_deref().unwrap_or("no message")
+    ))
 }
 
 fn last_line(text: &str) -> Option<&str> {

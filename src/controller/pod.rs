@@ -92,16 +92,21 @@ pub fn home_env() -> EnvVar {
 /// The resource name of NVIDIA's device plugin.
 const NVIDIA_GPU: &str = "nvidia.com/gpu";
 
+/// Whether `resources` request or limit an NVIDIA GPU.
+pub fn wants_gpu(resources: Option<&ResourceRequirements>) -> bool {
+    resources.is_some_and(|r| {
+        [&r.limits, &r.requests]
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m.get(NVIDIA_GPU))
+            .any(|q| q.0.trim() != "0")
+    })
+}
+
 /// `LLAMADUO_DEVICE=cuda` for a container whose resources request or limit an NVIDIA GPU:
 /// such a pod computes on its GPU or fails in seconds, never on its CPU for hours.
 pub fn gpu_device_env(resources: Option<&ResourceRequirements>) -> Option<EnvVar> {
-    let r = resources?;
-    let wants_gpu = [&r.limits, &r.requests]
-        .into_iter()
-        .flatten()
-        .filter_map(|m| m.get(NVIDIA_GPU))
-        .any(|q| q.0.trim() != "0");
-    wants_gpu.then(|| EnvVar {
+    wants_gpu(resources).then(|| EnvVar {
         name: DEVICE_ENV.into(),
         value: Some("cuda".into()),
         ..EnvVar::default()

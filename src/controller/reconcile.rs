@@ -88,6 +88,13 @@ fn key(obj: &DynamicObject) -> String {
 
 async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, Error> {
     let name = obj.name_any();
+    // Being deleted (a foreground delete waits for the garbage collector to remove the Jobs
+    // and serving objects first): act on nothing, or a Job the collector just deleted would be
+    // created again, and its Deployment re-applied, for as long as the deletion takes.
+    if obj.metadata.deletion_timestamp.is_some() {
+        tracing::debug!(migration = %key(obj), "being deleted; not acting");
+        return Ok(Action::await_change());
+    }
     let namespace = obj.namespace().ok_or_else(|| Error::MissingObjectKey {
         name: name.clone(),
         field: "namespace",

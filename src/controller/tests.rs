@@ -232,6 +232,12 @@ async fn a_new_migration_starts_round_one_synthesis_as_a_restricted_job() {
     assert_eq!(labels["app.kubernetes.io/managed-by"], "llamaduo-operator");
     assert_eq!(labels["llamaduo.dev/round"], "1");
     assert_eq!(job["spec"]["backoffLimit"], 0);
+    // A drained node or a preempted pod is not a failed attempt.
+    assert_eq!(
+        job["spec"]["podFailurePolicy"],
+        json!({"rules": [{"action": "Ignore",
+                          "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]})
+    );
     let template = &job["spec"]["template"];
     assert_eq!(template["metadata"]["labels"], *labels);
     let pod = &template["spec"];
@@ -442,7 +448,7 @@ fn started_status() -> Value {
 fn finished_job(condition: &str) -> Value {
     json!({
         "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": "tickets-r1-synthesize", "namespace": "team-a",
+        "metadata": {"name": "tickets-r1-synthesize", "namespace": "team-a", "uid": "job-uid-1",
                      "ownerReferences": [{"apiVersion": "llamaduo.dev/v1alpha1",
                         "kind": "LlamaDuoMigration", "name": "tickets", "uid": "uid-1",
                         "controller": true}]},
@@ -505,8 +511,8 @@ async fn a_restart_records_a_finished_job_before_anything_else() {
     assert!(
         seen[1]
             .uri
-            .contains("labelSelector=job-name%3Dtickets-r1-synthesize"),
-        "{}",
+            .contains("labelSelector=batch.kubernetes.io%2Fcontroller-uid%3Djob-uid-1"),
+        "pods of this very Job: {}",
         seen[1].uri
     );
     let status = &seen[2].body["status"];
@@ -564,7 +570,8 @@ async fn a_failed_job_is_recorded_with_its_log_tail_and_a_warning() {
 #[tokio::test]
 async fn a_running_job_is_waited_for() {
     let mut job = finished_job("Complete");
-    job["status"] = json!({"active": 1});
+    // A ready pod: its container started, so no pod list is needed.
+    job["status"] = json!({"active": 1, "ready": 1});
     let obj = migration(spec(), started_status());
     let (r, seen) = scenario(obj, async move |s: &mut ApiServer| {
         vec![
@@ -584,6 +591,133 @@ async fn a_running_job_is_waited_for() {
         Action::requeue(Duration::from_secs(300))
     );
     assert_eq!(seen[1].body["status"]["phase"], "Synthesizing");
+}
+
+/// A pod list with one pod created `age_s` seconds ago, with `status`.
+fn pods_aged(age_s: i64, status: Value) -> Value {
+    let created = k8s_openapi::jiff::Timestamp::now()
+        .checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(age_s))
+        .expect("timestamp");
+    json!({
+        "apiVersion": "v1", "kind": "PodList", "metadata": {},
+        "items": [{
+            "metadata": {"name": "tickets-r1-synthesize-x7k2p", "namespace": "team-a",
+                         "creationTimestamp": created.to_string()},
+            "status": status
+        }]
+    })
+}
+
+fn image_pull_backoff() -> Value {
+    json!({"phase": "Pending", "containerStatuses": [{
+        "name": "trainer", "image": "registry.example/llamaduo-trainr:1.0", "imageID": "",
+        "ready": false, "restartCount": 0,
+        "state": {"waiting": {"reason": "ImagePullBackOff",
+                  "message": "Back-off pulling image \"registry.example/llamaduo-trainr:1.0\""}}
+    }]})
+}
+
+#[tokio::test]
+async fn a_pod_that_cannot_pull_its_image_stalls_the_migration_naming_the_fix() {
+    let mut job = finished_job("Complete");
+    job["status"] = json!({"active": 1, "ready": 0});
+    let obj = migration(spec(), started_status());
+    let (r, seen) = scenario(obj, async move |s: &mut ApiServer| {
+        vec![
+            s.expect(
+                Method::GET,
+                &format!("{JOBS}/tickets-r1-synthesize"),
+                200,
+                job,
+            )
+            .await,
+            s.expect(
+                Method::GET,
+                "/api/v1/namespaces/team-a/pods",
+                200,
+                pods_aged(300, image_pull_backoff()),
+            )
+            .await,
+            s.expect(Method::PATCH, STATUS, 200, Value::Null).await,
+            s.expect(Method::POST, EVENTS, 201, Value::Null).await,
+        ]
+    })
+    .await;
+    r.expect("reconcile");
+    let status = &seen[2].body["status"];
+    let stalled = status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "Stalled")
+        .expect("Stalled");
+    assert_eq!(stalled["status"], "True");
+    assert_eq!(stalled["reason"], "ImagePullBackOff");
+    let message = stalled["message"].as_str().expect("message");
+    assert!(message.contains("tickets-r1-synthesize-x7k2p"), "{message}");
+    assert!(message.contains("llamaduo-trainr"), "{message}");
+    assert!(message.contains("fix spec.image"), "{message}");
+    assert!(
+        message.contains("delete Job team-a/tickets-r1-synthesize"),
+        "{message}"
+    );
+    assert_eq!(seen[3].body["type"], "Warning");
+    assert_eq!(seen[3].body["reason"], "ImagePullBackOff");
+}
+
+#[tokio::test]
+async fn a_pod_pulling_its_image_for_a_short_while_is_just_running() {
+    let mut job = finished_job("Complete");
+    job["status"] = json!({"active": 1});
+    let obj = migration(spec(), started_status());
+    let (r, seen) = scenario(obj, async move |s: &mut ApiServer| {
+        vec![
+            s.expect(
+                Method::GET,
+                &format!("{JOBS}/tickets-r1-synthesize"),
+                200,
+                job,
+            )
+            .await,
+            s.expect(
+                Method::GET,
+                "/api/v1/namespaces/team-a/pods",
+                200,
+                pods_aged(30, image_pull_backoff()),
+            )
+            .await,
+            s.expect(Method::PATCH, STATUS, 200, Value::Null).await,
+        ]
+    })
+    .await;
+    assert_eq!(
+        r.expect("reconcile"),
+        Action::requeue(Duration::from_secs(300))
+    );
+    let conditions = seen[2].body["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .clone();
+    assert!(
+        conditions
+            .iter()
+            .all(|c| c["type"] != "Stalled" || c["status"] == "False"),
+        "{conditions:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_migration_being_deleted_is_not_acted_on() {
+    // Its synthesize Job was just removed by the garbage collector (foreground deletion):
+    // nothing is read, created or written.
+    let mut obj = migration(spec(), started_status());
+    obj.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    obj.metadata.finalizers = Some(vec!["foregroundDeletion".into()]);
+    let (r, seen) = scenario(obj, async |_s: &mut ApiServer| Vec::new()).await;
+    assert_eq!(r.expect("reconcile"), Action::await_change());
+    assert!(seen.is_empty());
 }
 
 #[tokio::test]
@@ -653,7 +787,7 @@ fn metric_lines(ctx: &Context, prefix: &str) -> Vec<String> {
 #[tokio::test]
 async fn a_status_write_decided_from_a_stale_read_is_refused_and_requeued_quietly() {
     let mut job = finished_job("Complete");
-    job["status"] = json!({"active": 1});
+    job["status"] = json!({"active": 1, "ready": 1});
     let obj = migration(spec(), Value::Null);
     let (ctx, mut server) = context();
     let (r, seen) = scenario_in(
@@ -1066,6 +1200,89 @@ mod pure {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_evicted_pod_says_why_the_job_failed() {
+        let job: Job = serde_json::from_value(finished_job("Failed")).expect("job");
+        let pods: Vec<Pod> = serde_json::from_value(json!([{
+            "metadata": {"name": "tickets-r1-train-abcde"},
+            "status": {"phase": "Failed", "reason": "Evicted",
+                       "message": "The node was low on resource: ephemeral-storage."}
+        }]))
+        .expect("pods");
+        match observation_from(&job, &pods) {
+            Observation::Failed { reason, .. } => assert!(
+                reason.contains(
+                    "pod tickets-r1-train-abcde: Evicted: The node was low on resource: ephemeral-storage."
+                ),
+                "{reason}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn pods_that_cannot_start_are_reported_after_their_grace() {
+        use super::super::observe::stuck;
+        use k8s_openapi::jiff::{SignedDuration, Timestamp};
+        let now = Timestamp::from_second(1_800_000_000).expect("now");
+        let at = |ago: i64| {
+            now.checked_sub(SignedDuration::from_secs(ago))
+                .expect("time")
+                .to_string()
+        };
+        let mut job: Job = serde_json::from_value(finished_job("Complete")).expect("job");
+        job.status = None;
+        job.metadata.creation_timestamp = serde_json::from_value(json!(at(400))).ok();
+        let pod = |ago: i64, status: Value| -> Vec<Pod> {
+            serde_json::from_value(json!([{
+                "metadata": {"name": "p", "creationTimestamp": at(ago)},
+                "status": status
+            }]))
+            .expect("pod")
+        };
+        let reason = |o: Option<Observation>| match o {
+            Some(Observation::Blocked { reason, message }) => Some((reason, message)),
+            None => None,
+            Some(other) => panic!("{other:?}"),
+        };
+        // A missing Secret key: reported after the grace, with the fix.
+        let config_error = json!({"containerStatuses": [{"name": "trainer", "image": "i",
+            "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "CreateContainerConfigError",
+                                  "message": "couldn't find key api-key in Secret team-a/openai"}}}]});
+        assert_eq!(
+            reason(stuck(&job, &pod(60, config_error.clone()), now)),
+            None
+        );
+        let (r, m) = reason(stuck(&job, &pod(200, config_error), now)).expect("stuck");
+        assert_eq!(r, "CreateContainerConfigError");
+        assert!(m.contains("couldn't find key api-key"), "{m}");
+        assert!(m.contains("starts by itself"), "{m}");
+        // Unschedulable: only after ten minutes (an autoscaler may be adding a node).
+        let unschedulable = json!({"phase": "Pending", "conditions": [{"type": "PodScheduled",
+            "status": "False", "reason": "Unschedulable",
+            "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]});
+        assert_eq!(
+            reason(stuck(&job, &pod(300, unschedulable.clone()), now)),
+            None
+        );
+        let (r, m) = reason(stuck(&job, &pod(700, unschedulable), now)).expect("stuck");
+        assert_eq!(r, "Unschedulable");
+        assert!(m.contains("Insufficient nvidia.com/gpu"), "{m}");
+        assert!(m.contains("11 min"), "{m}");
+        // A running container is fine however old.
+        let running = json!({"phase": "Running", "containerStatuses": [{"name": "trainer",
+            "image": "i", "imageID": "", "ready": true, "restartCount": 0,
+            "state": {"running": {}}}]});
+        assert_eq!(reason(stuck(&job, &pod(7200, running), now)), None);
+        // No pod at all for five minutes: the Job's events say why.
+        let (r, m) = reason(stuck(&job, &[], now)).expect("no pod");
+        assert_eq!(r, "NoPodCreated");
+        assert!(m.contains("kubectl describe job"), "{m}");
+        job.metadata.creation_timestamp = serde_json::from_value(json!(at(100))).ok();
+        assert_eq!(reason(stuck(&job, &[], now)), None);
     }
 
     #[test]

@@ -10,7 +10,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, Service, ServicePort,
     ServiceSpec,
@@ -26,7 +28,7 @@ use crate::plan::{MigrationId, RenderError, artifacts_root, serving_name};
 use super::super::job::{FIELD_MANAGER, MIGRATION_LABEL, label_value};
 use super::super::pod::{
     container_security, gpu_device_env, home_env, owner_reference, pod_security, storage_wiring,
-    tmp_volume,
+    tmp_volume, wants_gpu,
 };
 
 /// Name of the serving container.
@@ -180,6 +182,18 @@ fn deployment(inputs: &ServingInputs<'_>, best: &BestRound) -> Result<Deployment
     volumes.extend(storage.volumes);
     let mut mounts = vec![tmp_mount];
     mounts.extend(storage.mounts);
+    // A rollout that adds a pod before removing one needs a second GPU, or a second node to
+    // attach a ReadWriteOnce claim: on a busy cluster it would never finish. Replace pods
+    // one at a time instead (with one replica: stop, then start).
+    let replace_in_place = wants_gpu(spec.serving.resources.as_ref())
+        || volumes.iter().any(|v| v.persistent_volume_claim.is_some());
+    let strategy = replace_in_place.then(|| DeploymentStrategy {
+        type_: Some("RollingUpdate".into()),
+        rolling_update: Some(RollingUpdateDeployment {
+            max_surge: Some(IntOrString::Int(0)),
+            max_unavailable: Some(IntOrString::Int(1)),
+        }),
+    });
     let probe = |path: &str, period, failures| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -238,6 +252,7 @@ fn deployment(inputs: &ServingInputs<'_>, best: &BestRound) -> Result<Deployment
         },
         spec: DeploymentSpec {
             replicas: Some(spec.serving.replicas),
+            strategy,
             selector: LabelSelector {
                 match_labels: Some(selector_labels(migration)),
                 ..LabelSelector::default()

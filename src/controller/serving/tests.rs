@@ -288,6 +288,26 @@ fn gpu_serving_gets_its_image_scheduling_and_the_cuda_device() {
 }
 
 #[test]
+fn rollouts_never_need_a_second_gpu_or_a_second_claim_attachment() {
+    let strategy = |v: Value| {
+        let spec = spec_from(v);
+        let objects = render(&inputs(&spec), &best(2)).expect("render");
+        serde_json::to_value(&objects.deployment).expect("json")["spec"]["strategy"].clone()
+    };
+    let one_at_a_time =
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}});
+    // The model on a PersistentVolumeClaim (ReadWriteOnce attaches to one node).
+    assert_eq!(strategy(spec_json()), one_at_a_time);
+    // On an object store, CPU only: Kubernetes' default surge rollout.
+    let mut s3 = spec_json();
+    s3["storage"] = json!({"url": "s3://bucket/llamaduo"});
+    assert_eq!(strategy(s3.clone()), Value::Null);
+    // A GPU per replica.
+    s3["serving"]["resources"] = json!({"requests": {"nvidia.com/gpu": "1"}});
+    assert_eq!(strategy(s3), one_at_a_time);
+}
+
+#[test]
 fn disabling_serving_deletes_both_objects() {
     let mut off = spec_json();
     off["serving"]["enabled"] = json!(false);
