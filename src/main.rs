@@ -119,6 +119,14 @@ fn validate(paths: &[PathBuf], target: Target) -> anyhow::Result<ExitCode> {
         }
     }
     println!("{checked} LlamaDuoMigration(s) checked, {failed} with problems");
+    if checked == 0 && failed == 0 {
+        let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        eprintln!(
+            "no LlamaDuoMigration found in {} ({} YAML file(s) read; only .yaml and .yml files are read, other kinds are skipped)",
+            names.join(", "),
+            files.len()
+        );
+    }
     Ok(if failed == 0 && checked > 0 {
         ExitCode::SUCCESS
     } else {

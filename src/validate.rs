@@ -82,6 +82,24 @@ fn validate_document(doc: &Value, target: Target, index: usize) -> DocumentRepor
             None => name.to_string(),
         })
     });
+    // A document of our API group with another kind is a typo (`LlamaDuoMigratoin`), not
+    // someone else's object: report it instead of skipping it, or the gate would pass.
+    if kind != Some("LlamaDuoMigration")
+        && api_version.is_some_and(|v| v.starts_with("llamaduo.dev/"))
+    {
+        return DocumentReport {
+            index,
+            object,
+            checked: true,
+            problems: vec![problem(
+                "kind",
+                format!(
+                    "{} is not a kind of llamaduo.dev; the only kind is LlamaDuoMigration",
+                    kind.map_or_else(|| "nothing".to_string(), |k| format!("{k:?}"))
+                ),
+            )],
+        };
+    }
     if kind != Some("LlamaDuoMigration") {
         return DocumentReport {
             index,
@@ -425,6 +443,20 @@ spec:
         .expect("parses");
         assert_eq!(reports.len(), 1);
         assert!(!reports[0].checked);
+    }
+
+    #[test]
+    fn a_misspelt_kind_of_our_group_is_a_problem_not_skipped() {
+        let text = with("kind: LlamaDuoMigration", "kind: LlamaDuoMigratoin");
+        let reports = validate_yaml(&text, Target::Local).expect("yaml");
+        assert!(reports[0].checked);
+        assert_eq!(reports[0].problems.len(), 1);
+        assert_eq!(reports[0].problems[0].path, "kind");
+        assert!(
+            reports[0].problems[0].message.contains("LlamaDuoMigratoin"),
+            "{:?}",
+            reports[0].problems
+        );
     }
 
     #[test]

@@ -139,6 +139,17 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
+    /// The name as written in a manifest (`openai`, `openaiCompatible`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+            Self::Anthropic => "anthropic",
+            Self::Gemini => "gemini",
+            Self::OpenaiCompatible => "openaiCompatible",
+            Self::Simulated => "simulated",
+        }
+    }
+
     /// Whether the provider refuses requests without an API key.
     pub fn needs_api_key(self) -> bool {
         matches!(self, Self::Openai | Self::Anthropic | Self::Gemini)
@@ -911,6 +922,12 @@ pub enum Stage {
     Train,
     /// The student is scored.
     Evaluate,
+}
+
+impl std::fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Stage {

@@ -28,7 +28,7 @@ pub enum TrainerError {
     BadOverride(String),
     /// A provider needs an API key that is not in the environment.
     #[error(
-        "the {role} ({provider:?}) needs an API key: export {env}{secret_hint} before `llamaduo run`"
+        "the {role} ({provider}) needs an API key: export {env}{secret_hint} before `llamaduo run`"
     )]
     MissingKey {
         /// "teacher" or "judge".

@@ -57,7 +57,7 @@ async fn chat_stream_models_health_metrics() {
     );
 
     // Streaming: role first, then content deltas that add up to the same text, then a
-    // finish chunk with usage, then [DONE].
+    // finish chunk (no usage unless stream_options.include_usage asks), then [DONE].
     let mut sbody = body.clone();
     sbody["stream"] = json!(true);
     sbody["model"] = json!("tiny");
@@ -83,7 +83,10 @@ async fn chat_stream_models_health_metrics() {
     let last = chunks.last().expect("last");
     assert_eq!(last["object"], "chat.completion.chunk");
     assert_eq!(last["choices"][0]["finish_reason"], finish);
-    assert_eq!(last["usage"], *usage);
+    assert!(
+        chunks.iter().all(|c| c.get("usage").is_none()),
+        "usage only when asked for"
+    );
     assert!(
         chunks[..chunks.len() - 1]
             .iter()
@@ -171,6 +174,22 @@ async fn chat_stream_models_health_metrics() {
             400,
             json!("top_p"),
         ),
+        // What the server cannot do is refused, never silently ignored.
+        (
+            json!({"messages": u, "tools": [{"type": "function", "function": {"name": "route"}}], "tool_choice": "required"}).to_string(),
+            400,
+            json!("tools"),
+        ),
+        (
+            json!({"messages": u, "response_format": {"type": "json_object"}}).to_string(),
+            400,
+            json!("response_format"),
+        ),
+        (
+            json!({"messages": u, "logprobs": true}).to_string(),
+            400,
+            json!("logprobs"),
+        ),
     ];
     for (body, want, param) in cases {
         let (status, v) = post_raw(&server, "/v1/chat/completions", body.clone()).await;
@@ -181,6 +200,25 @@ async fn chat_stream_models_health_metrics() {
         assert!(e.get("code").is_some() && e.get("param").is_some(), "{v}");
         assert_eq!(e["param"], param, "{body}");
     }
+    // The neutral values of those fields are accepted.
+    let mut neutral = chat_body("Question 1: how many apples are in basket 1?", 4);
+    for (k, v) in [
+        ("tools", json!([])),
+        ("tool_choice", json!("none")),
+        ("response_format", json!({"type": "text"})),
+        ("logprobs", json!(false)),
+    ] {
+        neutral[k] = v;
+    }
+    assert_eq!(post(&server, "/v1/chat/completions", &neutral).await.0, 200);
+    let (status, m) = get(&server, "/v1/models/tiny").await;
+    assert_eq!(status, 200);
+    let m: Value = serde_json::from_str(&m).expect("json");
+    assert_eq!(
+        (m["id"].as_str(), m["object"].as_str()),
+        (Some("tiny"), Some("model"))
+    );
+    assert_eq!(get(&server, "/v1/models/gpt-4o").await.0, 404);
     let (status, v) = post(&server, "/v1/nothing", &json!({})).await;
     assert_eq!(status, 404);
     assert!(v["error"]["message"].is_string());
@@ -194,7 +232,7 @@ async fn chat_stream_models_health_metrics() {
         "{metrics}"
     );
     assert!(metrics.contains(
-        r#"llamaduo_serve_requests_total{endpoint="/v1/chat/completions",status="400"} 8"#
+        r#"llamaduo_serve_requests_total{endpoint="/v1/chat/completions",status="400"} 11"#
     ));
     assert!(metrics.contains("llamaduo_serve_batch_size_count"));
     assert!(!metrics.contains("llamaduo_serve_generated_tokens_total 0\n"));
@@ -343,6 +381,50 @@ async fn lora_adapter_is_served_on_its_base() {
         err.contains("--base") && err.contains("student/base"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn max_tokens_left_out_uses_what_the_context_leaves() {
+    // The tiny model's context is 512 tokens; the server's cap is above it. The model is
+    // named by a path relative to the working directory, as docs/serving.md does.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tiny_model(&tmp.path().join("tiny"));
+    let cwd = std::env::current_dir().expect("cwd");
+    let up = "../".repeat(cwd.components().count() - 1);
+    let relative = format!(
+        "{up}{}",
+        dir.to_str().expect("utf8").trim_start_matches('/')
+    );
+    assert!(std::path::Path::new(&relative).is_relative());
+    let server = spawn(&["--model", &relative, "--max-tokens", "4000"]).await;
+    let mut body = chat_body("Question 1: how many apples are in basket 1?", 1);
+    body.as_object_mut().expect("object").remove("max_tokens");
+    body["stop"] = json!(["never-appears-xyz"]);
+    let (status, v) = post(&server, "/v1/chat/completions", &body).await;
+    assert_eq!(status, 200, "{v}");
+    let used = v["usage"]["prompt_tokens"].as_u64().expect("prompt")
+        + v["usage"]["completion_tokens"]
+            .as_u64()
+            .expect("completion");
+    assert!(used <= 512, "{v}");
+    // Asked for explicitly, too many is refused naming what to lower and by how much.
+    body["max_tokens"] = json!(600);
+    let (status, v) = post(&server, "/v1/chat/completions", &body).await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+    assert_eq!(v["error"]["param"], "messages");
+    let message = v["error"]["message"].as_str().expect("message");
+    assert!(message.contains("max_tokens is 600"), "{message}");
+    assert!(message.contains("at most"), "{message}");
+    // On /v1/completions the field is `prompt`.
+    let (status, v) = post(
+        &server,
+        "/v1/completions",
+        &json!({"prompt": "Question 1:", "max_tokens": 600}),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["param"], "prompt");
 }
 
 #[tokio::test]

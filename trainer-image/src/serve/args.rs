@@ -12,7 +12,7 @@ pub struct ServeArgs {
     /// adapter's base_model_name_or_path.
     #[arg(long, env = "LLAMADUO_SERVE_BASE")]
     pub base: Option<String>,
-    /// The model name clients send and /v1/models lists; defaults to `{migration}-round-{n}`
+    /// The model name clients send and /v1/models lists; defaults to `{migration}-round-N`
     /// for a round's model directory, else the directory's name.
     #[arg(long, env = "LLAMADUO_SERVE_NAME")]
     pub served_model_name: Option<String>,

@@ -309,17 +309,37 @@ impl Worker {
             ));
         }
         let context = m.model.config().max_position_embeddings;
-        if prompt.len() + spec.max_tokens > context {
-            return Err(ApiError::invalid(
-                Some("messages"),
-                format!(
-                    "this model's context is {context} tokens, but the prompt has {} and max_tokens is {}; shorten the prompt or lower max_tokens",
-                    prompt.len(),
-                    spec.max_tokens
-                ),
-            )
-            .with_code("context_length_exceeded"));
-        }
+        let prompt_field = match spec.prompt {
+            PromptInput::Chat(_) => "messages",
+            PromptInput::Text(_) => "prompt",
+        };
+        let room = context.saturating_sub(prompt.len());
+        let max_new_tokens = match spec.max_tokens_field {
+            // Left out: as OpenAI and vLLM do, the answer may use what the context leaves.
+            None if room > 0 => spec.max_tokens.min(room),
+            None => {
+                return Err(ApiError::invalid(
+                    Some(prompt_field),
+                    format!(
+                        "this model's context is {context} tokens and the prompt has {}, which leaves no room for an answer; shorten the {prompt_field}",
+                        prompt.len()
+                    ),
+                )
+                .with_code("context_length_exceeded"));
+            }
+            Some(field) if spec.max_tokens > room => {
+                return Err(ApiError::invalid(
+                    Some(prompt_field),
+                    format!(
+                        "this model's context is {context} tokens, but the prompt has {} and {field} is {}; shorten the {prompt_field} or lower {field} to at most {room}",
+                        prompt.len(),
+                        spec.max_tokens
+                    ),
+                )
+                .with_code("context_length_exceeded"));
+            }
+            Some(_) => spec.max_tokens,
+        };
         let seed = spec.seed.unwrap_or_else(|| {
             self.seeds
                 .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
@@ -329,7 +349,7 @@ impl Worker {
             params: SamplingParams {
                 temperature: spec.temperature,
                 top_p: spec.top_p,
-                max_new_tokens: spec.max_tokens,
+                max_new_tokens,
                 seed,
             },
             stop_strings: spec.stop.clone(),

@@ -53,9 +53,24 @@ pub fn default_model_name(url: &str) -> String {
         .to_owned()
 }
 
+/// A relative path that exists here (`quickstart-run/artifacts/.../model`) made absolute, so
+/// the store resolves it; URLs and absolute paths unchanged.
+fn absolute_if_local(arg: &str) -> String {
+    let path = std::path::Path::new(arg);
+    if arg.contains("://") || path.is_absolute() || !path.exists() {
+        return arg.to_string();
+    }
+    std::path::absolute(path)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| arg.to_string())
+}
+
 /// Resolves `--model` and, for an adapter, its base to local directories (downloading
 /// through the store when needed).
 pub async fn resolve_dirs(model: &str, base: Option<&str>) -> anyhow::Result<ModelDirs> {
+    let model = &absolute_if_local(model);
+    let base = base.map(absolute_if_local);
+    let base = base.as_deref();
     let resolver = Resolver::new(cache_dir(), HfConfig::from_env());
     let model_dir = resolver
         .resolve(model)

@@ -41,7 +41,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .filter(|s| !s.trim().is_empty())
         .unwrap_or_else(|| load::default_model_name(&args.model));
     let dirs = load::resolve_dirs(&args.model, args.base.as_deref()).await?;
-    tracing::info!(model = %dirs.model.display(), base = ?dirs.base, name = %model_name, "serving");
+    let base = dirs
+        .base
+        .as_ref()
+        .map_or_else(|| "none (full weights)".into(), |b| b.display().to_string());
+    tracing::info!(model = %dirs.model.display(), %base, name = %model_name, "serving");
     let metrics = Arc::new(Metrics::default());
     let max_batch = args.max_batch as usize;
     let started = Engine::start(

@@ -1,7 +1,9 @@
 //! OpenAI request bodies (`/v1/chat/completions`, `/v1/completions`) and their validation into
 //! what the generation worker needs. Unknown fields are ignored, as OpenAI-compatible servers
-//! do; fields we cannot honour (n > 1, echo, token-id prompts, non-text content) are refused
-//! with a 400 naming the field.
+//! do; fields we cannot honour (n > 1, echo, token-id prompts, non-text content, tools and
+//! function calling, JSON or schema response formats, logprobs, best_of) are refused with a
+//! 400 naming the field, never ignored: a client must not mistake a plain answer for a model
+//! that chose not to call its tool or to follow its schema.
 
 use llamaduo::api::dataset::{Message, Role};
 use serde::Deserialize;
@@ -93,6 +95,30 @@ pub struct Sampling {
     /// Seed for sampling.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// Tool definitions (refused when non-empty).
+    #[serde(default)]
+    pub tools: Option<serde_json::Value>,
+    /// Tool choice (refused unless `none`).
+    #[serde(default)]
+    pub tool_choice: Option<serde_json::Value>,
+    /// Legacy function definitions (refused when non-empty).
+    #[serde(default)]
+    pub functions: Option<serde_json::Value>,
+    /// Legacy function choice (refused unless `none`).
+    #[serde(default)]
+    pub function_call: Option<serde_json::Value>,
+    /// Response format (only `{"type": "text"}` is supported).
+    #[serde(default)]
+    pub response_format: Option<serde_json::Value>,
+    /// Log probabilities (chat: a bool, completions: a count; refused when asked for).
+    #[serde(default)]
+    pub logprobs: Option<serde_json::Value>,
+    /// Top log probabilities per token (refused when above 0).
+    #[serde(default)]
+    pub top_logprobs: Option<serde_json::Value>,
+    /// Server-side best-of sampling (completions; refused above 1).
+    #[serde(default)]
+    pub best_of: Option<serde_json::Value>,
 }
 
 /// A chat completion request.
@@ -144,6 +170,9 @@ pub struct GenSpec {
     pub prompt: PromptInput,
     /// Most tokens to generate.
     pub max_tokens: usize,
+    /// The field the client set `max_tokens` with; `None` when it left it out (then the
+    /// answer may use what the context leaves, up to `max_tokens`).
+    pub max_tokens_field: Option<&'static str>,
     /// 0 is greedy.
     pub temperature: f64,
     /// Nucleus mass.
@@ -280,6 +309,7 @@ fn validate_sampling(
             ),
         ));
     }
+    refuse_unsupported(&s)?;
     let max_tokens = match max {
         None => limits.max_tokens,
         Some((field, v)) if v < 1 => {
@@ -332,6 +362,7 @@ fn validate_sampling(
     Ok(GenSpec {
         prompt,
         max_tokens,
+        max_tokens_field: max.map(|(field, _)| field),
         temperature,
         top_p,
         stop,
@@ -339,6 +370,80 @@ fn validate_sampling(
         stream: s.stream,
         include_usage: s.stream_options.is_some_and(|o| o.include_usage),
     })
+}
+
+/// Whether a JSON value asks for something: not null, false, 0, "", [] or {}.
+fn asks(v: &Option<serde_json::Value>) -> bool {
+    use serde_json::Value;
+    match v {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Number(n)) => n.as_f64() != Some(0.0),
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::Object(o)) => !o.is_empty(),
+        Some(Value::Bool(true)) => true,
+    }
+}
+
+/// 400 for what this server cannot do, naming the field.
+fn refuse_unsupported(s: &Sampling) -> Result<(), ApiError> {
+    let none_or_auto = |v: &Option<serde_json::Value>| {
+        !asks(v) || matches!(v.as_ref().and_then(|v| v.as_str()), Some("none" | "auto"))
+    };
+    let refusals: [(&str, bool, &str); 7] = [
+        (
+            "tools",
+            asks(&s.tools),
+            "tools (function calling) are not supported by this server; send the request without tools",
+        ),
+        (
+            "functions",
+            asks(&s.functions),
+            "functions (function calling) are not supported by this server; send the request without functions",
+        ),
+        (
+            "tool_choice",
+            !none_or_auto(&s.tool_choice),
+            "tool_choice asks for a tool call, which this server cannot make; leave tool_choice out",
+        ),
+        (
+            "function_call",
+            !none_or_auto(&s.function_call),
+            "function_call asks for a function call, which this server cannot make; leave function_call out",
+        ),
+        (
+            "logprobs",
+            asks(&s.logprobs),
+            "logprobs are not supported by this server; leave logprobs out",
+        ),
+        (
+            "top_logprobs",
+            asks(&s.top_logprobs),
+            "top_logprobs are not supported by this server; leave top_logprobs out",
+        ),
+        (
+            "best_of",
+            asks(&s.best_of) && s.best_of.as_ref().and_then(|v| v.as_f64()) != Some(1.0),
+            "best_of above 1 is not supported; leave best_of out and make several requests",
+        ),
+    ];
+    if let Some((field, _, message)) = refusals.into_iter().find(|(_, refused, _)| *refused) {
+        return Err(ApiError::invalid(Some(field), message));
+    }
+    if let Some(format) = &s.response_format
+        && !format.is_null()
+    {
+        let kind = format.get("type").and_then(|t| t.as_str()).unwrap_or("");
+        if kind != "text" {
+            return Err(ApiError::invalid(
+                Some("response_format"),
+                format!(
+                    "response_format type {kind:?} is not supported (this server cannot constrain output to JSON or a schema); use {{\"type\": \"text\"}} or leave it out and ask for JSON in the prompt"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -443,6 +548,35 @@ mod tests {
             (400, Some("stop".into()))
         );
         assert!(parse_body::<ChatRequest>(b"{not json").is_err());
+        for (field, value) in [
+            (
+                "tools",
+                json!([{"type": "function", "function": {"name": "f"}}]),
+            ),
+            ("functions", json!([{"name": "f"}])),
+            ("tool_choice", json!("required")),
+            (
+                "tool_choice",
+                json!({"type": "function", "function": {"name": "f"}}),
+            ),
+            ("function_call", json!({"name": "f"})),
+            (
+                "response_format",
+                json!({"type": "json_schema", "json_schema": {}}),
+            ),
+            ("logprobs", json!(true)),
+            ("top_logprobs", json!(3)),
+        ] {
+            let mut body = json!({"messages": u});
+            body[field] = value;
+            assert_eq!(param(chat(body)), (400, Some(field.into())), "{field}");
+        }
+        // Neutral values pass.
+        chat(
+            json!({"messages": u, "tools": [], "tool_choice": "auto", "logprobs": false,
+                    "response_format": {"type": "text"}, "best_of": 1}),
+        )
+        .expect("neutral values");
     }
 
     #[test]
@@ -465,5 +599,18 @@ mod tests {
             param(ok(json!({"prompt": ""}))),
             (400, Some("prompt".into()))
         );
+        assert_eq!(
+            param(ok(json!({"prompt": "a", "best_of": 3}))),
+            (400, Some("best_of".into()))
+        );
+        assert_eq!(
+            param(ok(json!({"prompt": "a", "logprobs": 2}))),
+            (400, Some("logprobs".into()))
+        );
+        // max_tokens left out: the field is None, so the engine may use the context's room.
+        let g = ok(json!({"prompt": "a"})).expect("valid");
+        assert_eq!((g.max_tokens, g.max_tokens_field), (64, None));
+        let g = ok(json!({"prompt": "a", "max_tokens": 5})).expect("valid");
+        assert_eq!(g.max_tokens_field, Some("max_tokens"));
     }
 }

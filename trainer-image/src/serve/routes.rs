@@ -48,6 +48,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
+        .route("/v1/models/{model}", get(model))
         .route("/health", get(health))
         .route("/livez", get(livez))
         .route("/metrics", get(metrics))
@@ -85,7 +86,7 @@ async fn not_found() -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
         kind: "invalid_request_error",
-        message: "no such endpoint; this server offers POST /v1/chat/completions, POST /v1/completions, GET /v1/models, /health, /livez, /metrics".into(),
+        message: "no such endpoint; this server offers POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /v1/models/{model}, /health, /livez, /metrics".into(),
         param: None,
         code: Some("unknown_url"),
     }
@@ -120,6 +121,18 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
         &state.limits.model_name,
         state.started,
     ))
+}
+
+/// `GET /v1/models/{model}` (the openai client's `models.retrieve`).
+async fn model(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(model): axum::extract::Path<String>,
+) -> Response {
+    if model != state.limits.model_name {
+        return ApiError::model_not_found(&model, &state.limits.model_name).into_response();
+    }
+    let list = response::model_list(&state.limits.model_name, state.started);
+    Json(list["data"][0].clone()).into_response()
 }
 
 async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
@@ -238,11 +251,9 @@ impl StreamCtx {
                 false
             }
             Event::Done(o) => {
-                out.push_back(data(self.chunk(
-                    None,
-                    Some(o.finish_reason),
-                    Some(response::usage(&o)),
-                )));
+                // Usage travels only in the usage-only chunk, and only when asked for, as
+                // OpenAI sends it: clients that sum usage over chunks would count it twice.
+                out.push_back(data(self.chunk(None, Some(o.finish_reason), None)));
                 if self.include_usage {
                     let object = match self.kind {
                         Kind::Chat => "chat.completion.chunk",

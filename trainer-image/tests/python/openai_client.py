@@ -39,10 +39,13 @@ def main() -> None:
         stream=True,
         stream_options={"include_usage": True},
     )
-    parts, finish, usage = [], None, None
+    parts, finish, usage, usage_chunks = [], None, None, 0
     for chunk in stream:
         if chunk.usage is not None:
             usage = chunk.usage
+            usage_chunks += 1
+            # As OpenAI: usage comes once, in a last chunk without choices.
+            assert chunk.choices == [], chunk
         for c in chunk.choices:
             if c.delta.content:
                 parts.append(c.delta.content)
@@ -51,6 +54,7 @@ def main() -> None:
     assert "".join(parts) == text, ("".join(parts), text)
     assert finish == choice.finish_reason, finish
     assert usage is not None and usage.completion_tokens == chat.usage.completion_tokens
+    assert usage_chunks == 1, usage_chunks
 
     completion = client.completions.create(
         model=name, prompt="Question 4:", max_tokens=5, temperature=0

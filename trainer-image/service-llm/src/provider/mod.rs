@@ -176,7 +176,7 @@ pub fn provider_for(
 ) -> Result<Arc<dyn ChatProvider>, LlmError> {
     if spec.provider.needs_api_key() && api_key.is_none() {
         return Err(LlmError::Config(format!(
-            "provider {:?} needs an API key: set LLAMADUO_TEACHER_API_KEY or LLAMADUO_JUDGE_API_KEY (filled from apiKeySecretRef)",
+            "provider {} needs an API key: set LLAMADUO_TEACHER_API_KEY or LLAMADUO_JUDGE_API_KEY (filled from apiKeySecretRef)",
             spec.provider
         )));
     }
