@@ -22,6 +22,12 @@ impl Setup {
             "    model: triage\n    baseUrl: http://127.0.0.1:9/v1\n",
         );
         std::fs::write(dir.path().join("migration.yaml"), yaml).expect("manifest");
+        // The coverage file the manifest names (round 1 refuses to start without it).
+        std::fs::write(
+            dir.path().join("coverage.jsonl"),
+            include_str!("../examples/quickstart/coverage.jsonl"),
+        )
+        .expect("coverage");
         std::fs::write(dir.path().join("fake.sh"), FAKE).expect("fake");
         let mut w = format!(
             "#!/bin/sh\nexport FAKE_TRAINER_LOG='{}'\n",

@@ -103,7 +103,7 @@ impl LocalExecutor {
                 },
             },
             Err(_) => match exit {
-                None => Observation::Missing,
+                None => missing_local_input(&self.spec, run).unwrap_or(Observation::Missing),
                 Some(reason) => Observation::Failed {
                     reason: format!(
                         "{} wrote no result to {}; see {}",
@@ -211,4 +211,38 @@ impl LocalExecutor {
     pub fn runs_dir(&self) -> &Path {
         &self.runs_dir
     }
+}
+
+/// Blocked when a local file the run reads does not exist, as the operator blocks on a
+/// missing Secret: a wrong path is then one clear message instead of a stage failing its
+/// retries. Coverage is read (and frozen into the artifacts) in round 1 only, so later rounds
+/// do not need the source any more; a local base model is read by every train and evaluate.
+fn missing_local_input(
+    spec: &crate::api::LlamaDuoMigrationSpec,
+    run: &StageRun,
+) -> Option<Observation> {
+    let mut inputs: Vec<(&str, &str)> = Vec::new();
+    if run.round == 1 {
+        inputs.push(("spec.coverage.source", spec.coverage.source.as_str()));
+        if let Some(t) = &spec.coverage.test_source {
+            inputs.push(("spec.coverage.testSource", t.as_str()));
+        }
+    }
+    if matches!(
+        run.stage,
+        crate::api::Stage::Train | crate::api::Stage::Evaluate
+    ) && let Some(base) = &spec.student.base_model
+    {
+        inputs.push(("spec.student.baseModel", base.as_str()));
+    }
+    inputs.into_iter().find_map(|(field, url)| {
+        let path = Path::new(url.strip_prefix("file://")?);
+        (!path.exists()).then(|| Observation::Blocked {
+            reason: "LocalFileNotFound".into(),
+            message: format!(
+                "{field} {url}: {} does not exist; fix the path (a relative file:// URL is resolved against the manifest's directory)",
+                path.display()
+            ),
+        })
+    })
 }

@@ -17,7 +17,7 @@ pub const LOCAL_NAMESPACE: &str = "local";
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     /// The file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The manifest.
         path: PathBuf,

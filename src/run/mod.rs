@@ -227,7 +227,11 @@ pub fn json_summary(f: &Finished) -> serde_json::Value {
 fn print_summary(f: &Finished, display: &display::Display) {
     let s = &f.driven.status;
     match &f.driven.ending {
-        Ending::AlreadyFinished => display.line("the migration already ended; nothing to do"),
+        Ending::AlreadyFinished => display.line(&format!(
+            "the migration in {} already ended (phase {:?}); nothing to do. A finished migration stays finished: to run it again with changed settings, use a new --workdir",
+            f.workdir.display(),
+            s.phase.unwrap_or_default()
+        )),
         Ending::Interrupted => display.line(&format!(
             "stopped; run `llamaduo run {} --workdir {}` again to resume",
             f.migration.path.display(),

@@ -73,7 +73,8 @@ pub fn rounds_table(status: &LlamaDuoMigrationStatus) -> String {
             opt(r.scores, |s| format!("{:.1}", s.mean)),
             opt(r.scores, |s| format!("{:.0}%", s.pass_rate * 100.0)),
             r.service_tokens.total().to_string(),
-            format!("{:.0}s", round_seconds(r)),
+            // abs: never print "-0s" for a round whose stages took no measurable time.
+            format!("{:.0}s", round_seconds(r).max(0.0).abs()),
             match r.outcome {
                 Some(RoundOutcome::TargetReached) => "target reached",
                 Some(RoundOutcome::BelowTarget) => "below target",

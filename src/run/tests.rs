@@ -32,6 +32,11 @@ impl Fixture {
         );
         let manifest = dir.path().join("migration.yaml");
         std::fs::write(&manifest, yaml).expect("manifest");
+        std::fs::write(
+            dir.path().join("coverage.jsonl"),
+            include_str!("../../examples/quickstart/coverage.jsonl"),
+        )
+        .expect("coverage");
         let fake = dir.path().join("fake-trainer.sh");
         std::fs::write(&fake, FAKE).expect("fake");
         let mut wrapper = String::from("#!/bin/sh\n");
@@ -270,6 +275,37 @@ async fn a_stage_failing_past_its_retries_fails_the_migration() {
         msg.contains("exited with status 3: fake train: simulated crash"),
         "{msg}"
     );
+}
+
+#[tokio::test]
+async fn a_missing_coverage_file_stalls_at_once_naming_the_field() {
+    let f = Fixture::new("", &[]);
+    std::fs::remove_file(f.dir.path().join("coverage.jsonl")).expect("remove");
+    let done = f.run().await;
+    assert_eq!(done.exit_code(), 2, "{:?}", done.driven.ending);
+    assert!(f.calls().is_empty(), "no stage ran: {:?}", f.calls());
+    let s = f.status();
+    let stalled = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled")
+        .expect("Stalled");
+    assert_eq!(stalled.status, "True");
+    assert_eq!(stalled.reason, "LocalFileNotFound");
+    assert!(
+        stalled.message.contains("spec.coverage.source")
+            && stalled.message.contains("coverage.jsonl"),
+        "{}",
+        stalled.message
+    );
+    // Put the file back: the same workdir resumes and runs.
+    std::fs::write(
+        f.dir.path().join("coverage.jsonl"),
+        include_str!("../../examples/quickstart/coverage.jsonl"),
+    )
+    .expect("coverage");
+    let done = f.run().await;
+    assert_eq!(done.exit_code(), 0, "{:?}", done.driven.ending);
 }
 
 #[tokio::test]
