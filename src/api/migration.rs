@@ -359,6 +359,11 @@ pub struct SynthesisSpec {
     /// Seed for the coverage split and seed sampling.
     #[serde(default = "default_seed")]
     pub seed: u64,
+    /// Compute resources of synthesize pods (they mostly wait on the teacher: e.g. requests
+    /// {cpu: 250m, memory: 512Mi}). Unset: none, so the pods are BestEffort; set it where a
+    /// ResourceQuota requires requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
 }
 
 fn default_samples() -> u32 {
@@ -383,6 +388,7 @@ impl Default for SynthesisSpec {
             dedup: DedupSpec::default(),
             decontaminate: true,
             seed: default_seed(),
+            resources: None,
         }
     }
 }
@@ -686,6 +692,10 @@ pub struct EvaluationSpec {
     /// answers on the training GPU instead of a CPU node.
     #[serde(default)]
     pub use_training_resources: bool,
+    /// Compute resources of evaluate pods when they do not use the training resources (the
+    /// student generates its test answers on these CPUs). Unset: none (BestEffort).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
 }
 
 fn default_answers() -> u32 {
@@ -709,6 +719,7 @@ impl Default for EvaluationSpec {
             baseline: false,
             embedding_model: None,
             use_training_resources: false,
+            resources: None,
         }
     }
 }

@@ -18,6 +18,18 @@ pub enum Error {
         /// The missing field.
         field: &'static str,
     },
+    /// The recorded status does not parse (written by a newer operator, or edited by hand).
+    /// Nothing is written: deciding from an empty status and applying it would erase the
+    /// migration's history.
+    #[error(
+        "status of {name} does not parse at {message}; the operator leaves it untouched and acts on nothing (if a newer llamaduo wrote it, run that version)"
+    )]
+    InvalidStatus {
+        /// Name of the migration.
+        name: String,
+        /// Field path and serde's message.
+        message: String,
+    },
     /// Reading the Job of a stage run failed.
     #[error("reading Job {namespace}/{name}")]
     GetJob {
@@ -130,6 +142,7 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::MissingObjectKey { .. } => "MissingObjectKey",
+            Error::InvalidStatus { .. } => "InvalidStatus",
             Error::GetJob { .. } => "GetJob",
             Error::ListPods { .. } => "ListPods",
             Error::GetPrerequisite { .. } => "GetPrerequisite",

@@ -311,10 +311,11 @@ pub fn build_job(inputs: &JobInputs<'_>) -> Result<Job, serde_json::Error> {
         env: Some(env),
         env_from,
         volume_mounts: Some(mounts),
-        resources: if like_training {
-            spec.training.resources.clone()
-        } else {
-            None
+        resources: match run.stage {
+            Stage::Train => spec.training.resources.clone(),
+            Stage::Evaluate if like_training => spec.training.resources.clone(),
+            Stage::Evaluate => spec.evaluation.resources.clone(),
+            Stage::Synthesize => spec.synthesis.resources.clone(),
         },
         security_context: Some(container_security()),
         termination_message_path: Some(DEFAULT_RESULT_PATH.into()),

@@ -116,7 +116,10 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
         resource_version: &resource_version,
     };
     let generation = obj.metadata.generation;
-    let status = parse_status(obj);
+    let status = parse_status(obj).map_err(|message| Error::InvalidStatus {
+        name: name.clone(),
+        message,
+    })?;
     let now = Time(Timestamp::now());
     let spec = match parse_spec(obj) {
         Ok(spec) => spec,
@@ -218,13 +221,14 @@ pub fn parse_spec(obj: &DynamicObject) -> Result<LlamaDuoMigrationSpec, String> 
     })
 }
 
-/// The recorded status; one that does not parse (written by someone else) counts as empty.
-fn parse_status(obj: &DynamicObject) -> LlamaDuoMigrationStatus {
+/// The recorded status (empty when none was written yet); `Err` with the field path when it
+/// does not parse.
+fn parse_status(obj: &DynamicObject) -> Result<LlamaDuoMigrationStatus, String> {
     match obj.data.get("status") {
-        None | Some(serde_json::Value::Null) => LlamaDuoMigrationStatus::default(),
-        Some(v) => serde_json::from_value(v.clone()).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "status does not parse; starting from an empty status");
-            LlamaDuoMigrationStatus::default()
+        None | Some(serde_json::Value::Null) => Ok(LlamaDuoMigrationStatus::default()),
+        Some(v) => serde_path_to_error::deserialize(v).map_err(|e| {
+            let path = e.path().to_string();
+            format!("status.{path}: {}", e.into_inner())
         }),
     }
 }

@@ -762,6 +762,26 @@ async fn a_failed_status_write_is_a_warning_event_named_after_the_error() {
     );
 }
 
+#[tokio::test]
+async fn a_status_that_does_not_parse_is_never_overwritten() {
+    // A phase this version does not know (a newer operator wrote it): the history must not
+    // be replaced by a status decided from nothing. Only the Warning Event is sent.
+    let mut status = started_status();
+    status["phase"] = json!("Distilling");
+    let obj = migration(spec(), status);
+    let (r, seen) = scenario(obj, async |s: &mut ApiServer| {
+        vec![s.expect(Method::POST, EVENTS, 201, Value::Null).await]
+    })
+    .await;
+    let err = r.expect_err("refused");
+    assert_eq!(err.reason(), "InvalidStatus");
+    assert_eq!(seen[0].body["type"], "Warning");
+    assert_eq!(seen[0].body["reason"], "InvalidStatus");
+    let note = seen[0].body["note"].as_str().unwrap_or("");
+    assert!(note.contains("status.phase"), "{note}");
+    assert!(note.contains("Distilling"), "{note}");
+}
+
 /// The API server's answer to a write whose `resourceVersion` precondition failed.
 fn conflict() -> Value {
     json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
@@ -1094,6 +1114,28 @@ mod pure {
         assert_eq!(c["command"], json!(["llamaduo-trainer", "evaluate"]));
         // Synthesis never takes the training scheduling.
         assert!(pod_of(&v, Stage::Synthesize).get("nodeSelector").is_none());
+    }
+
+    #[test]
+    fn every_stage_can_ask_for_resources_for_namespaces_with_quotas() {
+        let resources_of = |v: &serde_json::Value, stage| {
+            job_for(&typed(v.clone()), "tickets", stage)["spec"]["template"]["spec"]["containers"]
+                [0]["resources"]
+                .clone()
+        };
+        let small = json!({"requests": {"cpu": "250m", "memory": "512Mi"}});
+        let eval = json!({"requests": {"cpu": "2", "memory": "4Gi"}});
+        let train = json!({"limits": {"nvidia.com/gpu": "1"}});
+        let mut v = spec();
+        v["synthesis"] = json!({"resources": small});
+        v["evaluation"] = json!({"resources": eval});
+        v["training"] = json!({"resources": train});
+        assert_eq!(resources_of(&v, Stage::Synthesize), small);
+        assert_eq!(resources_of(&v, Stage::Evaluate), eval);
+        assert_eq!(resources_of(&v, Stage::Train), train);
+        // useTrainingResources wins over evaluation.resources.
+        v["evaluation"]["useTrainingResources"] = json!(true);
+        assert_eq!(resources_of(&v, Stage::Evaluate), train);
     }
 
     #[test]
