@@ -70,11 +70,7 @@ pub async fn drive(
     let mut changed = false;
     loop {
         if stop.is_stopped() {
-            return Ok(Driven {
-                ending: Ending::Interrupted,
-                status,
-                changed,
-            });
+            return interrupted(status, changed, file, &header);
         }
         let run = run_to_observe(id, &m.spec, &status, generation);
         let observation = match &run {
@@ -96,7 +92,7 @@ pub async fn drive(
             Decision::StartStage { run, config } => {
                 match exec.start(&run, *config, display, stop).await? {
                     RunEnd::Exited => continue,
-                    RunEnd::Interrupted => Ending::Interrupted,
+                    RunEnd::Interrupted => return interrupted(status, changed, file, &header),
                 }
             }
             Decision::Finish(f) => {
@@ -126,4 +122,29 @@ pub async fn drive(
             changed,
         });
     }
+}
+
+/// Records in the status file that this process stopped (the file would otherwise still say
+/// "running" after the process is gone); the recorded run is kept, so a rerun resumes it.
+fn interrupted(
+    mut status: LlamaDuoMigrationStatus,
+    mut changed: bool,
+    file: &StatusFile,
+    header: &str,
+) -> anyhow::Result<Driven> {
+    let what = status
+        .message
+        .as_deref()
+        .map(|m| m.trim_end_matches(|c: char| c == '.').to_string())
+        .unwrap_or_else(|| "the migration".into());
+    status.message = Some(format!(
+        "interrupted ({what}); run `llamaduo run` again with the same --workdir to resume"
+    ));
+    file.save(&status, header)?;
+    changed = true;
+    Ok(Driven {
+        ending: Ending::Interrupted,
+        status,
+        changed,
+    })
 }

@@ -200,6 +200,13 @@ async fn a_stop_during_training_terminates_the_stage_and_a_rerun_resumes() {
         s.rounds[0].stage(Stage::Train).is_none(),
         "no failure recorded"
     );
+    let message = s.message.as_deref().unwrap_or_default();
+    assert!(
+        message.starts_with("interrupted (")
+            && message.contains("train")
+            && message.contains("resume"),
+        "the status says the process stopped, not that it runs: {message}"
+    );
 
     // The rerun (no sleep this time) repeats the same attempt and finishes.
     let f2 = Fixture {
