@@ -70,7 +70,7 @@ pub async fn drive(
     let mut changed = false;
     loop {
         if stop.is_stopped() {
-            return interrupted(status, changed, file, &header);
+            return interrupted(status, file, &header);
         }
         let run = run_to_observe(id, &m.spec, &status, generation);
         let observation = match &run {
@@ -92,7 +92,7 @@ pub async fn drive(
             Decision::StartStage { run, config } => {
                 match exec.start(&run, *config, display, stop).await? {
                     RunEnd::Exited => continue,
-                    RunEnd::Interrupted => return interrupted(status, changed, file, &header),
+                    RunEnd::Interrupted => return interrupted(status, file, &header),
                 }
             }
             Decision::Finish(f) => {
@@ -128,23 +128,21 @@ pub async fn drive(
 /// "running" after the process is gone); the recorded run is kept, so a rerun resumes it.
 fn interrupted(
     mut status: LlamaDuoMigrationStatus,
-    mut changed: bool,
     file: &StatusFile,
     header: &str,
 ) -> anyhow::Result<Driven> {
     let what = status
         .message
         .as_deref()
-        .map(|m| m.trim_end_matches(|c: char| c == '.').to_string())
+        .map(|m| m.trim_end_matches('.').to_string())
         .unwrap_or_else(|| "the migration".into());
     status.message = Some(format!(
         "interrupted ({what}); run `llamaduo run` again with the same --workdir to resume"
     ));
     file.save(&status, header)?;
-    changed = true;
     Ok(Driven {
         ending: Ending::Interrupted,
         status,
-        changed,
+        changed: true,
     })
 }
