@@ -219,6 +219,16 @@ async fn chat_stream_models_health_metrics() {
         (Some("tiny"), Some("model"))
     );
     assert_eq!(get(&server, "/v1/models/gpt-4o").await.0, 404);
+    // A body over the limit: 413 in OpenAI's error shape, not plain text.
+    let huge = json!({"messages": [{"role": "user", "content": "x".repeat(3 << 20)}]});
+    let (status, v) = post(&server, "/v1/chat/completions", &huge).await;
+    assert_eq!(status, 413, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("MiB")),
+        "{v}"
+    );
     let (status, v) = post(&server, "/v1/nothing", &json!({})).await;
     assert_eq!(status, 404);
     assert!(v["error"]["message"].is_string());

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
@@ -135,8 +136,33 @@ async fn model(
     Json(list["data"][0].clone()).into_response()
 }
 
-async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    let spec = match parse_body::<ChatRequest>(&body).and_then(|r| validate_chat(r, &state.limits))
+/// The body, or the extractor's refusal (too large, unreadable) in OpenAI's error shape
+/// instead of axum's plain text.
+fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        let status = rejection.status();
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("the request body is larger than this server accepts ({BODY_LIMIT_MIB} MiB); send a shorter prompt")
+        } else {
+            format!("the request body could not be read: {rejection}")
+        };
+        ApiError {
+            status,
+            kind: "invalid_request_error",
+            message,
+            param: None,
+            code: None,
+        }
+    })
+}
+
+/// axum's default request body limit (2 MiB), named in the 413 message.
+const BODY_LIMIT_MIB: usize = 2;
+
+async fn chat(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let spec = match body_or_error(body)
+        .and_then(|body| parse_body::<ChatRequest>(&body))
+        .and_then(|r| validate_chat(r, &state.limits))
     {
         Ok(s) => s,
         Err(e) => return e.into_response(),
@@ -144,8 +170,12 @@ async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     generate(state, spec, Kind::Chat).await
 }
 
-async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    let spec = match parse_body::<CompletionRequest>(&body)
+async fn completions(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let spec = match body_or_error(body)
+        .and_then(|body| parse_body::<CompletionRequest>(&body))
         .and_then(|r| validate_completion(r, &state.limits))
     {
         Ok(s) => s,
