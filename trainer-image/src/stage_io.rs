@@ -20,8 +20,11 @@ pub fn read_config(file: Option<&Path>) -> anyhow::Result<StageConfig> {
             format!("{STAGE_CONFIG_ENV} is not set: it must hold the stage config JSON (docs/stage-contract.md)")
         })?,
     };
-    StageConfig::from_json(&json)
-        .with_context(|| format!("{STAGE_CONFIG_ENV} is not a valid stage config"))
+    let source = match file {
+        Some(path) => format!("the stage config {}", path.display()),
+        None => STAGE_CONFIG_ENV.to_string(),
+    };
+    StageConfig::from_json(&json).with_context(|| format!("{source} is not a valid stage config"))
 }
 
 /// Where the result goes: `LLAMADUO_RESULT_PATH`, else `/dev/termination-log`.

@@ -60,10 +60,12 @@ pub async fn base_model_dir(
         .as_deref()
         .context("spec.student needs baseModel or fromScratch")?;
     let resolver = Resolver::from_env(cache_dir());
-    let local = resolver
-        .resolve(url)
-        .await
-        .with_context(|| format!("fetching student.baseModel {url}"))?;
+    let local = resolver.resolve(url).await.with_context(|| {
+        format!(
+            "fetching student.baseModel {}",
+            llamaduo_store::redact_url(url)
+        )
+    })?;
     if local.extension().is_some_and(|e| e == "gguf") {
         return gguf_as_hf_dir(&local).await;
     }

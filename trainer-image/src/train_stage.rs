@@ -96,6 +96,16 @@ async fn train_round(config: &TrainConfig) -> anyhow::Result<TrainOutcome> {
     // Before any data moves: a pod that asked for a GPU it cannot have fails now.
     let selected = DeviceChoice::from_env()?.select()?;
     let rows = training_rows(&store, ctx.round).await?;
+    // Checked before a from-scratch base is built: its tokenizer is trained on these rows and
+    // then frozen for every later round.
+    if rows.is_empty() {
+        return Err(llamaduo_model::train::TrainError::EmptyDataset(format!(
+            ": {} and the synthetic samples of rounds 1..{} hold no rows; fix coverage.source (it must hold at least two rows) or check the synthesize stage's result",
+            store.url_of(ArtifactLayout::COVERAGE_TRAIN),
+            ctx.round
+        ))
+        .into());
+    }
     let training = &config.training;
     let base_dir = student::base_model_dir(
         &config.student,
@@ -217,14 +227,21 @@ fn fit(
     Ok(report)
 }
 
+/// The adapter's `base_model_name_or_path`: the base's URL without credentials (the file is
+/// published next to the model).
 fn base_name(config: &TrainConfig) -> String {
-    config.student.base_model.clone().unwrap_or_else(|| {
-        format!(
-            "{}/{}",
-            config.context.artifacts,
-            ArtifactLayout::STUDENT_BASE
-        )
-    })
+    config
+        .student
+        .base_model
+        .as_deref()
+        .map(llamaduo_store::redact_url)
+        .unwrap_or_else(|| {
+            format!(
+                "{}/{}",
+                config.context.artifacts,
+                ArtifactLayout::STUDENT_BASE
+            )
+        })
 }
 
 /// Copies the tokenizer (and, for adapters, nothing else) so round-{n}/model is usable alone.

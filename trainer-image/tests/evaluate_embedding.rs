@@ -53,6 +53,7 @@ async fn store_answers(root: &Path, round: u32, rows: &[DatasetRow], texts: &[&s
         &Store::local(root),
         &format!("round-{round}/eval/{ANSWERS_FILE}"),
         |a: &AnswerRecord| a.id.clone(),
+        |_| false,
     )
     .await
     .expect("open");

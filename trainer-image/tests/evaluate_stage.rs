@@ -126,6 +126,7 @@ async fn store_answers(root: &Path, round: u32, rows: &[DatasetRow], good: bool)
         &store,
         &format!("round-{round}/eval/{ANSWERS_FILE}"),
         |a: &AnswerRecord| a.id.clone(),
+        |_| false,
     )
     .await
     .expect("open");
@@ -283,6 +284,45 @@ async fn judge_faults_are_retried_and_unreadable_verdicts_counted() {
     assert_eq!(summary.student.failed_judgements, failed.len() as u64);
     // Failed samples are excluded, not zero: the good answers still score high.
     assert!(out.scores.mean >= 90.0, "{:?}", out.scores);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_judge_that_could_not_be_read_is_asked_again_by_a_rerun() {
+    // Every verdict unreadable: the stage fails, and nothing is frozen.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let broken = teacher(SimulateOptions {
+        seed: 5,
+        fault_malformed: 1.0,
+        ..SimulateOptions::ephemeral()
+    })
+    .await;
+    let rows = test_rows();
+    write_jsonl(&Store::local(tmp.path()), "coverage/test.jsonl", &rows)
+        .await
+        .expect("test set");
+    store_answers(tmp.path(), 1, &rows, true).await;
+    let cfg = config(tmp.path(), &broken.base_url(), 1, json!({}));
+    let result = evaluate_with(&cfg, &services(&cfg)).await;
+    assert!(!result.succeeded);
+    let message = result.message.clone().unwrap_or_default();
+    assert!(message.contains("a rerun judges them again"), "{message}");
+    // The judge works again: the rerun judges the failed samples and succeeds.
+    let fixed = teacher(SimulateOptions {
+        seed: 5,
+        ..SimulateOptions::ephemeral()
+    })
+    .await;
+    let cfg = config(tmp.path(), &fixed.base_url(), 1, json!({}));
+    let result = evaluate_with(&cfg, &services(&cfg)).await;
+    assert_ok(&result);
+    let (answers, judgements, summary) = read_eval(tmp.path(), 1).await;
+    assert_unique(&answers, &judgements);
+    assert!(
+        judgements.iter().all(|j| j.score.is_some()),
+        "the failures were replaced"
+    );
+    assert_eq!(summary.student.failed_judgements, 0);
+    assert!(summary.student.mean >= 90.0, "{:?}", summary.student);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -149,3 +149,35 @@ fn bf16_lora_leaves_the_bf16_base_bit_identical() {
         assert!(&bits(w.tensor()) == before_bits, "{n} changed under LoRA");
     }
 }
+
+#[test]
+fn a_diverging_run_stops_before_writing_nan_into_the_weights() {
+    let cfg = config();
+    for dtype in [DType::F32, DType::BF16] {
+        let m = model(&cfg, dtype, Trainable::Full);
+        let mut steps = 0;
+        let err = train(&m, data(), &opts(1e30), &mut |_| {
+            steps += 1;
+            ControlFlow::Continue(())
+        })
+        .expect_err("a learning rate of 1e30 diverges");
+        let llamaduo_model::train::TrainError::Diverged { step, loss, .. } = &err else {
+            panic!("{dtype:?}: expected Diverged, got {err}");
+        };
+        assert!(*step >= 1 && *step <= 5, "{dtype:?}: step {step}");
+        assert_eq!(steps as u64, step - 1, "every reported step was finite");
+        assert!(err.to_string().contains("training.learningRate"), "{err}");
+        let _ = loss;
+        for (name, v) in m.trainable() {
+            let max = v
+                .as_tensor()
+                .to_dtype(DType::F32)
+                .and_then(|t| t.abs())
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.max(0))
+                .and_then(|t| t.to_scalar::<f32>())
+                .expect("max");
+            assert!(max.is_finite(), "{dtype:?} {name}: weights stayed finite");
+        }
+    }
+}

@@ -1,8 +1,10 @@
 //! A resumable JSONL file of keyed records: rows already stored (committed parts or the final
 //! file) are loaded at open, new rows are committed in atomic parts, and the file is
-//! finalized at the end. A key already present is never written twice.
+//! finalized at the end. A key already done is never written twice; a key whose stored row is
+//! a failure (a judgement whose reply could not be read) is not done: a rerun tries it again,
+//! and the newer row replaces the failure.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
 use llamaduo_store::{JsonlParts, Store, StoreError};
@@ -13,8 +15,12 @@ use serde::de::DeserializeOwned;
 pub struct Ledger<T, K> {
     parts: JsonlParts,
     rows: Vec<T>,
+    /// Keys whose row is done (not a failure).
     keys: HashSet<K>,
+    /// Where each key's row is in `rows`.
+    index: HashMap<K, usize>,
     key_of: fn(&T) -> K,
+    failed: fn(&T) -> bool,
 }
 
 impl<T, K> Ledger<T, K>
@@ -22,31 +28,63 @@ where
     T: Serialize + DeserializeOwned + Clone,
     K: Eq + Hash + Clone,
 {
-    /// Opens `key` in `store`, loading what earlier runs stored.
-    pub async fn open(store: &Store, key: &str, key_of: fn(&T) -> K) -> Result<Self, StoreError> {
+    /// Opens `key` in `store`, loading what earlier runs stored. `failed` tells a stored row
+    /// that is a failure to try again.
+    pub async fn open(
+        store: &Store,
+        key: &str,
+        key_of: fn(&T) -> K,
+        failed: fn(&T) -> bool,
+    ) -> Result<Self, StoreError> {
         let parts = JsonlParts::open(store, key).await?;
         let stored: Vec<T> = parts.read_rows().await?;
-        let mut keys = HashSet::new();
-        let mut rows = Vec::new();
-        for r in stored {
-            if keys.insert(key_of(&r)) {
-                rows.push(r);
-            }
-        }
-        Ok(Self {
+        // A finalized file is a finished evaluation: its failures stay what they were, so a
+        // rerun gives the same summary.
+        let failed = if parts.is_finalized() {
+            |_: &T| false
+        } else {
+            failed
+        };
+        let mut ledger = Self {
             parts,
-            rows,
-            keys,
+            rows: Vec::new(),
+            keys: HashSet::new(),
+            index: HashMap::new(),
             key_of,
-        })
+            failed,
+        };
+        for r in stored {
+            ledger.remember(r);
+        }
+        Ok(ledger)
     }
 
-    /// Whether a row with this key is stored.
+    /// Takes `r` into the rows unless its key is done; a failure is replaced by a later row.
+    /// Returns whether it was taken.
+    fn remember(&mut self, r: T) -> bool {
+        let k = (self.key_of)(&r);
+        if self.keys.contains(&k) {
+            return false;
+        }
+        if !(self.failed)(&r) {
+            self.keys.insert(k.clone());
+        }
+        match self.index.get(&k) {
+            Some(&i) => self.rows[i] = r,
+            None => {
+                self.index.insert(k, self.rows.len());
+                self.rows.push(r);
+            }
+        }
+        true
+    }
+
+    /// Whether a row with this key is stored and done.
     pub fn contains(&self, key: &K) -> bool {
         self.keys.contains(key)
     }
 
-    /// The stored keys.
+    /// The keys that are done.
     pub fn keys(&self) -> &HashSet<K> {
         &self.keys
     }
@@ -76,16 +114,16 @@ where
             });
         }
         self.parts.commit(&fresh).await?;
-        for r in &fresh {
-            self.keys.insert((self.key_of)(r));
-        }
         let n = fresh.len();
-        self.rows.extend(fresh);
+        for r in fresh {
+            self.remember(r);
+        }
         Ok(n)
     }
 
-    /// Folds the parts into the final file.
+    /// Writes the final file: one row per key (a failure retried since is replaced by its
+    /// newer row), then removes the parts.
     pub async fn finalize(&mut self) -> Result<usize, StoreError> {
-        self.parts.finalize().await
+        self.parts.finalize_with(&self.rows).await
     }
 }

@@ -220,12 +220,16 @@ async fn evaluate_inner(
         &store,
         &format!("{dir}/{ANSWERS_FILE}"),
         |a: &AnswerRecord| a.id.clone(),
+        |_| false,
     )
     .await?;
     let mut judgements: Ledger<JudgementRecord, (String, u32)> = Ledger::open(
         &store,
         &format!("{dir}/{JUDGEMENTS_FILE}"),
         JudgementRecord::key,
+        // A judgement whose replies could not be read is judged again by a rerun (the judge
+        // may have been down, or judge.generation.maxTokens too low).
+        |j: &JudgementRecord| j.score.is_none(),
     )
     .await?;
     tracing::info!(
@@ -257,8 +261,6 @@ async fn evaluate_inner(
     )
     .await?;
 
-    answers.finalize().await?;
-    judgements.finalize().await?;
     let summary = summarize(
         &prompt_ids,
         answers.rows(),
@@ -271,9 +273,6 @@ async fn evaluate_inner(
             baseline: eval.baseline,
         },
     );
-    store
-        .put_json(&format!("{dir}/{SUMMARY_FILE}"), &summary)
-        .await?;
     if summary.student.scored_answers == 0 {
         let last = judgements
             .rows()
@@ -281,11 +280,17 @@ async fn evaluate_inner(
             .rev()
             .find_map(|j| j.error.clone())
             .unwrap_or_default();
+        // Nothing is finalized: the answers stay, and a rerun judges the failures again.
         return Err(EvalError::NothingScored(format!(
-            "no student answer could be scored: {} judgements failed (last: {last})",
+            "no student answer could be scored: {} judgements failed (last: {last}); a rerun judges them again",
             summary.student.failed_judgements
         )));
     }
+    answers.finalize().await?;
+    judgements.finalize().await?;
+    store
+        .put_json(&format!("{dir}/{SUMMARY_FILE}"), &summary)
+        .await?;
     let Scores {
         mean, pass_rate, ..
     } = summary.scores();

@@ -177,5 +177,15 @@ mod tests {
         assert_eq!(redact_url("s3://bucket/a/b"), "s3://bucket/a/b");
         assert_eq!(redact_url("/tmp/x"), "/tmp/x");
         assert!(!redact_url("hf://a:SECRET@org/name").contains("SECRET"));
+        // URLs without credentials are names that must survive unchanged (an adapter's
+        // base_model_name_or_path is one).
+        for plain in [
+            "hf://HuggingFaceTB/SmolLM2-135M-Instruct",
+            "hf://HuggingFaceTB/SmolLM2-135M-Instruct@main",
+            "file:///models/base",
+            "s3://bucket/models/base",
+        ] {
+            assert_eq!(redact_url(plain), plain);
+        }
     }
 }

@@ -253,6 +253,18 @@ impl JsonlParts {
         Ok(rows)
     }
 
+    /// Writes `rows` (the caller's view of every committed row, e.g. with superseded rows left
+    /// out) as the final file atomically, then deletes the parts; returns the number of rows.
+    /// Idempotent like [`JsonlParts::finalize`]: once the final file exists it is kept.
+    pub async fn finalize_with<T: Serialize>(&mut self, rows: &[T]) -> Result<usize> {
+        if !self.finalized {
+            let bytes = to_jsonl(rows, &self.store.url_of(&self.final_key))?;
+            self.store.put(&self.final_key, bytes).await?;
+            self.finalized = true;
+        }
+        self.finalize().await
+    }
+
     /// Concatenates the parts into the final file atomically, then deletes the parts; returns
     /// the number of rows in the final file. Idempotent: finalizing again (for instance after
     /// a crash between the two steps) only removes leftover parts.

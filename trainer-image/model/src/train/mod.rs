@@ -59,6 +59,19 @@ pub enum TrainError {
     /// A checkpoint that cannot be resumed from.
     #[error("checkpoint {0}")]
     Checkpoint(String),
+    /// The loss or the gradient norm stopped being a finite number: the optimizer step would
+    /// write NaN into the weights.
+    #[error(
+        "training diverged at step {step}: loss {loss}, gradient norm {grad_norm}; lower training.learningRate (or use precision: f32); no checkpoint or model was written from this step"
+    )]
+    Diverged {
+        /// The step (from 1) whose loss or gradients were not finite.
+        step: u64,
+        /// Its mean loss.
+        loss: f64,
+        /// Its gradient norm before clipping.
+        grad_norm: f64,
+    },
 }
 
 /// Training options (the trainer-side view of the CRD's `TrainingSpec`).

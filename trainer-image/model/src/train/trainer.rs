@@ -229,9 +229,18 @@ pub fn train(
         let micro_count = acc.micro_batches().max(1) as f64;
         let mut grads = acc.take_mean()?;
         let grad_norm = clip_grad_norm(&mut grads, opts.max_grad_norm)?;
+        let loss = loss_sum / micro_count;
+        // Stop before the optimizer writes NaN into the weights (and into a checkpoint or a
+        // published model that nothing could read back).
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            return Err(TrainError::Diverged {
+                step: step + 1,
+                loss,
+                grad_norm,
+            });
+        }
         let lr = schedule.lr(step);
         opt.step(&grads, lr)?;
-        let loss = loss_sum / micro_count;
         step_losses.push(loss);
         let done = step + 1;
         let mut saved = false;

@@ -75,27 +75,34 @@ async fn load_rows(
     id_prefix: &str,
     cache_dir: &Path,
 ) -> Result<Vec<DatasetRow>, SynthError> {
+    // Messages and the parser name the URL without credentials (user:password@, a signed
+    // query): they end up in the result, the migration's status and Events.
+    let shown = llamaduo_store::redact_url(url);
     if url.starts_with("configmap://") {
         return Err(SynthError::Coverage(format!(
-            "{field} {url}: configmap:// sources are mounted into the stage as files by the operator; the stage was given the unresolved URL"
+            "{field} {shown}: configmap:// sources are mounted into the stage as files by the operator; the stage was given the unresolved URL"
         )));
     }
-    let path = resolve_to_local(url, cache_dir).await?;
+    let path = resolve_to_local(url, cache_dir)
+        .await
+        .map_err(|e| SynthError::Coverage(format!("{field} {shown}: {e}")))?;
     let bytes = tokio::fs::read(&path).await.map_err(|e| {
         SynthError::Coverage(format!(
-            "{field} {url}: cannot read {}: {e}",
+            "{field} {shown}: cannot read {}: {e}",
             path.display()
         ))
     })?;
-    let rows = parse_jsonl::<DatasetRow>(&bytes, url, TailPolicy::Strict)?.rows;
+    let rows = parse_jsonl::<DatasetRow>(&bytes, &shown, TailPolicy::Strict)?.rows;
     if rows.is_empty() {
-        return Err(SynthError::Coverage(format!("{field} {url} holds no rows")));
+        return Err(SynthError::Coverage(format!(
+            "{field} {shown} holds no rows"
+        )));
     }
     rows.into_iter()
         .enumerate()
         .map(|(i, mut row)| {
             row.validate()
-                .map_err(|e| SynthError::Coverage(format!("{field} {url} row {}: {e}", i + 1)))?;
+                .map_err(|e| SynthError::Coverage(format!("{field} {shown} row {}: {e}", i + 1)))?;
             if row.id.as_deref().is_none_or(str::is_empty) {
                 row.id = Some(format!("{id_prefix}{:06}", i + 1));
             }
@@ -171,5 +178,24 @@ mod tests {
         let tiny = split(rows(2), 0.01, 1).expect("splits");
         assert_eq!((tiny.train.len(), tiny.test.len()), (1, 1));
         assert!(split(rows(1), 0.5, 1).is_err());
+    }
+
+    #[tokio::test]
+    async fn errors_never_show_credentials_of_the_source_url() {
+        let cache = tempfile::tempdir().expect("cache");
+        for url in [
+            // Nothing listens on port 9: the fetch fails.
+            "http://alice:s3cr3tT0ken@127.0.0.1:9/coverage.jsonl?sig=SASSIG123",
+            "configmap://alice:s3cr3tT0ken@cm/rows.jsonl",
+        ] {
+            let err = load_rows(url, "coverage.source", "c", cache.path())
+                .await
+                .expect_err("fails");
+            let text = err.to_string();
+            assert!(text.contains("coverage.source"), "{text}");
+            for secret in ["s3cr3tT0ken", "SASSIG123"] {
+                assert!(!text.contains(secret), "{secret} leaked: {text}");
+            }
+        }
     }
 }
