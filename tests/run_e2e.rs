@@ -199,12 +199,19 @@ fn small_quickstart_killed_in_training_resumes_and_reaches_its_target() {
             expected.push(ArtifactLayout::result(n, stage));
         }
     }
-    expected.push(ArtifactLayout::checkpoints(1));
     for p in &expected {
         assert!(
             root.join(p).exists(),
             "{p} missing under {}",
             root.display()
+        );
+    }
+    // A published model makes its round's resume points useless: they are removed.
+    for r in &s.rounds {
+        assert!(
+            !root.join(ArtifactLayout::checkpoints(r.round)).exists(),
+            "round {} kept its checkpoints",
+            r.round
         );
     }
     let best = s.best.as_ref().expect("best");

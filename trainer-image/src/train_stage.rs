@@ -73,6 +73,16 @@ pub async fn training_rows(store: &Store, round: u32) -> anyhow::Result<Vec<Data
         let key = ArtifactLayout::synthetic(r);
         if store.exists(&key).await? {
             rows.extend(read_jsonl::<DatasetRow>(store, &key).await?);
+        } else if let Some(stem) = key.strip_suffix(".jsonl")
+            && !store.list(&format!("{stem}.parts")).await?.is_empty()
+        {
+            // Committed samples of a synthesis that never finished are not training data
+            // yet; say so rather than train without them silently.
+            tracing::warn!(
+                round = r,
+                parts = %store.url_of(&format!("{stem}.parts")),
+                "round {r}'s synthesis left committed samples but never finished; they are not used: rerun that round's synthesize stage"
+            );
         }
     }
     Ok(rows)
@@ -133,6 +143,7 @@ async fn train_round(config: &TrainConfig) -> anyhow::Result<TrainOutcome> {
     let spec = config.clone();
     let out_path = out.path().to_path_buf();
     let device = selected.device;
+    let checkpoints_dir = checkpoints.clone();
     let report = tokio::task::spawn_blocking(move || {
         fit(&spec, &rows, &base_dir, &checkpoints, &out_path, &device)
     })
@@ -155,6 +166,18 @@ async fn train_round(config: &TrainConfig) -> anyhow::Result<TrainOutcome> {
         ArtifactLayout::MODEL_MANIFEST,
     )
     .await?;
+    // The published manifest now answers every rerun of this round, so the resume points
+    // (weights plus optimizer state, up to several times the model's size) are only disk
+    // taken from the claim. Failing to remove them costs space, not the round.
+    match std::fs::remove_dir_all(&checkpoints_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(
+            dir = %checkpoints_dir.display(),
+            error = %e,
+            "could not remove the round's checkpoints after publishing its model"
+        ),
+    }
     Ok(outcome)
 }
 
