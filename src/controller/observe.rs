@@ -124,10 +124,7 @@ pub fn stuck(job: &Job, pods: &[Pod], now: Timestamp) -> Option<Observation> {
         job.metadata.namespace.as_deref().unwrap_or_default(),
         job.metadata.name.as_deref().unwrap_or_default()
     );
-    let mut newest_first: Vec<&Pod> = pods.iter().collect();
-    newest_first
-        .sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.as_ref().map(|t| t.0)));
-    let Some(pod) = newest_first.first() else {
+    let Some(pod) = newest(pods) else {
         return (age(&job.metadata) >= NO_POD_GRACE_S).then(|| Observation::Blocked {
             reason: "NoPodCreated".into(),
             message: format!(
@@ -268,12 +265,16 @@ pub fn observation_from(job: &Job, pods: &[Pod]) -> Observation {
     }
 }
 
-/// `pod NAME: Reason: message` of the newest pod that has a status reason (Evicted,
+/// The most recently created pod (a Job's replacement pods come after the ones they replace).
+fn newest(pods: &[Pod]) -> Option<&Pod> {
+    pods.iter()
+        .max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0))
+}
+
+/// `pod NAME: Reason: message` of the newest pod, when it has a status reason (Evicted,
 /// Preempting, DeadlineExceeded, ...).
 fn newest_pod_reason(pods: &[Pod]) -> Option<String> {
-    let pod = pods
-        .iter()
-        .max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0))?;
+    let pod = newest(pods)?;
     let status = pod.status.as_ref()?;
     let reason = status.reason.as_deref()?;
     Some(format!(

@@ -60,11 +60,10 @@ where
     }
 
     /// Takes `r` into the rows unless its key is done; a failure is replaced by a later row.
-    /// Returns whether it was taken.
-    fn remember(&mut self, r: T) -> bool {
+    fn remember(&mut self, r: T) {
         let k = (self.key_of)(&r);
         if self.keys.contains(&k) {
-            return false;
+            return;
         }
         if !(self.failed)(&r) {
             self.keys.insert(k.clone());
@@ -76,7 +75,6 @@ where
                 self.rows.push(r);
             }
         }
-        true
     }
 
     /// Whether a row with this key is stored and done.

@@ -316,30 +316,33 @@ impl Worker {
         let room = context.saturating_sub(prompt.len());
         let max_new_tokens = match spec.max_tokens_field {
             // Left out: as OpenAI and vLLM do, the answer may use what the context leaves.
-            None if room > 0 => spec.max_tokens.min(room),
-            None => {
-                return Err(ApiError::invalid(
-                    Some(prompt_field),
-                    format!(
-                        "this model's context is {context} tokens and the prompt has {}, which leaves no room for an answer; shorten the {prompt_field}",
-                        prompt.len()
-                    ),
-                )
-                .with_code("context_length_exceeded"));
-            }
-            Some(field) if spec.max_tokens > room => {
-                return Err(ApiError::invalid(
-                    Some(prompt_field),
-                    format!(
-                        "this model's context is {context} tokens, but the prompt has {} and {field} is {}; shorten the {prompt_field} or lower {field} to at most {room}",
-                        prompt.len(),
-                        spec.max_tokens
-                    ),
-                )
-                .with_code("context_length_exceeded"));
-            }
+            None => spec.max_tokens.min(room),
             Some(_) => spec.max_tokens,
         };
+        if max_new_tokens == 0 || max_new_tokens > room {
+            let (asked, lower) = match spec.max_tokens_field {
+                Some(field) => (
+                    format!(" and {field} is {}", spec.max_tokens),
+                    if room > 0 {
+                        format!(" or lower {field} to at most {room}")
+                    } else {
+                        String::new()
+                    },
+                ),
+                None => (
+                    ", which leaves no room for an answer".to_string(),
+                    String::new(),
+                ),
+            };
+            return Err(ApiError::invalid(
+                Some(prompt_field),
+                format!(
+                    "this model's context is {context} tokens, but the prompt has {}{asked}; shorten the {prompt_field}{lower}",
+                    prompt.len()
+                ),
+            )
+            .with_code("context_length_exceeded"));
+        }
         let seed = spec.seed.unwrap_or_else(|| {
             self.seeds
                 .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)

@@ -124,20 +124,6 @@ impl Endpoint {
                 self.url
             )));
         }
-        if status == 429 && (shape.quota_exhausted)(&reply) {
-            let (_, message) = serde_json::from_slice::<Value>(&reply)
-                .ok()
-                .map(|v| (shape.fields)(&v))
-                .unwrap_or((None, None));
-            return Err(LlmError::QuotaExhausted {
-                provider,
-                status,
-                message: redact(
-                    &message.unwrap_or_else(|| String::from_utf8_lossy(&reply).into_owned()),
-                    self.key.as_ref(),
-                ),
-            });
-        }
         if !(200..300).contains(&status) {
             let mut err = status_error(
                 provider,
@@ -147,6 +133,17 @@ impl Endpoint {
                 self.key.as_ref(),
                 shape.fields,
             );
+            // Out of quota or credit: the same message, but no wait can fix it.
+            if status == 429
+                && (shape.quota_exhausted)(&reply)
+                && let LlmError::Status { message, .. } = err
+            {
+                return Err(LlmError::QuotaExhausted {
+                    provider,
+                    status,
+                    message,
+                });
+            }
             if let LlmError::Status { retry_after, .. } = &mut err
                 && retry_after.is_none()
             {
@@ -232,22 +229,16 @@ pub(crate) fn status_error(
 ) -> LlmError {
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
     let (kind, message) = parsed.as_ref().map(&extract).unwrap_or((None, None));
-    let message = message.unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    let mut message = message.unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    if let Some(key) = key.filter(|k| !k.expose().is_empty()) {
+        message = message.replace(key.expose(), "[REDACTED]");
+    }
     LlmError::Status {
         provider,
         status,
         kind,
-        message: redact(&message, key),
+        message: one_line(&message),
         retry_after: parse_retry_after(headers, SystemTime::now()),
-    }
-}
-
-/// A provider's error text as one short line, with an API key the server echoed back replaced
-/// by `[REDACTED]`.
-fn redact(message: &str, key: Option<&Secret>) -> String {
-    match key.filter(|k| !k.expose().is_empty()) {
-        Some(key) => one_line(&message.replace(key.expose(), "[REDACTED]")),
-        None => one_line(message),
     }
 }
 
