@@ -51,7 +51,7 @@ pub use jsonl::{
     to_jsonl, write_jsonl,
 };
 pub use resolve::{Resolver, resolve_to_local};
-pub use store::Store;
+pub use store::{ObjectVersion, Store};
 
 /// Local cache for downloads and conversions, shared by every stage: `LLAMADUO_CACHE_DIR`,
 /// else `$XDG_CACHE_HOME/llamaduo`, else `$HOME/.cache/llamaduo` when `~/.cache` exists,

@@ -2,10 +2,11 @@
 //!
 //! - `file:///p`, `/p`: the path itself (it must exist).
 //! - `s3://`, `gs://`, `az://`: the object, or every object under the prefix (a model
-//!   directory), downloaded once into `{cache_dir}/objects/{hash of the URL}/data`. The
-//!   download goes to a temp directory renamed into place, so a cache entry is complete or
-//!   absent. Sources are treated as immutable (a finalized round's artifacts never change):
-//!   delete the cache entry to force a fresh download.
+//!   directory), downloaded into `{cache_dir}/objects/{hash of the URL}/{hash of the
+//!   listing}/data`. Each resolution lists the source (one LIST or HEAD) and reuses the entry
+//!   only when every key, size and ETag still match, so a round trained again under the same
+//!   key is fetched again; older entries of the URL are then removed. The download goes to a
+//!   temp directory renamed into place, so a cache entry is complete or absent.
 //! - `hf://...`: the Hugging Face cache (see [`crate::hf`]), downloading only what is missing.
 
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use tokio::sync::OnceCell;
 use crate::error::{Result, StoreError, redact_url};
 use crate::hf::{HfConfig, HfRef, lookup_cached};
 use crate::local::{TempGuard, sync_dir, temp_sibling};
-use crate::store::Store;
+use crate::store::{ObjectVersion, Store};
 
 /// Resolves source URLs to local paths, with its own cache directory and Hub settings.
 #[derive(Debug)]
@@ -107,9 +108,10 @@ impl Resolver {
 
     /// The local path of the object or prefix `key` of `store` (`""`: the whole store).
     ///
-    /// A local store returns its own path (no copy); an object store's data is downloaded once
-    /// into `{cache_dir}/objects/{hash}/data` (a temp folder renamed into place, so an entry is
-    /// complete or absent). Used for the previous round's model in the artifact store.
+    /// A local store returns its own path (no copy); an object store's data is downloaded into
+    /// `{cache_dir}/objects/{hash of the URL}/{hash of the listing}/data` (a temp folder renamed
+    /// into place, so an entry is complete or absent) and reused while the listing (keys,
+    /// sizes, ETags) is unchanged. Used for the previous round's model in the artifact store.
     pub async fn resolve_in(&self, store: &Store, key: &str) -> Result<PathBuf> {
         let key = crate::key::prefix_key(key)?;
         let shown = store.url_of(key);
@@ -127,29 +129,40 @@ impl Resolver {
                 Err(e) => Err(StoreError::io("stat", path, e)),
             };
         }
-        let objects = self.cache_dir.join("objects");
-        let entry_dir = objects.join(cache_key(&shown));
+        // One listing says what the source holds now; the entry is keyed by it, so a round
+        // trained again under the same key (new ETags) is downloaded again, not served stale.
+        let single_version = match key {
+            "" => None,
+            key => store.version(key).await?,
+        };
+        let single = single_version.is_some();
+        let versions = match single_version {
+            Some(v) => vec![v],
+            None => store.versions(key).await?,
+        };
+        if versions.is_empty() {
+            return Err(StoreError::NotFound { url: shown });
+        }
+        let url_dir = self.cache_dir.join("objects").join(cache_key(&shown));
+        let entry_dir = url_dir.join(content_key(&versions));
         if let Some(path) = read_entry(&entry_dir).await? {
             return Ok(path);
         }
-        tokio::fs::create_dir_all(&objects)
+        tokio::fs::create_dir_all(&url_dir)
             .await
-            .map_err(|e| StoreError::io("create directory", &objects, e))?;
+            .map_err(|e| StoreError::io("create directory", &url_dir, e))?;
         let mut tmp = TempGuard::dir(temp_sibling(&entry_dir));
         let data = tmp.path().join("data");
-        let single = !key.is_empty() && store.exists(key).await?;
         let relative = if single {
             let name = key.rsplit('/').next().unwrap_or(key);
             store.get_to_file(key, &data.join(name)).await?;
             format!("data/{name}")
         } else {
-            let keys = store.list(key).await?;
-            if keys.is_empty() {
-                return Err(StoreError::NotFound { url: shown });
-            }
-            for k in &keys {
-                let rel = k.strip_prefix(key).unwrap_or(k).trim_start_matches('/');
-                store.get_to_file(k, &data.join(rel)).await?;
+            for v in &versions {
+                let rel = v.key.strip_prefix(key).unwrap_or(&v.key);
+                store
+                    .get_to_file(&v.key, &data.join(rel.trim_start_matches('/')))
+                    .await?;
             }
             "data".to_string()
         };
@@ -168,12 +181,13 @@ impl Resolver {
         match tokio::fs::rename(tmp.path(), &entry_dir).await {
             Ok(()) => {
                 tmp.disarm();
-                sync_dir(&objects);
+                sync_dir(&url_dir);
             }
             // Another process finished the same download first; its entry is as good.
             Err(_) if read_entry(&entry_dir).await?.is_some() => {}
             Err(e) => return Err(StoreError::io("rename into place", &entry_dir, e)),
         }
+        remove_older_versions(&url_dir, &entry_dir);
         Ok(entry_dir.join(relative))
     }
 }
@@ -186,11 +200,44 @@ pub async fn resolve_to_local(url: &str, cache_dir: &Path) -> Result<PathBuf> {
 
 /// The cache folder name for a URL: 32 hex digits of its SHA-256.
 fn cache_key(url: &str) -> String {
-    Sha256::digest(url.as_bytes())
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex16(&Sha256::digest(url.as_bytes()))
+}
+
+/// The folder name for one content of a source: 32 hex digits of the SHA-256 of every
+/// object's key, size and tag (ETag or modification time).
+fn content_key(versions: &[ObjectVersion]) -> String {
+    let mut hash = Sha256::new();
+    for v in versions {
+        for field in [v.key.as_bytes(), &v.size.to_le_bytes(), v.tag.as_bytes()] {
+            hash.update((field.len() as u64).to_le_bytes());
+            hash.update(field);
+        }
+    }
+    hex16(&hash.finalize())
+}
+
+fn hex16(digest: &[u8]) -> String {
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Removes the entries of earlier contents of the same URL, so a source trained again does
+/// not keep every old copy on the (often small) cache volume. Best effort: a process still
+/// reading an old entry keeps its open files (unlinked files live on while open), and
+/// in-flight temp folders of other processes are left alone.
+fn remove_older_versions(url_dir: &Path, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(url_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if path == keep || name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if let Err(e) = std::fs::remove_dir_all(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove an outdated cache entry");
+        }
+    }
 }
 
 async fn read_entry(entry_dir: &Path) -> Result<Option<PathBuf>> {

@@ -50,6 +50,33 @@ impl fmt::Debug for Store {
     }
 }
 
+/// One object's key and what identifies its current content: a re-uploaded object (a round
+/// trained again under the same key) gets a new ETag, or at least a new modification time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ObjectVersion {
+    /// The key relative to the store root.
+    pub key: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The ETag when the backend has one, else the modification time.
+    pub tag: String,
+}
+
+impl ObjectVersion {
+    fn from_meta(key: String, meta: &object_store::ObjectMeta) -> ObjectVersion {
+        let tag = match (&meta.e_tag, &meta.version) {
+            (Some(e_tag), _) => e_tag.clone(),
+            (None, Some(version)) => version.clone(),
+            (None, None) => meta.last_modified.to_rfc3339(),
+        };
+        ObjectVersion {
+            key,
+            size: meta.size,
+            tag,
+        }
+    }
+}
+
 impl Store {
     /// Opens a store from a URL; does no I/O and no network.
     ///
@@ -425,26 +452,84 @@ impl Store {
     /// Every object under `prefix` (a directory-like prefix; `""` for the whole store), as
     /// keys relative to the store root, sorted. In-flight temp files are not listed.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        match &self.backend {
+            Backend::Local(root) => local::list(root, prefix_key(prefix)?).await,
+            Backend::Object { .. } => Ok(self
+                .versions(prefix)
+                .await?
+                .into_iter()
+                .map(|v| v.key)
+                .collect()),
+        }
+    }
+
+    /// As [`Store::list`], with what identifies each object's current content (see
+    /// [`ObjectVersion`]), from the same single listing.
+    pub async fn versions(&self, prefix: &str) -> Result<Vec<ObjectVersion>> {
         let prefix = prefix_key(prefix)?;
         match &self.backend {
-            Backend::Local(root) => local::list(root, prefix).await,
+            Backend::Local(root) => {
+                let mut out = Vec::new();
+                for key in local::list(root, prefix).await? {
+                    if let Some(v) = self.version(&key).await? {
+                        out.push(v);
+                    }
+                }
+                Ok(out)
+            }
             Backend::Object {
                 store,
                 prefix: root,
             } => {
                 let full = self.obj_path(root, prefix)?;
                 let mut listing = store.list(Some(&full));
-                let mut keys = Vec::new();
+                let mut out = Vec::new();
                 while let Some(meta) = listing.next().await {
                     let meta = meta.map_err(|e| self.backend_err("list", prefix, e))?;
                     let Some(rel) = meta.location.prefix_match(root) else {
                         continue;
                     };
                     let rel: Vec<String> = rel.map(|p| p.as_ref().to_string()).collect();
-                    keys.push(rel.join("/"));
+                    out.push(ObjectVersion::from_meta(rel.join("/"), &meta));
                 }
-                keys.sort();
-                Ok(keys)
+                out.sort_by(|a, b| a.key.cmp(&b.key));
+                Ok(out)
+            }
+        }
+    }
+
+    /// The current version of one object, or `None` when it does not exist.
+    pub async fn version(&self, key: &str) -> Result<Option<ObjectVersion>> {
+        let key = object_key(key)?;
+        match &self.backend {
+            Backend::Local(root) => {
+                let path = root.join(key);
+                match tokio::fs::metadata(&path).await {
+                    Ok(m) if m.is_file() => {
+                        let modified = m
+                            .modified()
+                            .ok()
+                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                            .map(|d| d.as_nanos().to_string())
+                            .unwrap_or_default();
+                        Ok(Some(ObjectVersion {
+                            key: key.to_string(),
+                            size: m.len(),
+                            tag: modified,
+                        }))
+                    }
+                    Ok(_) => Ok(None),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(StoreError::io("stat", path, e)),
+                }
+            }
+            Backend::Object { store, prefix } => {
+                let path = self.obj_path(prefix, key)?;
+                match store.head(&path).await {
+                    Ok(meta) => Ok(Some(ObjectVersion::from_meta(key.to_string(), &meta))),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(self.backend_err("head", key, e)),
+                }
             }
         }
     }

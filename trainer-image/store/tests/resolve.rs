@@ -100,16 +100,39 @@ async fn object_store_sources_are_downloaded_once_into_the_cache() {
     assert!(cfg.is_file());
     assert_eq!(cfg.file_name().unwrap(), "config.json");
 
-    // Cached: resolving again after the source is gone still works (no second download).
-    store.delete_prefix("round-1").await.unwrap();
+    // Cached: resolving the unchanged source again reuses the entry.
+    let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let first = mtime(&model.join("config.json"));
     assert_eq!(r.resolve_in(&store, "round-1/model").await.unwrap(), model);
-    // Nothing half-downloaded is left beside the entries.
+    assert_eq!(mtime(&model.join("config.json")), first);
+    // Nothing half-downloaded is left beside the entries: one folder per URL.
     let names: Vec<_> = std::fs::read_dir(dir.path().join("cache/objects"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
     assert!(names.iter().all(|n| !n.contains("llamaduo-tmp")));
+
+    // The round is trained again under the same key: the new weights are fetched, not the
+    // cached old ones, and the old entry is removed.
+    store
+        .put("round-1/model/sub/adapter.safetensors", vec![9u8; 1000])
+        .await
+        .unwrap();
+    let retrained = r.resolve_in(&store, "round-1/model").await.unwrap();
+    assert_ne!(retrained, model);
+    assert_eq!(
+        std::fs::read(retrained.join("sub/adapter.safetensors")).unwrap(),
+        vec![9u8; 1000]
+    );
+    assert!(!model.exists(), "the outdated entry is removed");
+    let url_dir = retrained.parent().unwrap().parent().unwrap();
+    assert_eq!(std::fs::read_dir(url_dir).unwrap().count(), 1);
+
+    // A source that is gone is gone, even with a cached copy.
+    store.delete_prefix("round-1").await.unwrap();
+    let e = r.resolve_in(&store, "round-1/model").await.unwrap_err();
+    assert!(e.is_not_found(), "{e}");
 
     let e = r.resolve_in(&store, "round-9/model").await.unwrap_err();
     assert!(e.is_not_found(), "{e}");
