@@ -134,18 +134,21 @@ pub fn validate_object(doc: &Value, target: Target) -> Vec<Problem> {
     check_metadata(doc.get("metadata"), &mut problems);
 
     // The API server checks the object against the schema first and runs CEL only on objects
-    // that fit it; so do we.
+    // whose shape fits it (out-of-range values do not stop CEL); so do we.
     let mut body = doc.clone();
     if let Some(obj) = body.as_object_mut() {
         obj.remove("metadata");
         obj.remove("apiVersion");
         obj.remove("kind");
     }
-    let before = problems.len();
-    check_schema(&schema, &body, "", &mut problems);
-    if problems.len() > before {
+    let mut found = SchemaFindings::default();
+    check_schema(&schema, &body, "", &mut found);
+    if !found.blocking.is_empty() {
+        problems.append(&mut found.blocking);
+        problems.append(&mut found.out_of_range);
         return problems;
     }
+    problems.append(&mut found.out_of_range);
 
     let validator = kube_cel::Validator::new();
     for err in validator.validate_with_defaults(&schema, &body, None) {
@@ -209,15 +212,26 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
-/// Type, enum, required and unknown-field checks of a value against a structural schema.
-fn check_schema(schema: &Value, value: &Value, path: &str, problems: &mut Vec<Problem>) {
+/// What the structural schema check found, split as the API server splits it.
+#[derive(Default)]
+struct SchemaFindings {
+    /// Type, enum, required and unknown-field problems: the object does not have the shape
+    /// the CEL rules were written for, so they are not evaluated.
+    blocking: Vec<Problem>,
+    /// Values outside their minimum or maximum: CEL rules still run, so every problem is
+    /// listed at once (apiextensions-apiserver's `hasBlockingErr`).
+    out_of_range: Vec<Problem>,
+}
+
+/// Type, enum, required, unknown-field and range checks of a value against a structural schema.
+fn check_schema(schema: &Value, value: &Value, path: &str, found: &mut SchemaFindings) {
     if value.is_null() {
         if !schema
             .get("nullable")
             .and_then(Value::as_bool)
             .unwrap_or(false)
         {
-            problems.push(problem(path, "must not be null"));
+            found.blocking.push(problem(path, "must not be null"));
         }
         return;
     }
@@ -227,7 +241,7 @@ fn check_schema(schema: &Value, value: &Value, path: &str, problems: &mut Vec<Pr
         == Some(true)
     {
         if !(value.is_string() || value.is_i64() || value.is_u64()) {
-            problems.push(problem(
+            found.blocking.push(problem(
                 path,
                 format!("must be an integer or a string, found {}", type_name(value)),
             ));
@@ -241,21 +255,23 @@ fn check_schema(schema: &Value, value: &Value, path: &str, problems: &mut Vec<Pr
     let Some(ty) = schema.get("type").and_then(Value::as_str) else {
         return;
     };
-    let found = type_name(value);
+    let actual = type_name(value);
     let fits = match ty {
         "number" => value.is_number(),
-        "integer" => found == "integer",
-        other => other == found,
+        "integer" => actual == "integer",
+        other => other == actual,
     };
     if !fits {
-        problems.push(problem(path, format!("must be {ty}, found {found}")));
+        found
+            .blocking
+            .push(problem(path, format!("must be {ty}, found {actual}")));
         return;
     }
     if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
         && !allowed.contains(value)
     {
         let list: Vec<String> = allowed.iter().map(|v| v.to_string()).collect();
-        problems.push(problem(
+        found.blocking.push(problem(
             path,
             format!("{value} is not one of {}", list.join(", ")),
         ));
@@ -263,7 +279,16 @@ fn check_schema(schema: &Value, value: &Value, path: &str, problems: &mut Vec<Pr
     if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
         && value.as_f64().is_some_and(|v| v < min)
     {
-        problems.push(problem(path, format!("must be at least {min}")));
+        found
+            .out_of_range
+            .push(problem(path, format!("must be at least {min}")));
+    }
+    if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
+        && value.as_f64().is_some_and(|v| v > max)
+    {
+        found
+            .out_of_range
+            .push(problem(path, format!("must be at most {max}")));
     }
     match value {
         Value::Object(obj) => {
@@ -271,7 +296,7 @@ fn check_schema(schema: &Value, value: &Value, path: &str, problems: &mut Vec<Pr
             if let Some(required) = schema.get("required").and_then(Value::as_array) {
                 for r in required.iter().filter_map(Value::as_str) {
                     if !obj.contains_key(r) {
-                        problems.push(problem(join(path, r), "is required"));
+                        found.blocking.push(problem(join(path, r), "is required"));
                     }
                 }
             }
@@ -279,14 +304,14 @@ fn check_schema(schema: &Value, value: &Value, path: &str, problems: &mut Vec<Pr
             for (key, sub) in obj {
                 let p = join(path, key);
                 match (props.and_then(|m| m.get(key)), extra) {
-                    (Some(s), _) => check_schema(s, sub, &p, problems),
-                    (None, Some(s)) => check_schema(s, sub, &p, problems),
+                    (Some(s), _) => check_schema(s, sub, &p, found),
+                    (None, Some(s)) => check_schema(s, sub, &p, found),
                     (None, None) if preserve => {}
                     (None, None) => {
                         let known: Vec<&str> = props
                             .map(|m| m.keys().map(String::as_str).collect())
                             .unwrap_or_default();
-                        problems.push(problem(
+                        found.blocking.push(problem(
                             p,
                             format!("unknown field; known fields here: {}", known.join(", ")),
                         ));
@@ -297,7 +322,7 @@ fn check_schema(schema: &Value, value: &Value, path: &str, problems: &mut Vec<Pr
         Value::Array(items) => {
             if let Some(item_schema) = schema.get("items") {
                 for (i, item) in items.iter().enumerate() {
-                    check_schema(item_schema, item, &format!("{path}[{i}]"), problems);
+                    check_schema(item_schema, item, &format!("{path}[{i}]"), found);
                 }
             }
         }
@@ -539,6 +564,44 @@ spec:
                 "expected a problem at {path}, got {problems:?}"
             );
         }
+    }
+
+    #[test]
+    fn counts_below_their_minimum_name_the_real_minimum() {
+        // The schema carries each count's real minimum, so a negative value and zero get the
+        // same answer (a u32's implicit minimum of 0 once sent users from -1 to 0 to 1).
+        for (field, value, min) in [
+            ("maxRounds", "-1", "1"),
+            ("maxRounds", "0", "1"),
+            ("plateauRounds", "0", "1"),
+            ("maxServiceTokens", "0", "1"),
+        ] {
+            let yaml = with(
+                "  storage:",
+                &format!("  stop:\n    {field}: {value}\n  storage:"),
+            );
+            let problems = problems_of(&yaml, Target::Cluster);
+            assert_eq!(problems.len(), 1, "{field}={value}: {problems:?}");
+            assert_eq!(problems[0].path, format!("spec.stop.{field}"));
+            assert_eq!(problems[0].message, format!("must be at least {min}"));
+        }
+        let yaml = with(
+            "  storage:",
+            "  training:\n    maxSeqLen: 8\n  synthesis:\n    pairsPerCall: 51\n  storage:",
+        );
+        let problems = problems_of(&yaml, Target::Cluster);
+        let messages: Vec<String> = problems
+            .iter()
+            .map(|p| format!("{}: {}", p.path, p.message))
+            .collect();
+        assert!(
+            messages.contains(&"spec.training.maxSeqLen: must be at least 16".to_string()),
+            "{messages:?}"
+        );
+        assert!(
+            messages.contains(&"spec.synthesis.pairsPerCall: must be at most 50".to_string()),
+            "{messages:?}"
+        );
     }
 
     #[test]

@@ -213,11 +213,9 @@ pub struct SecretKeyRef {
 /// Client-side flow control for a provider.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.concurrency >= 1", "message": "limits.concurrency must be at least 1", "fieldPath": ".concurrency"}
-]))]
 pub struct ProviderLimits {
     /// Requests in flight at once.
+    #[schemars(range(min = 1))]
     #[serde(default = "default_concurrency")]
     pub concurrency: u32,
     /// Requests per minute, shared by all requests of a stage. Unset: no limit.
@@ -337,9 +335,6 @@ fn default_vocab() -> u32 {
 /// How much synthetic data to make and how to filter it.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.pairsPerCall >= 1 && self.pairsPerCall <= 50", "message": "synthesis.pairsPerCall must be between 1 and 50", "fieldPath": ".pairsPerCall"}
-]))]
 pub struct SynthesisSpec {
     /// Synthetic samples generated in round 1.
     #[serde(default = "default_samples")]
@@ -348,6 +343,7 @@ pub struct SynthesisSpec {
     #[serde(default = "default_samples")]
     pub samples_per_round: u32,
     /// (instruction, response) pairs requested per teacher call.
+    #[schemars(range(min = 1, max = 50))]
     #[serde(default = "default_pairs_per_call")]
     pub pairs_per_call: u32,
     /// Near-duplicate filtering.
@@ -446,12 +442,12 @@ pub enum Precision {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.rank >= 1", "message": "training.lora.rank must be at least 1", "fieldPath": ".rank"},
     {"rule": "self.dropout >= 0.0 && self.dropout < 1.0", "message": "training.lora.dropout must be in [0, 1)", "fieldPath": ".dropout"},
     {"rule": "size(self.targetModules) > 0", "message": "training.lora.targetModules must name at least one module (e.g. q_proj)", "fieldPath": ".targetModules"}
 ]))]
 pub struct LoraSpec {
     /// Rank of the adapter matrices.
+    #[schemars(range(min = 1))]
     #[serde(default = "default_rank")]
     pub rank: u32,
     /// Scaling numerator: the update is scaled by alpha / rank.
@@ -494,11 +490,8 @@ impl Default for LoraSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.epochs >= 1", "message": "training.epochs must be at least 1", "fieldPath": ".epochs"},
     {"rule": "self.learningRate > 0.0", "message": "training.learningRate must be positive", "fieldPath": ".learningRate"},
-    {"rule": "self.warmupRatio >= 0.0 && self.warmupRatio < 1.0", "message": "training.warmupRatio must be in [0, 1)", "fieldPath": ".warmupRatio"},
-    {"rule": "self.batchSize >= 1 && self.gradientAccumulation >= 1", "message": "training.batchSize and training.gradientAccumulation must be at least 1", "fieldPath": ".batchSize"},
-    {"rule": "self.maxSeqLen >= 16", "message": "training.maxSeqLen must be at least 16", "fieldPath": ".maxSeqLen"}
+    {"rule": "self.warmupRatio >= 0.0 && self.warmupRatio < 1.0", "message": "training.warmupRatio must be in [0, 1)", "fieldPath": ".warmupRatio"}
 ]))]
 pub struct TrainingSpec {
     /// lora (default) or full.
@@ -508,6 +501,7 @@ pub struct TrainingSpec {
     #[serde(default)]
     pub lora: LoraSpec,
     /// Passes over the training set.
+    #[schemars(range(min = 1))]
     #[serde(default = "default_epochs")]
     pub epochs: u32,
     /// Peak learning rate of AdamW (after warmup, then cosine decay).
@@ -517,12 +511,15 @@ pub struct TrainingSpec {
     #[serde(default = "default_warmup")]
     pub warmup_ratio: f64,
     /// Sequences per micro-batch.
+    #[schemars(range(min = 1))]
     #[serde(default = "default_batch")]
     pub batch_size: u32,
     /// Micro-batches per optimizer step.
+    #[schemars(range(min = 1))]
     #[serde(default = "default_grad_accum")]
     pub gradient_accumulation: u32,
     /// Longest sequence in tokens; longer samples are truncated and counted.
+    #[schemars(range(min = 16))]
     #[serde(default = "default_max_seq_len")]
     pub max_seq_len: u32,
     /// auto (bf16 on GPU, f32 on CPU), bf16 or f32.
@@ -621,8 +618,7 @@ pub enum Metric {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.temperature >= 0.0 && self.topP > 0.0 && self.topP <= 1.0", "message": "evaluation.generation needs temperature >= 0 and 0 < topP <= 1"},
-    {"rule": "self.maxNewTokens >= 1", "message": "evaluation.generation.maxNewTokens must be at least 1", "fieldPath": ".maxNewTokens"}
+    {"rule": "self.temperature >= 0.0 && self.topP > 0.0 && self.topP <= 1.0", "message": "evaluation.generation needs temperature >= 0 and 0 < topP <= 1"}
 ]))]
 pub struct EvalGeneration {
     /// Sampling temperature; 0 is greedy.
@@ -632,6 +628,7 @@ pub struct EvalGeneration {
     #[serde(default = "default_top_p")]
     pub top_p: f64,
     /// Most tokens per answer.
+    #[schemars(range(min = 1))]
     #[serde(default = "default_max_new_tokens")]
     pub max_new_tokens: u32,
 }
@@ -660,7 +657,6 @@ impl Default for EvalGeneration {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.answersPerPrompt >= 1 && self.judgeSamples >= 1", "message": "evaluation.answersPerPrompt and evaluation.judgeSamples must be at least 1", "fieldPath": ".answersPerPrompt"},
     {"rule": "self.passScore >= 0.0 && self.passScore <= 100.0", "message": "evaluation.passScore must be between 0 and 100", "fieldPath": ".passScore"}
 ]))]
 pub struct EvaluationSpec {
@@ -668,9 +664,11 @@ pub struct EvaluationSpec {
     #[serde(default)]
     pub metric: Metric,
     /// Answers the student writes per test prompt.
+    #[schemars(range(min = 1))]
     #[serde(default = "default_answers")]
     pub answers_per_prompt: u32,
     /// Judge samples per answer (metric judge).
+    #[schemars(range(min = 1))]
     #[serde(default = "default_judge_samples")]
     pub judge_samples: u32,
     /// Student sampling parameters.
@@ -743,19 +741,17 @@ pub struct TargetSpec {
 /// When the migration gives up.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.maxRounds >= 1", "message": "stop.maxRounds must be at least 1", "fieldPath": ".maxRounds"},
-    {"rule": "self.plateauRounds >= 1", "message": "stop.plateauRounds must be at least 1", "fieldPath": ".plateauRounds"},
-    {"rule": "!has(self.maxServiceTokens) || self.maxServiceTokens >= 1", "message": "stop.maxServiceTokens must be positive", "fieldPath": ".maxServiceTokens"}
-]))]
 pub struct StopSpec {
     /// Most rounds to run.
+    #[schemars(range(min = 1))]
     #[serde(default = "default_max_rounds")]
     pub max_rounds: u32,
     /// Budget of service LLM tokens (teacher and judge, input and output). Unset: no budget.
+    #[schemars(range(min = 1))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_service_tokens: Option<u64>,
     /// Stop when the best score has not improved for this many rounds.
+    #[schemars(range(min = 1))]
     #[serde(default = "default_plateau")]
     pub plateau_rounds: u32,
     /// Extra attempts for a failed stage before the migration fails.
