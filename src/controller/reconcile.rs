@@ -25,7 +25,9 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 
-use crate::api::{LlamaDuoMigration, LlamaDuoMigrationSpec, LlamaDuoMigrationStatus, StageRun};
+use crate::api::{
+    LlamaDuoMigration, LlamaDuoMigrationSpec, LlamaDuoMigrationStatus, Stage, StageRun,
+};
 use crate::plan::{self, Decision, Finish, MigrationId, Observation, Stall};
 
 use super::Context;
@@ -45,12 +47,13 @@ const IDLE_REQUEUE: Duration = Duration::from_secs(3600);
 const STALE_REQUEUE: Duration = Duration::from_secs(1);
 
 /// What [`write_status`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum StatusWrite {
     /// The status was already what the decision renders: nothing was sent.
     Unchanged,
-    /// The status was written.
-    Written,
+    /// The status was written; the object is now at this `resourceVersion` (when the
+    /// answer carried one).
+    Written(Option<String>),
     /// The API server refused the write because the object changed since the read it was
     /// decided from (409 Conflict on the resourceVersion precondition).
     Stale,
@@ -131,7 +134,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
             if written == StatusWrite::Stale {
                 return Ok(stale(ctx, obj));
             }
-            if written == StatusWrite::Written {
+            if matches!(written, StatusWrite::Written(_)) {
                 publish(
                     ctx,
                     obj,
@@ -179,14 +182,41 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     // is how a later reconcile knows serving objects may still exist.
     serving::delete(ctx, &namespace, &serving).await?;
     serving::apply_serving(&mut next, &serving, generation, &now);
-    let changed = match write_status(ctx, &target, &status, &next).await? {
+    let (changed, resource_version) = match write_status(ctx, &target, &status, &next).await? {
         // Decided from a stale read: acting on it could repeat or undo newer work.
         StatusWrite::Stale => return Ok(stale(ctx, obj)),
-        StatusWrite::Written => true,
-        StatusWrite::Unchanged => false,
+        StatusWrite::Written(rv) => (true, rv.unwrap_or_else(|| resource_version.clone())),
+        StatusWrite::Unchanged => (false, resource_version.clone()),
     };
+    let acted = act(ctx, obj, &namespace, &uid, &spec, &decision, changed).await?;
+    if let Acted::Rejected(stall) = acted {
+        // Recorded on top of the status just written, on the condition that it is unchanged.
+        let target = StatusTarget {
+            resource_version: &resource_version,
+            ..target
+        };
+        let stalled = plan::stalled(&next, &stall, generation, &now);
+        match write_status(ctx, &target, &next, &stalled).await? {
+            StatusWrite::Stale => return Ok(stale(ctx, obj)),
+            StatusWrite::Written(_) => {
+                tracing::warn!(migration = %key(obj), message = %stall.message, "Job refused");
+                publish(
+                    ctx,
+                    obj,
+                    EventType::Warning,
+                    &stall.reason,
+                    "StartStage",
+                    stall.message,
+                )
+                .await;
+            }
+            StatusWrite::Unchanged => {}
+        }
+        ctx.metrics.migration(&namespace, &name, &stalled);
+        serving::act(ctx, obj, &serving).await?;
+        return Ok(Action::requeue(ctx.backoff(&key(obj))));
+    }
     ctx.metrics.migration(&namespace, &name, &next);
-    act(ctx, obj, &namespace, &uid, &spec, &decision, changed).await?;
     serving::act(ctx, obj, &serving).await?;
     Ok(match decision {
         Decision::Stall(_) => Action::requeue(ctx.backoff(&key(obj))),
@@ -289,7 +319,7 @@ async fn write_status(
         .patch_status(target.name, &params, &Patch::Apply(&body))
         .await
     {
-        Ok(_) => Ok(StatusWrite::Written),
+        Ok(written) => Ok(StatusWrite::Written(written.metadata.resource_version)),
         // A forced apply has no field conflicts, so a 409 is the resourceVersion precondition.
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(StatusWrite::Stale),
         Err(source) => Err(Error::PatchStatus {
@@ -298,6 +328,40 @@ async fn write_status(
             source,
         }),
     }
+}
+
+/// What [`act`] did.
+enum Acted {
+    /// The decision was carried out (or had nothing to do).
+    Done,
+    /// The API server refused the stage run's Job; the stall says why and how to fix it.
+    Rejected(Stall),
+}
+
+/// Whether a failed Job create is a refusal that waits for a change outside the operator
+/// (quota, LimitRange, admission policy, RBAC, an invalid field) rather than a passing fault
+/// worth retrying at once: any 4xx except Conflict (handled as "already created") and Too
+/// Many Requests.
+fn refused(e: &kube::core::Status) -> bool {
+    (400..500).contains(&e.code) && e.code != 409 && e.code != 429
+}
+
+/// The stall of a stage run whose Job the API server refused.
+fn rejection(namespace: &str, run: &StageRun, e: &kube::core::Status) -> Stall {
+    let resources = match run.stage {
+        Stage::Synthesize => "spec.synthesis.resources",
+        Stage::Train => "spec.training.resources",
+        Stage::Evaluate => "spec.evaluation.resources",
+    };
+    Stall::new(
+        plan::REASON_JOB_REJECTED,
+        format!(
+            "round {}: the API server refused Job {namespace}/{} ({} {}): {}; it is tried again \
+             with backoff: fix the ResourceQuota, LimitRange or admission policy of namespace \
+             {namespace}, or {resources}",
+            run.round, run.name, e.code, e.reason, e.message
+        ),
+    )
 }
 
 /// Carry out a decision after its status is written: create the Job, publish the Event.
@@ -309,7 +373,7 @@ async fn act(
     spec: &LlamaDuoMigrationSpec,
     decision: &Decision,
     status_changed: bool,
-) -> Result<(), Error> {
+) -> Result<Acted, Error> {
     match decision {
         Decision::StartStage { run, config } => {
             let job = build_job(&JobInputs {
@@ -337,6 +401,9 @@ async fn act(
                 }
                 // Created by an earlier reconcile whose status write we now repeated.
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(kube::Error::Api(e)) if refused(&e) => {
+                    return Ok(Acted::Rejected(rejection(namespace, run, &e)));
+                }
                 Err(source) => {
                     return Err(Error::CreateJob {
                         namespace: namespace.into(),
@@ -404,7 +471,7 @@ async fn act(
         }
         _ => {}
     }
-    Ok(())
+    Ok(Acted::Done)
 }
 
 /// Publish an Event about the migration. A failed publish is logged, never fatal: events are

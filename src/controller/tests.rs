@@ -326,6 +326,146 @@ async fn a_new_migration_starts_round_one_synthesis_as_a_restricted_job() {
     );
 }
 
+/// The calls of a start whose prerequisites exist, up to (not including) the status write.
+async fn expect_start_prerequisites(s: &mut ApiServer) -> Vec<Seen> {
+    vec![
+        s.expect(
+            Method::GET,
+            &format!("{JOBS}/tickets-r1-synthesize"),
+            404,
+            not_found("jobs.batch", "tickets-r1-synthesize"),
+        )
+        .await,
+        s.expect(
+            Method::GET,
+            "/api/v1/namespaces/team-a/secrets/openai",
+            200,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "openai"},
+                   "data": {"api-key": "c2VjcmV0"}}),
+        )
+        .await,
+        s.expect(
+            Method::GET,
+            "/api/v1/namespaces/team-a/configmaps/coverage",
+            200,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "coverage"},
+                   "data": {"rows.jsonl": "{}"}}),
+        )
+        .await,
+        s.expect(
+            Method::GET,
+            "/api/v1/namespaces/team-a/persistentvolumeclaims/artifacts",
+            200,
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                   "metadata": {"name": "artifacts"}}),
+        )
+        .await,
+    ]
+}
+
+#[tokio::test]
+async fn a_job_the_api_server_refuses_stalls_the_run_until_it_is_created() {
+    let quota = || {
+        json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+               "message": "jobs.batch \"tickets-r1-synthesize\" is forbidden: exceeded quota: \
+                           compute, requested: requests.cpu=2, used: requests.cpu=7, \
+                           limited: requests.cpu=8",
+               "reason": "Forbidden", "code": 403})
+    };
+    let obj = migration(spec(), Value::Null);
+    let (result, seen) = scenario(obj, async move |s: &mut ApiServer| {
+        let mut seen = expect_start_prerequisites(s).await;
+        let mut written = migration(spec(), Value::Null);
+        written.metadata.resource_version = Some("11".into());
+        let written = serde_json::to_value(&written).expect("object");
+        seen.push(s.expect(Method::PATCH, STATUS, 200, written).await);
+        seen.push(s.expect(Method::POST, JOBS, 403, quota()).await);
+        seen.push(s.expect(Method::PATCH, STATUS, 200, Value::Null).await);
+        seen.push(s.expect(Method::POST, EVENTS, 201, Value::Null).await);
+        seen
+    })
+    .await;
+    // Backoff, not the quick requeue of progress: nothing changes until the quota does.
+    assert_eq!(
+        result.expect("reconcile"),
+        Action::requeue(Duration::from_secs(5))
+    );
+    let stalled = &seen[6].body;
+    // Conditional on the status this reconcile just wrote, not the one it read.
+    assert_eq!(stalled["metadata"]["resourceVersion"], "11");
+    let status = &stalled["status"];
+    let condition = condition(status, "Stalled");
+    assert_eq!(condition["status"], "True");
+    assert_eq!(condition["reason"], "JobRejected");
+    let message = condition["message"].as_str().expect("message");
+    assert!(message.contains("exceeded quota: compute"), "{message}");
+    assert!(message.contains("tickets-r1-synthesize"), "{message}");
+    assert_eq!(status["message"], message);
+    // The refused run stays current: it is the one tried again.
+    assert_eq!(status["current"]["name"], "tickets-r1-synthesize");
+    assert_eq!(seen[7].body["type"], "Warning");
+    assert_eq!(seen[7].body["reason"], "JobRejected");
+
+    // Tried again: still refused, so nothing changes and no Event repeats.
+    let after = migration(spec(), status.clone());
+    let (ctx, mut server) = context();
+    let (result, again) = scenario_in(
+        ctx.clone(),
+        &mut server,
+        after.clone(),
+        async move |s: &mut ApiServer| {
+            let mut seen = expect_start_prerequisites(s).await;
+            seen.push(s.expect(Method::POST, JOBS, 403, quota()).await);
+            seen
+        },
+    )
+    .await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(again.len(), 5, "no status write, no Event");
+
+    // Once the quota allows it, the Job is created; the stall stays until the run is seen.
+    let (result, started) = scenario_in(ctx, &mut server, after, async |s: &mut ApiServer| {
+        let mut seen = expect_start_prerequisites(s).await;
+        seen.push(s.expect(Method::POST, JOBS, 201, Value::Null).await);
+        seen.push(s.expect(Method::POST, EVENTS, 201, Value::Null).await);
+        seen
+    })
+    .await;
+    assert_eq!(
+        result.expect("reconcile"),
+        Action::requeue(Duration::from_secs(5))
+    );
+    assert_eq!(started[5].body["reason"], "StageStarted");
+}
+
+#[tokio::test]
+async fn a_running_job_clears_the_stall_of_its_refused_start() {
+    let mut status = started_status();
+    status["message"] = json!("refused");
+    status["conditions"] = json!([{"type": "Stalled", "status": "True", "reason": "JobRejected",
+        "message": "refused", "lastTransitionTime": "2026-01-01T00:00:00Z"}]);
+    let mut job = finished_job("Complete");
+    job["status"] = json!({"active": 1, "ready": 1});
+    let obj = migration(spec(), status);
+    let (r, seen) = scenario(obj, async move |s: &mut ApiServer| {
+        vec![
+            s.expect(
+                Method::GET,
+                &format!("{JOBS}/tickets-r1-synthesize"),
+                200,
+                job,
+            )
+            .await,
+            s.expect(Method::PATCH, STATUS, 200, Value::Null).await,
+        ]
+    })
+    .await;
+    r.expect("reconcile");
+    let status = &seen[1].body["status"];
+    assert_eq!(condition(status, "Stalled")["status"], "False");
+    assert_eq!(condition(status, "Reconciling")["status"], "True");
+}
+
 #[tokio::test]
 async fn the_backoff_of_deleted_migrations_is_forgotten() {
     let (ctx, _api) = context();

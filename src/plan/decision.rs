@@ -161,6 +161,11 @@ impl fmt::Display for StopReason {
     }
 }
 
+/// Stalled reason of a run whose Job (or child process) the API server refused to create:
+/// a ResourceQuota, LimitRange or admission policy. The run is tried again with backoff and
+/// keeps this stall until it starts, so the status does not flip between running and stalled.
+pub const REASON_JOB_REJECTED: &str = "JobRejected";
+
 /// Why a migration cannot go on until something outside it changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stall {

@@ -29,7 +29,7 @@ pub use conditions::{
     CONDITION_TARGET_REACHED, set_condition,
 };
 pub use decide::{plan, run_to_observe};
-pub use decision::{Decision, Finish, Stall, StopReason};
+pub use decision::{Decision, Finish, REASON_JOB_REJECTED, Stall, StopReason};
 pub use names::{MAX_NAME_LEN, serving_name, stage_run_name};
 pub use observation::Observation;
 pub use render::{RenderError, artifacts_root, samples_for_round, stage_config, token_budget};

@@ -9,7 +9,7 @@ use crate::api::{
 };
 
 use super::conditions::refresh;
-use super::decision::{Decision, Finish, Stall, StopReason};
+use super::decision::{Decision, Finish, REASON_JOB_REJECTED, Stall, StopReason};
 
 /// The status after `decision`, with `observedGeneration` set to `generation` and the
 /// conditions recomputed at `now` (a condition's time moves only when it flips).
@@ -20,14 +20,21 @@ pub fn apply(
     now: &Time,
 ) -> LlamaDuoMigrationStatus {
     let mut next = status.clone();
-    let mut stall = None;
+    let mut stall: Option<Stall> = None;
     let mut failure = None;
     match decision {
         Decision::RecordResult { run, result } => {
             apply_result(&mut next, run, result);
             next.message = Some(result_message(run, result));
         }
-        Decision::StartStage { run, .. } => start(&mut next, run),
+        Decision::StartStage { run, .. } => {
+            start(&mut next, run);
+            // Trying a refused run again: it stays stalled until its Job is created.
+            if let Some(s) = rejected(status, run) {
+                next.message = Some(s.message.clone());
+                stall = Some(s);
+            }
+        }
         Decision::Finish(Finish::Succeeded { round, mean_score }) => {
             succeed(&mut next, *round, *mean_score)
         }
@@ -52,17 +59,32 @@ pub fn apply(
         Decision::Stall(s) => {
             next.phase.get_or_insert(Phase::Pending);
             next.message = Some(s.message.clone());
-            stall = Some(s);
+            stall = Some(s.clone());
         }
         Decision::Idle => {}
     }
     next.observed_generation = generation;
-    refresh(&mut next, stall, failure, generation, now);
+    refresh(&mut next, stall.as_ref(), failure, generation, now);
     next
 }
 
+/// The stall of `run` when the API server refused to create it last time (Stalled with
+/// [`REASON_JOB_REJECTED`] while it is the current run).
+fn rejected(status: &LlamaDuoMigrationStatus, run: &StageRun) -> Option<Stall> {
+    if status.current.as_ref().is_none_or(|c| c.name != run.name) {
+        return None;
+    }
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == super::CONDITION_STALLED && c.status == "True")
+        .filter(|c| c.reason == REASON_JOB_REJECTED)
+        .map(|c| Stall::new(c.reason.clone(), c.message.clone()))
+}
+
 /// The status of a migration whose spec cannot be used at all (for example it does not
-/// deserialize): Stalled with the reason; nothing else changes.
+/// deserialize), or whose run the API server refused to create: Stalled with the reason;
+/// nothing else changes (`current` stays, so the refused run is the one tried again).
 pub fn stalled(
     status: &LlamaDuoMigrationStatus,
     stall: &Stall,
