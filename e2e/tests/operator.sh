@@ -13,6 +13,8 @@
 #     the Lease): the Job that finished while it was down is recorded once, not re-created;
 #   - a stage that fails is retried (a new Job, attempt 2) and then reported: phase Failed,
 #     Stalled=True/StageFailed, Warning Events;
+#   - a Job refused by a ResourceQuota: Stalled=True/JobRejected with the API server's message,
+#     then created by the retry once the quota is gone;
 #   - deleting a migration garbage-collects its Jobs and their pods;
 #   - SIGTERM: the operator exits 0 and releases its Lease;
 #   - the operator's log has no "forbidden" (every call it made was allowed by the chart).
@@ -77,7 +79,7 @@ wait_migration() {
       fail "$name failed while waiting for $what: $(jq -c '.status | {message, rounds}' <<<"$m")"
     fi
     # A permission the chart lacks shows as a 403 in the operator's log: fail on it at once.
-    if grep -m1 -iE 'forbidden' "$work/operator.log" >"$work/forbidden.txt" 2>/dev/null; then
+    if grep -iE 'forbidden' "$work/operator.log" 2>/dev/null | grep -m1 -v 'exceeded quota' >"$work/forbidden.txt"; then
       fail "the operator was refused by RBAC while waiting for $what: $(cut -c1-600 "$work/forbidden.txt")"
     fi
     ((SECONDS < deadline)) || fail "timed out after ${timeout}s waiting for $what: $(jq -c .status <<<"$m")"
@@ -257,11 +259,13 @@ wait_migration triage "round 2 train recorded after the restart" \
 check "round 2 reaches the target: Succeeded"
 wait_migration triage "phase Succeeded" '.status.phase == "Succeeded"'
 m=$(mig triage)
-jq -e --argjson gen "$gen" '.status
+# The artifacts live under the object's uid, so a re-created "triage" would start afresh.
+root="file:///artifacts/$ns/triage/$(mq triage .metadata.uid)"
+jq -e --argjson gen "$gen" --arg root "$root" '.status
   | .round == 2 and (.rounds | length) == 2
   and .rounds[0].outcome == "belowTarget" and .rounds[1].outcome == "targetReached"
   and ([.rounds[].stages[]] | length) == 6 and ([.rounds[].stages[] | select(.succeeded and .attempts == 1)] | length) == 6
-  and .best.round != null and (.best.modelUri | startswith("file:///artifacts/'"$ns"'/triage/round-"))
+  and .artifacts == $root and .best.round != null and (.best.modelUri | startswith($root + "/round-"))
   and .current == null and .observedGeneration == $gen' <<<"$m" >/dev/null ||
   fail "status not as specified: $(jq -c .status <<<"$m")"
 for c in "Ready True" "Reconciling False" "Stalled False" "TargetReached True"; do
@@ -292,7 +296,7 @@ done
 [[ $(awk '$1 == "Normal" && $2 == "StageStarted" && $3 == 1' <<<"$ev" | wc -l) == 6 ]] ||
   fail "each stage start must be its own Event:"$'\n'"$ev"
 ! grep -q '^Warning ' <<<"$ev" || fail "unexpected Warning Events: $(grep '^Warning ' <<<"$ev")"
-[[ -f "$work/pv/$ns/triage/round-2/evaluate.result.json" ]] || fail "round-2/evaluate.result.json not in the artifact store"
+[[ -f "$work/pv/$ns/triage/$(mq triage .metadata.uid)/round-2/evaluate.result.json" ]] || fail "round-2/evaluate.result.json not in the artifact store"
 # /metrics of the operator that finished the migration: its round, best score and tokens.
 metrics=$(curl -fsS "http://127.0.0.1:$op_port/metrics") || fail "no /metrics on 127.0.0.1:$op_port"
 best=$(jq -r .status.best.meanScore <<<"$m"); tokens=$(jq -r '.status.serviceTokens | .input + .output' <<<"$m")
@@ -326,6 +330,26 @@ ev=$(events_of broken)
 [[ $(event_count "$ev" Warning StageFailed) == 3 ]] || fail "expected 3 Warning StageFailed Events:"$'\n'"$ev"
 printf '[test]      reported: %s\n' "$(jq -r .status.message <<<"$m")" >&2
 
+check "a Job the API server refuses (ResourceQuota) stalls the migration as JobRejected, and starts once allowed"
+kubectl create quota no-jobs -n "$ns" --hard=count/jobs.batch=0 >/dev/null
+eventually 60 "quota no-jobs counted" \
+  bash -c "[[ -n \$(kubectl get quota no-jobs -n $ns -o jsonpath='{.status.hard}') ]]"
+migration quota "$teacher_url" | kubectl apply -f - >/dev/null
+wait_migration quota "Stalled=True JobRejected" \
+  '[.status.conditions[]? | select(.type == "Stalled" and .status == "True" and .reason == "JobRejected")] | length == 1'
+m=$(mig quota)
+jq -e '(.status.message | test("refused Job .*quota-r1-synthesize.*exceeded quota: no-jobs"))
+  and .status.current.name == "quota-r1-synthesize"' <<<"$m" >/dev/null ||
+  fail "status: $(jq -c '.status | {message, current}' <<<"$m")"
+[[ $(event_count "$(events_of quota)" Warning JobRejected) -ge 1 ]] || fail "no Warning JobRejected Event: $(events_of quota)"
+kubectl delete quota no-jobs -n "$ns" >/dev/null
+# Retried with backoff (5 s doubling): the Job appears by itself, and the stall clears.
+eventually 120 "Job quota-r1-synthesize created once the quota is gone" \
+  kubectl get job quota-r1-synthesize -n "$ns"
+wait_migration quota "Stalled=False" \
+  '[.status.conditions[]? | select(.type == "Stalled" and .status == "False")] | length == 1'
+kubectl delete llamaduomigration quota -n "$ns" --wait=true --timeout=60s >/dev/null
+
 check "deleting migrations garbage-collects their Jobs and pods, a running one included, and drops their metrics"
 # gc's first stage stays active (podrunner holds its pod Running) when it is deleted.
 touch "$work/hold/${ns}_gc-r1-synthesize"
@@ -354,7 +378,8 @@ check "every stage pod was admitted under Pod Security 'restricted'; the operato
 if kubectl get events -n "$ns" -o json | jq -e '[.items[] | select(.reason == "FailedCreate")] | length > 0' >/dev/null; then
   fail "FailedCreate events: $(kubectl get events -n "$ns" --field-selector reason=FailedCreate -o jsonpath='{.items[*].message}')"
 fi
-if grep -iE 'forbidden|\b403\b' "$work/operator.log" >"$work/forbidden.txt"; then
+# The quota check's refusals are the API server's quota admission, not RBAC.
+if grep -iE 'forbidden|\b403\b' "$work/operator.log" | grep -v 'exceeded quota' >"$work/forbidden.txt"; then
   fail "the operator was refused by RBAC: $(head -3 "$work/forbidden.txt")"
 fi
 check_done

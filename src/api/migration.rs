@@ -912,6 +912,12 @@ pub struct LlamaDuoMigrationStatus {
     /// URL of the OpenAI-compatible endpoint serving the best model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// Root URL of this migration's artifacts (coverage split, synthetic data, models),
+    /// fixed when its first stage starts: `{storage.url}/{namespace}/{name}/{uid}` in a
+    /// cluster, so a migration deleted and created again under the same name starts afresh
+    /// instead of resuming the old one's files (which are left where they are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<String>,
     /// Ready, Reconciling and Stalled (kstatus), TargetReached and Serving.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

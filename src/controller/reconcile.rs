@@ -149,7 +149,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
             return Ok(Action::requeue(IDLE_REQUEUE));
         }
     };
-    let id = MigrationId::new(&namespace, &name);
+    let id = MigrationId::new(&namespace, &name).with_uid(&uid);
     let run = plan::run_to_observe(&id, &spec, &status, generation);
     let observation = match &run {
         Some(run) => observe(ctx, &namespace, &uid, &spec, run).await?,
@@ -166,12 +166,14 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     } else {
         ServingObservation::default()
     };
+    let artifacts = next.artifacts.clone();
     let inputs = ServingInputs {
         migration: &name,
         namespace: &namespace,
         uid: &uid,
         spec: &spec,
         default_image: &ctx.config.trainer_image,
+        artifacts: artifacts.as_deref(),
     };
     let serving =
         serving::plan_serving(&inputs, &next, &observed).map_err(|source| Error::Serialize {

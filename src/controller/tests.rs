@@ -272,7 +272,12 @@ async fn a_new_migration_starts_round_one_synthesis_as_a_restricted_job() {
     )
     .expect("config JSON");
     assert_eq!(config["stage"], "synthesize");
-    assert_eq!(config["artifacts"], "file:///artifacts/team-a/tickets");
+    // Under the object's uid: a migration created again under this name starts afresh.
+    assert_eq!(
+        config["artifacts"],
+        "file:///artifacts/team-a/tickets/uid-1"
+    );
+    assert_eq!(status["artifacts"], config["artifacts"]);
     assert_eq!(config["samples"], 1000);
     // The ConfigMap source is rewritten to its mounted file.
     assert_eq!(
@@ -1107,8 +1112,15 @@ mod pure {
             name: stage_run_name(migration, 2, stage, 3),
             generation: Some(4),
         };
-        let config = stage_config(&MigrationId::new("team-a", migration), spec, &run, Some(99))
-            .expect("config");
+        let status = Default::default();
+        let config = stage_config(
+            &MigrationId::new("team-a", migration),
+            spec,
+            &status,
+            &run,
+            Some(99),
+        )
+        .expect("config");
         let job = build_job(&JobInputs {
             migration,
             namespace: "team-a",

@@ -120,7 +120,7 @@ fn start(
     }
     // The run starts with the spec as it is now; the name stays what it was.
     run.generation = generation;
-    match stage_config(id, spec, &run, token_budget(spec, status)) {
+    match stage_config(id, spec, status, &run, token_budget(spec, status)) {
         Ok(config) => Decision::StartStage {
             run,
             config: Box::new(config),

@@ -46,6 +46,10 @@ pub struct MigrationId {
     /// Storage root used when `spec.storage` is unset: the work directory for the local
     /// runner; `None` in a cluster, where `spec.storage` is required.
     pub default_storage_url: Option<String>,
+    /// The object's uid in a cluster: the last segment of its artifacts root, so a migration
+    /// created again under the same name never reads the files of the one it replaces.
+    /// `None` for the local runner, whose work directory is the instance.
+    pub uid: Option<String>,
 }
 
 impl MigrationId {
@@ -55,7 +59,14 @@ impl MigrationId {
             namespace: namespace.into(),
             name: name.into(),
             default_storage_url: None,
+            uid: None,
         }
+    }
+
+    /// The same migration as the object with this uid.
+    pub fn with_uid(mut self, uid: impl Into<String>) -> Self {
+        self.uid = Some(uid.into());
+        self
     }
 
     /// The same migration with a storage root used when the spec has none.

@@ -35,20 +35,31 @@ pub fn token_budget(spec: &LlamaDuoMigrationSpec, status: &LlamaDuoMigrationStat
         .map(|max| max.saturating_sub(status.service_tokens.total()))
 }
 
-/// The root URL of the migration's artifacts.
+/// The root URL of the migration's artifacts. In a cluster: the one `status.artifacts`
+/// recorded when the first stage started (so a later change of `spec.storage` cannot split a
+/// migration over two places), else `{storage}/{namespace}/{name}/{uid}`; a migration that
+/// started rounds before the root was recorded (an older operator) keeps the root it had,
+/// without the uid. Locally (no uid) it is always derived again, so a work directory that was
+/// moved still resumes from its own files.
 pub fn artifacts_root(
     id: &MigrationId,
     spec: &LlamaDuoMigrationSpec,
+    status: &LlamaDuoMigrationStatus,
 ) -> Result<String, RenderError> {
+    if let (Some(_), Some(root)) = (&id.uid, &status.artifacts) {
+        return Ok(root.clone());
+    }
     let url = spec
         .storage
         .as_ref()
         .map(|s| s.url.as_str())
         .or(id.default_storage_url.as_deref())
         .ok_or(RenderError::StorageRequired)?;
-    Ok(ArtifactLayout::new(url, &id.namespace, &id.name)
-        .root()
-        .to_string())
+    let layout = ArtifactLayout::new(url, &id.namespace, &id.name);
+    Ok(match &id.uid {
+        Some(uid) if status.rounds.is_empty() => layout.url(uid),
+        _ => layout.root().to_string(),
+    })
 }
 
 /// The config of `run`, rendered from the current spec (a spec change applies from the next
@@ -56,6 +67,7 @@ pub fn artifacts_root(
 pub fn stage_config(
     id: &MigrationId,
     spec: &LlamaDuoMigrationSpec,
+    status: &LlamaDuoMigrationStatus,
     run: &StageRun,
     token_budget: Option<u64>,
 ) -> Result<StageConfig, RenderError> {
@@ -64,7 +76,7 @@ pub fn stage_config(
         migration: id.name.clone(),
         round: run.round,
         attempt: run.attempt,
-        artifacts: artifacts_root(id, spec)?,
+        artifacts: artifacts_root(id, spec, status)?,
     };
     Ok(match run.stage {
         Stage::Synthesize => StageConfig::Synthesize(SynthesizeConfig {

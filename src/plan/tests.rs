@@ -735,3 +735,55 @@ fn a_whole_migration_reaches_its_target_in_round_three() {
     assert_eq!(b.status.service_tokens.total(), 3 * 650);
     assert_eq!(b.status.best.as_ref().map(|x| x.round), Some(3));
 }
+
+#[test]
+fn the_artifacts_root_is_fixed_per_object_when_its_first_stage_starts() {
+    let s = spec().build();
+    let first = id().with_uid("uid-1");
+    let d = plan(
+        &first,
+        &s,
+        &Default::default(),
+        Some(1),
+        &Observation::Missing,
+    );
+    let Decision::StartStage { config, .. } = &d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(
+        config.context().artifacts,
+        "file:///artifacts/team-a/tickets/uid-1"
+    );
+    let started = apply(&Default::default(), &d, Some(1), &at(1));
+    assert_eq!(
+        started.artifacts.as_deref(),
+        Some("file:///artifacts/team-a/tickets/uid-1")
+    );
+
+    // The same name created again is another object: it never reads the first one's files.
+    let again = id().with_uid("uid-2");
+    assert_eq!(
+        artifacts_root(&again, &s, &Default::default()).expect("root"),
+        "file:///artifacts/team-a/tickets/uid-2"
+    );
+
+    // Once recorded, the root stays, even when spec.storage is edited mid-migration.
+    let mut moved = s.clone();
+    if let Some(storage) = moved.storage.as_mut() {
+        storage.url = "s3://elsewhere".into();
+    }
+    assert_eq!(
+        artifacts_root(&first, &moved, &started).expect("root"),
+        "file:///artifacts/team-a/tickets/uid-1"
+    );
+
+    // A migration an older operator started (rounds, no recorded root) keeps its old root.
+    let legacy = crate::api::LlamaDuoMigrationStatus {
+        rounds: started.rounds.clone(),
+        ..Default::default()
+    };
+    assert_eq!(
+        artifacts_root(&first, &s, &legacy).expect("root"),
+        "file:///artifacts/team-a/tickets"
+    );
+}

@@ -27,8 +27,10 @@ pub fn apply(
             apply_result(&mut next, run, result);
             next.message = Some(result_message(run, result));
         }
-        Decision::StartStage { run, .. } => {
+        Decision::StartStage { run, config } => {
             start(&mut next, run);
+            next.artifacts
+                .get_or_insert_with(|| config.context().artifacts.clone());
             // Trying a refused run again: it stays stalled until its Job is created.
             if let Some(s) = rejected(status, run) {
                 next.message = Some(s.message.clone());

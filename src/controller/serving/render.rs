@@ -22,7 +22,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::api::{ArtifactLayout, BestRound, LlamaDuoMigrationSpec, TrainingMethod};
+use crate::api::{
+    ArtifactLayout, BestRound, LlamaDuoMigrationSpec, LlamaDuoMigrationStatus, TrainingMethod,
+};
 use crate::plan::{MigrationId, RenderError, artifacts_root, serving_name};
 
 use super::super::job::{FIELD_MANAGER, MIGRATION_LABEL, label_value};
@@ -55,6 +57,9 @@ pub struct ServingInputs<'a> {
     pub spec: &'a LlamaDuoMigrationSpec,
     /// The operator's `--trainer-image` (used when `spec.image` is unset).
     pub default_image: &'a str,
+    /// `status.artifacts`: where a from-scratch base lives (`None` only in a status written
+    /// by an older operator, whose root had no uid).
+    pub artifacts: Option<&'a str>,
 }
 
 /// The desired serving objects and their rendering hashes.
@@ -117,6 +122,7 @@ pub fn endpoint(migration: &str, namespace: &str) -> String {
 pub fn base_model(
     migration: &str,
     namespace: &str,
+    artifacts: Option<&str>,
     spec: &LlamaDuoMigrationSpec,
 ) -> Result<Option<String>, RenderError> {
     if spec.training.method != TrainingMethod::Lora {
@@ -125,7 +131,14 @@ pub fn base_model(
     if let Some(base) = &spec.student.base_model {
         return Ok(Some(base.clone()));
     }
-    let root = artifacts_root(&MigrationId::new(namespace, migration), spec)?;
+    let root = match artifacts {
+        Some(root) => root.to_string(),
+        None => artifacts_root(
+            &MigrationId::new(namespace, migration),
+            spec,
+            &LlamaDuoMigrationStatus::default(),
+        )?,
+    };
     Ok(Some(
         ArtifactLayout::from_root(&root).url(ArtifactLayout::STUDENT_BASE),
     ))
@@ -174,8 +187,9 @@ fn deployment(inputs: &ServingInputs<'_>, best: &BestRound) -> Result<Deployment
         uid,
         spec,
         default_image,
+        artifacts,
     } = *inputs;
-    let base = base_model(migration, namespace, spec)?;
+    let base = base_model(migration, namespace, artifacts, spec)?;
     let (tmp, tmp_mount) = tmp_volume();
     let storage = storage_wiring(spec);
     let mut volumes = vec![tmp];

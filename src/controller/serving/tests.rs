@@ -51,6 +51,7 @@ fn inputs(spec: &LlamaDuoMigrationSpec) -> ServingInputs<'_> {
         uid: "uid-1",
         spec,
         default_image: "img:1",
+        artifacts: Some("file:///artifacts/team-a/tickets/uid-1"),
     }
 }
 
@@ -477,20 +478,32 @@ fn serving_never_touches_the_migration_conditions() {
 fn the_base_model_follows_the_training_method_and_student() {
     let lora = spec_from(spec_json());
     assert_eq!(
-        base_model("tickets", "team-a", &lora).expect("base"),
+        base_model("tickets", "team-a", None, &lora).expect("base"),
         Some("hf://HuggingFaceTB/SmolLM2-135M-Instruct".into())
     );
     let mut scratch = spec_json();
     scratch["student"] = json!({"fromScratch": {}});
     let scratch = spec_from(scratch);
+    // The base the first train stage wrote under the recorded root...
     assert_eq!(
-        base_model("tickets", "team-a", &scratch).expect("base"),
+        base_model(
+            "tickets",
+            "team-a",
+            Some("file:///artifacts/team-a/tickets/uid-1"),
+            &scratch
+        )
+        .expect("base"),
+        Some("file:///artifacts/team-a/tickets/uid-1/student/base".into())
+    );
+    // ...or, in a status an older operator wrote without one, under the root it used.
+    assert_eq!(
+        base_model("tickets", "team-a", None, &scratch).expect("base"),
         Some("file:///artifacts/team-a/tickets/student/base".into())
     );
     let mut full = spec_json();
     full["training"] = json!({"method": "full"});
     assert_eq!(
-        base_model("tickets", "team-a", &spec_from(full)).expect("base"),
+        base_model("tickets", "team-a", None, &spec_from(full)).expect("base"),
         None
     );
     assert_eq!(
@@ -510,7 +523,10 @@ fn the_base_model_follows_the_training_method_and_student() {
     nowhere.as_object_mut().expect("object").remove("storage");
     let nowhere = spec_from(nowhere);
     let plan = plan_serving(
-        &inputs(&nowhere),
+        &ServingInputs {
+            artifacts: None,
+            ..inputs(&nowhere)
+        },
         &succeeded(3),
         &ServingObservation::default(),
     )

@@ -54,6 +54,7 @@ fn live(spec: &Value, round: u32, available: i32) -> (Value, Value) {
             uid: "uid-1",
             spec: &spec,
             default_image: "registry.example/llamaduo-trainer:1.0",
+            artifacts: None,
         },
         &best,
     )
