@@ -73,7 +73,9 @@ func (r *runner) run(ctx context.Context) error {
 	log.Printf("stopping: killing the processes still running")
 	r.mu.Lock()
 	for _, cancel := range r.pods {
-		cancel()
+		if cancel != nil { // nil: that pod's process already ended
+			cancel()
+		}
 	}
 	r.mu.Unlock()
 	r.wg.Wait()

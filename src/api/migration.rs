@@ -1093,6 +1093,10 @@ pub struct RoundStatus {
     /// Evaluation scores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scores: Option<Scores>,
+    /// Judgements that stayed unreadable after their retries, left out of the scores (an
+    /// evaluation with more than a tenth of its answers unscored fails instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_judgements: Option<u64>,
     /// Service LLM tokens spent this round.
     #[serde(default)]
     pub service_tokens: TokenUsage,

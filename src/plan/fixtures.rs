@@ -127,7 +127,7 @@ pub fn result(stage: Stage, round: u32) -> ResultBuilder {
                 },
                 prompts: 10,
                 answers: 40,
-                failed_judgements: 0,
+                failed_judgements: 2,
             });
             r.service_tokens = TokenUsage {
                 input: 100,

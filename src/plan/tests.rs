@@ -787,3 +787,11 @@ fn the_artifacts_root_is_fixed_per_object_when_its_first_stage_starts() {
         "file:///artifacts/team-a/tickets"
     );
 }
+
+#[test]
+fn an_evaluation_records_its_scores_and_unreadable_judgements_in_the_round() {
+    let b = status(&spec().build()).stage_ok().stage_ok().stage_ok();
+    let r = &b.status.rounds[0];
+    assert_eq!(r.scores.map(|s| s.mean), Some(50.0));
+    assert_eq!(r.failed_judgements, Some(2));
+}

@@ -125,6 +125,7 @@ pub fn apply_result(status: &mut LlamaDuoMigrationStatus, run: &StageRun, result
             }
             Stage::Evaluate => {
                 round.scores = result.evaluate.as_ref().map(|e| e.scores);
+                round.failed_judgements = result.evaluate.as_ref().map(|e| e.failed_judgements);
             }
         }
     }

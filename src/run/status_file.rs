@@ -162,6 +162,7 @@ mod tests {
                     pass_rate: 0.5,
                     ..Scores::default()
                 }),
+                failed_judgements: Some(1),
                 service_tokens: TokenUsage {
                     input: 1000,
                     output: 2000,

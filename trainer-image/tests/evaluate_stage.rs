@@ -287,6 +287,41 @@ async fn judge_faults_are_retried_and_unreadable_verdicts_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mean_over_too_few_scored_answers_is_refused() {
+    // One sample per answer, most verdicts unreadable even after their retries
+    // (0.9^3 per sample): the few answers left could not stand for the round.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let flaky = teacher(SimulateOptions {
+        seed: 7,
+        fault_malformed: 0.9,
+        ..SimulateOptions::ephemeral()
+    })
+    .await;
+    let rows = test_rows();
+    write_jsonl(&Store::local(tmp.path()), "coverage/test.jsonl", &rows)
+        .await
+        .expect("test set");
+    store_answers(tmp.path(), 1, &rows, true).await;
+    let cfg = config(
+        tmp.path(),
+        &flaky.base_url(),
+        1,
+        json!({"evaluation": {"judgeSamples": 1}}),
+    );
+    let result = evaluate_with(&cfg, &services(&cfg)).await;
+    assert!(!result.succeeded, "{result:?}");
+    let message = result.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("student answers could be scored") && message.contains("at least 90%"),
+        "{message}"
+    );
+    assert!(message.contains("a rerun judges them again"), "{message}");
+    // Nothing frozen: no summary, so no score reached the status.
+    assert!(!tmp.path().join("round-1/eval/summary.json").exists());
+    assert!(result.evaluate.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_judge_that_could_not_be_read_is_asked_again_by_a_rerun() {
     // Every verdict unreadable: the stage fails, and nothing is frozen.
     let tmp = tempfile::tempdir().expect("tmp");

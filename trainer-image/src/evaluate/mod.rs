@@ -37,13 +37,20 @@ use aggregate::{SummarySettings, summarize};
 use judging::{JudgeInput, judge_sample, judge_temperature};
 use ledger::Ledger;
 use records::{
-    ANSWERS_FILE, AnswerRecord, Answerer, JUDGEMENTS_FILE, JudgementRecord, SUMMARY_FILE, Summary,
-    answer_id,
+    ANSWERS_FILE, AnswerRecord, Answerer, JUDGEMENTS_FILE, JudgementRecord, SUMMARY_FILE,
+    SideSummary, Summary, answer_id,
 };
 use student::{PromptJob, generate_chunks, missing_chunks};
 
 /// Judgements committed together (the most work a kill can lose).
 const JUDGEMENT_COMMIT_EVERY: usize = 16;
+
+/// Least share of a side's answers that must be scored for its mean to stand. The answers
+/// the judge could not read (or refused) are left out of the mean, and they are rarely a
+/// random sample: often the longest, oddest or worst ones. Below this share the round's score
+/// would be decided by the rest, so the stage fails (nothing frozen) and a rerun judges the
+/// failures again.
+const MIN_SCORED_SHARE: f64 = 0.9;
 
 /// Why the stage failed.
 #[derive(Debug, thiserror::Error)]
@@ -69,9 +76,9 @@ pub enum EvalError {
     /// The embedding model failed.
     #[error("embedding metric: {0}")]
     Embedding(String),
-    /// Nothing could be scored.
+    /// Too few answers could be scored for the mean to stand ([`MIN_SCORED_SHARE`]).
     #[error("{0}")]
-    NothingScored(String),
+    TooFewScored(String),
     /// The config is inconsistent.
     #[error("{0}")]
     Config(String),
@@ -273,18 +280,18 @@ async fn evaluate_inner(
             baseline: eval.baseline,
         },
     );
-    if summary.student.scored_answers == 0 {
-        let last = judgements
+    let last_error = || {
+        judgements
             .rows()
             .iter()
             .rev()
             .find_map(|j| j.error.clone())
-            .unwrap_or_default();
-        // Nothing is finalized: the answers stay, and a rerun judges the failures again.
-        return Err(EvalError::NothingScored(format!(
-            "no student answer could be scored: {} judgements failed (last: {last}); a rerun judges them again",
-            summary.student.failed_judgements
-        )));
+            .unwrap_or_default()
+    };
+    // Nothing is finalized on failure: the answers stay, and a rerun judges the failures again.
+    enough_scored("student", &summary.student, last_error)?;
+    if let Some(teacher) = &summary.teacher {
+        enough_scored("teacher (baseline)", teacher, last_error)?;
     }
     answers.finalize().await?;
     judgements.finalize().await?;
@@ -302,6 +309,29 @@ async fn evaluate_inner(
         "evaluation finished"
     );
     Ok(summary)
+}
+
+/// Fails unless at least [`MIN_SCORED_SHARE`] of `side`'s answers were scored.
+fn enough_scored(
+    who: &str,
+    side: &SideSummary,
+    last_error: impl Fn() -> String,
+) -> Result<(), EvalError> {
+    let share = side.scored_answers as f64 / side.answers.max(1) as f64;
+    if side.scored_answers > 0 && share >= MIN_SCORED_SHARE {
+        return Ok(());
+    }
+    Err(EvalError::TooFewScored(format!(
+        "only {} of {} {who} answers could be scored ({} judgements failed; last: {}); at least \
+         {:.0}% must be, or the mean would leave out the answers the judge could not read; a \
+         rerun judges them again (if the judge keeps failing, raise judge.generation.maxTokens \
+         or use another judge model)",
+        side.scored_answers,
+        side.answers,
+        side.failed_judgements,
+        last_error(),
+        MIN_SCORED_SHARE * 100.0
+    )))
 }
 
 /// Generates and stores the student answers that are missing.
