@@ -267,15 +267,21 @@ fn base_name(config: &TrainConfig) -> String {
         })
 }
 
+/// The files of a model directory that describe its tokenizer and chat template. Newer
+/// transformers keep the template in `chat_template.jinja` rather than in
+/// tokenizer_config.json: without it the published model would fall back to ChatML.
+const TOKENIZER_FILES: [&str; 5] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    llamaduo_model::tokenizer::CHAT_TEMPLATE_FILE,
+];
+
 /// Copies the tokenizer (and, for adapters, nothing else) so round-{n}/model is usable alone.
 fn copy_tokenizer_files(base: &Path, out: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
-    for name in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "generation_config.json",
-    ] {
+    for name in TOKENIZER_FILES {
         let src: PathBuf = base.join(name);
         if src.is_file() && !out.join(name).exists() {
             std::fs::copy(&src, out.join(name))
@@ -283,4 +289,33 @@ fn copy_tokenizer_files(base: &Path, out: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_tokenizer_files_keeps_the_chat_template_file() {
+        let base = tempfile::tempdir().expect("tmp");
+        let out = tempfile::tempdir().expect("tmp");
+        for name in TOKENIZER_FILES {
+            std::fs::write(base.path().join(name), name).expect("write");
+        }
+        std::fs::write(base.path().join("model.safetensors"), "weights").expect("write");
+        let dest = out.path().join("model");
+        copy_tokenizer_files(base.path(), &dest).expect("copies");
+        for name in TOKENIZER_FILES {
+            assert_eq!(
+                std::fs::read_to_string(dest.join(name)).expect(name),
+                name,
+                "{name}"
+            );
+        }
+        assert!(
+            dest.join("chat_template.jinja").is_file(),
+            "the model's template must travel with it"
+        );
+        assert!(!dest.join("model.safetensors").exists());
+    }
 }

@@ -1,16 +1,22 @@
-//! Chat templates: renders a model's Jinja chat template (from `tokenizer_config.json`, the
-//! migration's `student.chatTemplate`, or ChatML by default) the way transformers'
+//! Chat templates: renders a model's Jinja chat template (from `chat_template.jinja` or
+//! `tokenizer_config.json`, the migration's `student.chatTemplate`, or ChatML by default) the way transformers'
 //! `apply_chat_template` does, and tokenizes conversations into `(input_ids, loss_mask)` with
 //! the mask on the assistant answers only.
 
 use llamaduo::api::dataset::{Message, Role};
 use minijinja::{Environment, Error as JinjaError, ErrorKind, Value, context};
 
-use crate::tokenizer::{END_OF_TURN_MARKERS, TextTokenizer, TokenizerError};
+use crate::tokenizer::{END_OF_TURN_MARKERS, IM_END, TextTokenizer, TokenizerError};
 
 /// ChatML, used when neither the spec nor the model gives a template. The same markup as
 /// SmolLM2 and Qwen without their default system prompts.
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+/// The ChatML fallback for vocabularies without a `<|im_end|>` token: the same markup, but
+/// every turn ends with the model's own end-of-sequence token. Written as text, `<|im_end|>`
+/// would become several ordinary tokens that generation does not stop on, so a model
+/// trained with [`CHATML_TEMPLATE`] on such a vocabulary would never learn to stop.
+pub const CHATML_EOS_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + eos_token + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
 const TEMPLATE_NAME: &str = "chat";
 
@@ -94,14 +100,16 @@ impl ChatTemplate {
     }
 
     /// The template for a model: `override_source` (the spec's `student.chatTemplate`) if set,
-    /// else the model's own template, else [`CHATML_TEMPLATE`].
+    /// else the model's own template, else [`CHATML_TEMPLATE`], or [`CHATML_EOS_TEMPLATE`]
+    /// when `<|im_end|>` is not one token of the vocabulary but the EOS token is.
     pub fn for_tokenizer(
         tokenizer: &TextTokenizer,
         override_source: Option<&str>,
     ) -> Result<Self, ChatTemplateError> {
-        let source = override_source
-            .or(tokenizer.chat_template())
-            .unwrap_or(CHATML_TEMPLATE);
+        let source = match override_source.or(tokenizer.chat_template()) {
+            Some(s) => s,
+            None => fallback_template(tokenizer)?,
+        };
         let mut end_of_turn: Vec<String> = Vec::new();
         if let Some(eos) = tokenizer.eos_token() {
             end_of_turn.push(eos);
@@ -207,9 +215,15 @@ impl ChatTemplate {
     /// Renders a training conversation and tokenizes it into ids and a loss mask that is true
     /// exactly on the assistant answers' tokens and their end-of-turn token.
     ///
-    /// Each prompt part and each answer part is tokenized on its own, so the prompt tokens
-    /// equal what generation later sees for the same prompt and no token straddles the
-    /// boundary between prompt and answer.
+    /// The whole rendering is tokenized at once, as generation and transformers tokenize it,
+    /// and a token is an answer token when the text it came from overlaps an answer's span.
+    /// Tokenizing the parts one by one would differ wherever a tokenizer treats the start of
+    /// its input specially: SentencePiece tokenizers (Llama 2, Mistral, Gemma) put a `▁`
+    /// before every part, tokens the model never sees at inference.
+    ///
+    /// An answer whose last token is not one generation stops on (a template that ends turns
+    /// with text the vocabulary has no token for) gets the EOS token appended, so the model
+    /// learns to stop.
     pub fn tokenize_conversation(
         &self,
         tokenizer: &TextTokenizer,
@@ -217,29 +231,60 @@ impl ChatTemplate {
     ) -> Result<TokenizedConversation, ChatTemplateError> {
         let full = self.render(messages, false)?;
         let spans = self.answer_spans(messages, &full)?;
-        let mut input_ids = Vec::new();
-        let mut loss_mask = Vec::new();
-        let mut push = |text: &str, mask: bool| -> Result<(), ChatTemplateError> {
-            if text.is_empty() {
-                return Ok(());
+        let (ids, offsets) = tokenizer.encode_with_offsets(&full)?;
+        // The span each token belongs to, if any.
+        let owner: Vec<Option<usize>> = offsets
+            .iter()
+            .map(|&(a, b)| {
+                spans.iter().position(|&(start, end)| {
+                    if a < b {
+                        a < end && b > start
+                    } else {
+                        // A zero-width token (inserted by a normalizer) belongs where it sits.
+                        start <= a && a < end
+                    }
+                })
+            })
+            .collect();
+        let stop = tokenizer.eos_ids();
+        let mut input_ids = Vec::with_capacity(ids.len() + spans.len());
+        let mut loss_mask = Vec::with_capacity(ids.len() + spans.len());
+        for (i, (&id, &span)) in ids.iter().zip(&owner).enumerate() {
+            input_ids.push(id);
+            loss_mask.push(span.is_some());
+            let last_of_span = span.is_some() && owner.get(i + 1).copied().flatten() != span;
+            if last_of_span
+                && !stop.contains(&id)
+                && let Some(&eos) = stop.first()
+            {
+                input_ids.push(eos);
+                loss_mask.push(true);
             }
-            let ids = tokenizer.encode(text)?;
-            loss_mask.extend(std::iter::repeat_n(mask, ids.len()));
-            input_ids.extend(ids);
-            Ok(())
-        };
-        let mut at = 0;
-        for (start, end) in spans {
-            push(&full[at..start], false)?;
-            push(&full[start..end], true)?;
-            at = end;
         }
-        push(&full[at..], false)?;
         Ok(TokenizedConversation {
             input_ids,
             loss_mask,
         })
     }
+}
+
+/// The template used when neither the spec nor the model gives one: ChatML when
+/// `<|im_end|>` is a single token (generation stops on it), else ChatML closing turns with
+/// the EOS token when that is a single token, else ChatML (tokenization then appends the EOS
+/// token to each answer).
+fn fallback_template(tokenizer: &TextTokenizer) -> Result<&'static str, ChatTemplateError> {
+    if let Some(id) = tokenizer.token_to_id(IM_END)
+        && tokenizer.encode(IM_END)? == [id]
+    {
+        return Ok(CHATML_TEMPLATE);
+    }
+    if let Some(eos) = tokenizer.eos_token()
+        && let [id] = tokenizer.encode(&eos)?[..]
+        && tokenizer.eos_ids().contains(&id)
+    {
+        return Ok(CHATML_EOS_TEMPLATE);
+    }
+    Ok(CHATML_TEMPLATE)
 }
 
 /// `raise_exception(msg)`, which transformers provides to templates.

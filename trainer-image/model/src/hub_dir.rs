@@ -1,8 +1,8 @@
 //! Hugging Face model directories: `config.json`, `tokenizer.json`, `tokenizer_config.json`,
-//! `generation_config.json` (optional) and safetensors weights, single-file or sharded with
-//! `model.safetensors.index.json`. Files are checked up front so a missing or truncated file is
-//! reported by name, then the weights are memory-mapped into a [`VarBuilder`] that casts to the
-//! requested dtype as tensors are read.
+//! `generation_config.json` and `chat_template.jinja` (both optional) and safetensors
+//! weights, single-file or sharded with `model.safetensors.index.json`. Files are checked up
+//! front so a missing or truncated file is reported by name, then the weights are
+//! memory-mapped into a [`VarBuilder`] that casts to the requested dtype as tensors are read.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;

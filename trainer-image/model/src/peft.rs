@@ -308,7 +308,9 @@ pub fn save_full(model: &CausalLm, dir: &Path, merge: bool) -> Result<(), PeftEr
     std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
     write_safetensors(&named_weights(model, merge)?, &dir.join(MODEL_WEIGHTS))?;
     let mut cfg: ModelConfig = model.config().clone();
-    cfg.torch_dtype = Some("float32".into());
+    // The tensors are written in f32 whatever the base stored; a stale `dtype` (transformers
+    // 5's name) next to a corrected `torch_dtype` would make loaders cast to the wrong type.
+    cfg.set_weights_dtype("float32");
     let json = cfg
         .to_json()
         .map_err(|e| PeftError::Tensor(e.to_string()))?;

@@ -13,12 +13,17 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::byte_level::ByteLevel as ByteLevelProcessor;
 use tokenizers::{AddedToken, Tokenizer};
 
+use crate::config::{TokenIds, token_ids_or_none};
+
 /// ChatML turn start.
 pub const IM_START: &str = "<|im_start|>";
 /// ChatML turn end (also the end-of-sequence token of ChatML models).
 pub const IM_END: &str = "<|im_end|>";
 /// End of text; the padding token of models built from scratch.
 pub const END_OF_TEXT: &str = "<|endoftext|>";
+/// File in which transformers (4.47 and later) saves the chat template instead of
+/// `tokenizer_config.json`'s `chat_template` field.
+pub const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
 /// The special tokens of a `fromScratch` tokenizer, in id order (0, 1, 2).
 pub const CHATML_SPECIALS: [&str; 3] = [END_OF_TEXT, IM_START, IM_END];
 
@@ -192,32 +197,16 @@ impl TokenizerConfig {
     }
 }
 
-/// Token ids as `config.json` and `generation_config.json` write them: one id or a list.
-#[derive(Deserialize, Clone, Debug, PartialEq)]
-#[serde(untagged)]
-enum Ids {
-    One(u32),
-    Many(Vec<u32>),
-}
-
-impl Ids {
-    fn to_vec(&self) -> Vec<u32> {
-        match self {
-            Ids::One(i) => vec![*i],
-            Ids::Many(v) => v.clone(),
-        }
-    }
-}
-
-/// The special-token fields of `config.json` / `generation_config.json`.
+/// The special-token fields of `config.json` / `generation_config.json`: one id or a list;
+/// `null` and negative ids (`"pad_token_id": -1`) mean none, as for [`crate::config`].
 #[derive(Deserialize, Default, Debug)]
 struct IdFields {
-    #[serde(default)]
-    bos_token_id: Option<Ids>,
-    #[serde(default)]
-    eos_token_id: Option<Ids>,
-    #[serde(default)]
-    pad_token_id: Option<Ids>,
+    #[serde(default, deserialize_with = "token_ids_or_none")]
+    bos_token_id: Option<TokenIds>,
+    #[serde(default, deserialize_with = "token_ids_or_none")]
+    eos_token_id: Option<TokenIds>,
+    #[serde(default, deserialize_with = "token_ids_or_none")]
+    pad_token_id: Option<TokenIds>,
 }
 
 fn read_id_fields(path: &Path) -> Result<IdFields, TokenizerError> {
@@ -235,11 +224,16 @@ fn read_id_fields(path: &Path) -> Result<IdFields, TokenizerError> {
     })
 }
 
+/// A byte range `(start, end)` of a text.
+pub type ByteSpan = (usize, usize);
+
 /// A tokenizer with the special tokens the trainer and generator need.
 #[derive(Clone, Debug)]
 pub struct TextTokenizer {
     inner: Tokenizer,
     config: TokenizerConfig,
+    /// The model's chat template: `chat_template.jinja`, else tokenizer_config.json's.
+    chat_template: Option<String>,
     bos_id: Option<u32>,
     eos_ids: Vec<u32>,
     pad_id: u32,
@@ -248,7 +242,9 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     /// Loads `tokenizer.json` from a Hugging Face model directory, with special tokens from
-    /// `tokenizer_config.json`, `config.json` and `generation_config.json` where present.
+    /// `tokenizer_config.json`, `config.json` and `generation_config.json` where present, and
+    /// the chat template from `chat_template.jinja` (where transformers saves it since 4.47)
+    /// or else `tokenizer_config.json`'s `chat_template`.
     pub fn from_dir(dir: &Path) -> Result<Self, TokenizerError> {
         let tok_path = dir.join("tokenizer.json");
         let bytes = std::fs::read(&tok_path).map_err(|source| TokenizerError::Io {
@@ -268,17 +264,37 @@ impl TextTokenizer {
         };
         let model = read_id_fields(&dir.join("config.json"))?;
         let generation = read_id_fields(&dir.join("generation_config.json"))?;
-        Self::new(inner, config, &model, &generation)
+        // transformers reads the .jinja file first and the config field only without it.
+        let jinja_path = dir.join(CHAT_TEMPLATE_FILE);
+        let template = if jinja_path.is_file() {
+            Some(
+                std::fs::read_to_string(&jinja_path).map_err(|source| TokenizerError::Io {
+                    path: jinja_path.clone(),
+                    source,
+                })?,
+            )
+        } else {
+            config.template().map(str::to_owned)
+        };
+        Self::new(inner, config, template, &model, &generation)
     }
 
     /// Wraps an in-memory tokenizer (for example one from [`train_bpe`]) with its config.
     pub fn from_parts(inner: Tokenizer, config: TokenizerConfig) -> Result<Self, TokenizerError> {
-        Self::new(inner, config, &IdFields::default(), &IdFields::default())
+        let template = config.template().map(str::to_owned);
+        Self::new(
+            inner,
+            config,
+            template,
+            &IdFields::default(),
+            &IdFields::default(),
+        )
     }
 
     fn new(
         inner: Tokenizer,
         config: TokenizerConfig,
+        chat_template: Option<String>,
         model: &IdFields,
         generation: &IdFields,
     ) -> Result<Self, TokenizerError> {
@@ -329,13 +345,20 @@ impl TextTokenizer {
         }
         let eos_token_id = lookup("eos_token", &config.eos_token)?;
         eos.extend(eos_token_id);
-        if let Some(template) = config.template() {
-            for marker in END_OF_TURN_MARKERS {
-                if template.contains(marker)
-                    && let Some(id) = inner.token_to_id(marker)
-                {
-                    eos.insert(id);
-                }
+        // Without a template of its own the model is trained and prompted with the ChatML
+        // fallback, whose turns end in <|im_end|>: when that is a token, generation must
+        // stop on it too. (It is not made the only EOS of a model that names none: that
+        // stays an error asking for the configuration.)
+        let template = match chat_template.as_deref() {
+            Some(t) => t,
+            None if !eos.is_empty() => crate::chat_template::CHATML_TEMPLATE,
+            None => "",
+        };
+        for marker in END_OF_TURN_MARKERS {
+            if template.contains(marker)
+                && let Some(id) = inner.token_to_id(marker)
+            {
+                eos.insert(id);
             }
         }
         // Preferred id first: the tokenizer's eos token, else the smallest configured id.
@@ -366,6 +389,7 @@ impl TextTokenizer {
         Ok(Self {
             inner,
             config,
+            chat_template,
             bos_id,
             eos_ids,
             pad_id,
@@ -377,6 +401,18 @@ impl TextTokenizer {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
         let enc = self.inner.encode_fast(text, false).map_err(tk_err)?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids of a text with the byte range of `text` each token came from (as
+    /// [`Self::encode`], no BOS/EOS added). A token that a normalizer or pre-tokenizer
+    /// inserted (a SentencePiece `▁`) gets the range of the text it is attached to.
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+    ) -> Result<(Vec<u32>, Vec<ByteSpan>), TokenizerError> {
+        // `encode` reports byte offsets into the original text (`encode_fast` reports none).
+        let enc = self.inner.encode(text, false).map_err(tk_err)?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
 
     /// Text of token ids; `skip_special` drops special tokens such as `<|im_end|>`.
@@ -443,9 +479,10 @@ impl TextTokenizer {
         v.into_iter().map(|(_, s)| s).collect()
     }
 
-    /// The model's own chat template, if `tokenizer_config.json` has one.
+    /// The model's own chat template, if it has one (`chat_template.jinja` or
+    /// `tokenizer_config.json`).
     pub fn chat_template(&self) -> Option<&str> {
-        self.config.template()
+        self.chat_template.as_deref()
     }
 
     /// The parsed `tokenizer_config.json`.

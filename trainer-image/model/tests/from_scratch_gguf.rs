@@ -197,7 +197,7 @@ fn write_gguf(dir: &Path, arch: &str, out: &Path) {
         (k("feed_forward_length"), u(cfg.intermediate_size)),
         (k("attention.head_count"), u(cfg.num_attention_heads)),
         (k("attention.head_count_kv"), u(cfg.num_kv_heads())),
-        (k("rope.freq_base"), Value::F32(cfg.rope_theta as f32)),
+        (k("rope.freq_base"), Value::F32(cfg.rope_theta() as f32)),
         (
             k("attention.layer_norm_rms_epsilon"),
             Value::F32(cfg.rms_norm_eps as f32),

@@ -1,7 +1,7 @@
 //! The hand-written training pass (CPU, f32) against candle's autograd: the same loss and the
 //! same gradient for every trainable tensor, for each family it covers (Llama with an untied
 //! head, Qwen2 with q/k/v biases and a tied head, Mistral with a sliding window shorter than
-//! the batch, Gemma with its GELU, (1 + w) norms and scaled embeddings), full fine-tuning and LoRA with dropout, on a right-padded batch whose loss
+//! the batch, Qwen2 windowing only its second layer, Llama with MLP biases, Gemma with its GELU, (1 + w) norms and scaled embeddings), full fine-tuning and LoRA with dropout, on a right-padded batch whose loss
 //! covers only some positions, as the trainer builds it.
 
 mod common;
@@ -58,12 +58,27 @@ fn perturb_lora_b(model: &CausalLm) {
 fn loss_and_every_gradient_match_autograd() {
     let samples = samples();
     let refs: Vec<&Sample> = samples.iter().collect();
-    for arch in [
-        Architecture::Llama,
-        Architecture::Qwen2,
-        Architecture::Mistral,
+    // Also: Llama with MLP biases and llama3 RoPE scaling, and Qwen2 with a sliding window
+    // on its second layer only (max_window_layers 1), shorter than the batch.
+    let mut llama_bias = tiny_config(Architecture::Llama);
+    llama_bias.mlp_bias = Some(true);
+    llama_bias.rope_scaling = Some(serde_json::json!({"rope_type": "llama3", "factor": 8.0,
+        "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}));
+    let mut qwen_window = tiny_config(Architecture::Qwen2);
+    qwen_window.sliding_window = Some(4);
+    qwen_window
+        .extra
+        .insert("use_sliding_window".into(), serde_json::json!(true));
+    qwen_window
+        .extra
+        .insert("max_window_layers".into(), serde_json::json!(1));
+    for (arch, cfg) in [
+        (Architecture::Llama, tiny_config(Architecture::Llama)),
+        (Architecture::Qwen2, tiny_config(Architecture::Qwen2)),
+        (Architecture::Mistral, tiny_config(Architecture::Mistral)),
+        (Architecture::Llama, llama_bias),
+        (Architecture::Qwen2, qwen_window),
     ] {
-        let cfg = tiny_config(arch);
         for trainable in [Trainable::Full, Trainable::Lora(lora_all(4, 0.1))] {
             let model = build(&cfg, trainable.clone(), 5);
             perturb_lora_b(&model);

@@ -116,3 +116,47 @@ fn merged_and_full_exports_reload_with_the_same_logits() {
         assert_eq!(d, 0.0, "{arch:?}");
     }
 }
+
+#[test]
+fn full_export_keeps_rope_parameters_and_states_the_written_dtype() {
+    // A transformers-5 config: the base and scaling in rope_parameters, `dtype` for the
+    // stored weights (bf16 in the source, f32 in what save_full writes).
+    let mut cfg = tiny_config(Architecture::Llama);
+    cfg.rope_theta = None;
+    cfg.torch_dtype = None;
+    cfg.dtype = Some("bfloat16".into());
+    cfg.rope_parameters = Some(
+        serde_json::json!({"rope_type": "llama3", "rope_theta": 500000.0,
+        "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64}),
+    );
+    let model = build(&cfg, Trainable::Full, 6);
+    let tmp = tempfile::tempdir().expect("tmp");
+    peft::save_full(&model, tmp.path(), false).expect("full");
+    let written: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("config.json")).expect("config"),
+    )
+    .expect("json");
+    assert_eq!(written["dtype"], "float32", "{written}");
+    assert!(written.get("torch_dtype").is_none(), "{written}");
+    assert!(written.get("rope_theta").is_none(), "{written}");
+    assert_eq!(
+        written["rope_parameters"],
+        cfg.rope_parameters.clone().expect("set")
+    );
+    let header =
+        llamaduo_model::hub_dir::read_safetensors_header(&tmp.path().join(peft::MODEL_WEIGHTS))
+            .expect("header");
+    assert!(header.values().all(|(dtype, _)| dtype == "F32"));
+    let again = reload(tmp.path(), Trainable::None);
+    assert_eq!(
+        again.config().rope().expect("rope"),
+        cfg.rope().expect("rope")
+    );
+    let x = ids(&[vec![1, 9, 3, 4, 20, 6, 7, 8]]);
+    let d = max_abs_diff(
+        &model.forward(&x, 0, None).expect("model"),
+        &again.forward(&x, 0, None).expect("again"),
+    );
+    assert_eq!(d, 0.0);
+}

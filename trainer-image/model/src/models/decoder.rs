@@ -98,7 +98,10 @@ struct Layer {
 struct Step<'a> {
     cos: Tensor,
     sin: Tensor,
+    /// The mask of full-attention layers.
     mask: Option<Tensor>,
+    /// The mask of sliding-window layers (only built when some layer has a window).
+    window_mask: Option<Tensor>,
     dropout: &'a DropoutCtl,
 }
 
@@ -160,10 +163,11 @@ impl CausalLm {
                 head_dim: hd,
             };
             let post_norm = b.weight(&format!("{p}.post_attention_layernorm.weight"), &[h])?;
+            let mb = flavor.mlp_bias;
             let mlp = Mlp {
-                gate: b.linear(&format!("{p}.mlp.gate_proj"), inter, h, false)?,
-                up: b.linear(&format!("{p}.mlp.up_proj"), inter, h, false)?,
-                down: b.linear(&format!("{p}.mlp.down_proj"), h, inter, false)?,
+                gate: b.linear(&format!("{p}.mlp.gate_proj"), inter, h, mb)?,
+                up: b.linear(&format!("{p}.mlp.up_proj"), inter, h, mb)?,
+                down: b.linear(&format!("{p}.mlp.down_proj"), h, inter, mb)?,
             };
             layers.push(Layer {
                 input_norm,
@@ -186,8 +190,13 @@ impl CausalLm {
                 lora: None,
             }
         };
-        let inv_freq = (0..hd / 2)
-            .map(|i| (1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32)
+        // Base and scaling from rope_parameters / rope_theta / rope_scaling (validated above).
+        let inv_freq = cfg
+            .rope()
+            .map_err(candle_core::Error::wrap)?
+            .inv_freq(hd)
+            .into_iter()
+            .map(|f| f as f32)
             .collect();
         Ok(Self {
             cfg: cfg.clone(),
@@ -311,14 +320,24 @@ impl CausalLm {
             x = x.affine((self.cfg.hidden_size as f64).sqrt(), 0.0)?;
         }
         let (cos, sin) = self.rope_tables(b, s, start_pos, left_pad)?;
+        let window_mask = match self.flavor.any_window() {
+            Some(w) => self.mask(s, start_pos, left_pad, Some(w))?,
+            None => None,
+        };
         let step = Step {
             cos,
             sin,
-            mask: self.mask(b, s, start_pos, left_pad)?,
+            mask: self.mask(s, start_pos, left_pad, None)?,
+            window_mask,
             dropout: &self.dropout,
         };
         for (i, layer) in self.layers.iter().enumerate() {
-            x = self.layer_forward(layer, &x, &step, cache.as_deref_mut().map(|c| (c, i)))?;
+            let mask = if self.flavor.window(i).is_some() {
+                step.window_mask.as_ref()
+            } else {
+                step.mask.as_ref()
+            };
+            x = self.layer_forward(layer, &x, &step, mask, cache.as_deref_mut().map(|c| (c, i)))?;
         }
         if let Some(c) = cache {
             c.advance(s);
@@ -368,16 +387,16 @@ impl CausalLm {
         ))
     }
 
-    /// Additive mask (b or 1, 1, 1, s, t): causal, left pads, and the sliding window.
+    /// Additive mask (b or 1, 1, 1, s, t): causal, left pads, and `window` when given.
     fn mask(
         &self,
-        b: usize,
         s: usize,
         start: usize,
         left_pad: Option<&[usize]>,
+        window: Option<usize>,
     ) -> Result<Option<Tensor>> {
         let t = start + s;
-        let window = self.flavor.sliding_window.filter(|w| *w < t);
+        let window = window.filter(|w| *w < t);
         let has_pad = left_pad.is_some_and(|p| p.iter().any(|x| *x > 0));
         if s == 1 && !has_pad && window.is_none() {
             return Ok(None);
@@ -396,7 +415,6 @@ impl CausalLm {
                 }
             }
         }
-        let _ = b;
         let mask = Tensor::from_vec(m, (rows.len(), 1, 1, s, t), &self.device)?;
         Ok(Some(mask.to_dtype(self.dtype)?))
     }
@@ -406,10 +424,11 @@ impl CausalLm {
         layer: &Layer,
         x: &Tensor,
         step: &Step,
+        mask: Option<&Tensor>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
         let h = self.norm_fwd(x, &layer.input_norm)?;
-        let a = self.attention(&layer.attn, &h, step, cache)?;
+        let a = self.attention(&layer.attn, &h, step, mask, cache)?;
         let x = (x + a)?;
         let h = self.norm_fwd(&x, &layer.post_norm)?;
         let m = &layer.mlp;
@@ -428,6 +447,7 @@ impl CausalLm {
         at: &Attention,
         x: &Tensor,
         step: &Step,
+        mask: Option<&Tensor>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
@@ -449,7 +469,7 @@ impl CausalLm {
         // sequence axis, (b, kv, rep·s, d) × (b, kv, d, t).
         let q = q.reshape((b, nkv, rep * s, hd))?;
         let scores = matmul(&q, &k.t()?)?;
-        let scores = match &step.mask {
+        let scores = match mask {
             Some(m) => scores.reshape((b, nkv, rep, s, t))?.broadcast_add(m)?,
             None => scores.reshape((b, nkv, rep, s, t))?,
         };

@@ -1,7 +1,7 @@
 //! Gemma (1): embeddings scaled by sqrt(hidden_size), RMSNorm scaling by (1 + w), a
-//! GELU-tanh gated MLP, `head_dim` from the config (256 in Gemma-2B, not hidden/heads), tied
-//! embeddings. Gemma 2/3 (extra norms, logit soft-capping) are other architectures and are
-//! rejected by `ModelConfig::architecture`.
+//! GELU-tanh gated MLP, `head_dim` from the config (256 in Gemma-2B, not hidden/heads, and
+//! 256 when absent), tied embeddings. Gemma 2/3 (extra norms, logit soft-capping) are other
+//! architectures and are rejected by `ModelConfig::architecture`.
 
 use super::{Activation, Flavor};
 use crate::config::ModelConfig;
@@ -12,9 +12,11 @@ pub fn flavor(cfg: &ModelConfig) -> Flavor {
     Flavor {
         qkv_bias: bias,
         o_bias: bias,
+        // GemmaMLP has no biases whatever the config says.
+        mlp_bias: false,
         gemma_norm: true,
         embed_scale: true,
         activation: Activation::GeluTanh,
-        sliding_window: None,
+        layer_windows: vec![None; cfg.num_hidden_layers],
     }
 }

@@ -46,9 +46,9 @@ pub fn random_weights(
             ("self_attn.k_proj", kv, h, flavor.qkv_bias),
             ("self_attn.v_proj", kv, h, flavor.qkv_bias),
             ("self_attn.o_proj", h, q, flavor.o_bias),
-            ("mlp.gate_proj", inter, h, false),
-            ("mlp.up_proj", inter, h, false),
-            ("mlp.down_proj", h, inter, false),
+            ("mlp.gate_proj", inter, h, flavor.mlp_bias),
+            ("mlp.up_proj", inter, h, flavor.mlp_bias),
+            ("mlp.down_proj", h, inter, flavor.mlp_bias),
         ] {
             let w = format!("{p}.{name}.weight");
             out.insert(w.clone(), normal(&w, (o, inp))?);

@@ -1,5 +1,6 @@
 //! Llama (2/3, SmolLM, TinyLlama...): the reference layout. SiLU-gated MLP, plain RMSNorm,
-//! no biases unless `attention_bias` is set (then q/k/v/o all carry one, as in transformers).
+//! no biases unless `attention_bias` is set (then q/k/v/o all carry one, as in transformers)
+//! or `mlp_bias` is set (then gate/up/down carry one).
 
 use super::{Activation, Flavor};
 use crate::config::ModelConfig;
@@ -10,9 +11,10 @@ pub fn flavor(cfg: &ModelConfig) -> Flavor {
     Flavor {
         qkv_bias: bias,
         o_bias: bias,
+        mlp_bias: cfg.mlp_bias.unwrap_or(false),
         gemma_norm: false,
         embed_scale: false,
         activation: Activation::Silu,
-        sliding_window: None,
+        layer_windows: vec![None; cfg.num_hidden_layers],
     }
 }

@@ -1,7 +1,7 @@
 //! Mistral: the Llama layout (no biases) with sliding-window attention over the last
-//! `sliding_window` keys. The window is applied through the attention mask; for sequences
-//! shorter than the window (all fine-tuning here: maxSeqLen is far below Mistral's 4096) it
-//! changes nothing and costs nothing.
+//! `sliding_window` keys in every layer. The window is applied through the attention mask;
+//! for sequences shorter than the window (all fine-tuning here: maxSeqLen is far below
+//! Mistral's 4096) it changes nothing and costs nothing.
 
 use super::{Activation, Flavor};
 use crate::config::ModelConfig;
@@ -11,9 +11,10 @@ pub fn flavor(cfg: &ModelConfig) -> Flavor {
     Flavor {
         qkv_bias: false,
         o_bias: false,
+        mlp_bias: false,
         gemma_norm: false,
         embed_scale: false,
         activation: Activation::Silu,
-        sliding_window: cfg.sliding_window,
+        layer_windows: vec![cfg.sliding_window; cfg.num_hidden_layers],
     }
 }

@@ -100,14 +100,17 @@ pub struct Flavor {
     pub qkv_bias: bool,
     /// Bias on o_proj.
     pub o_bias: bool,
+    /// Biases on gate/up/down (Llama's `mlp_bias`).
+    pub mlp_bias: bool,
     /// RMSNorm scales by (1 + w) (Gemma).
     pub gemma_norm: bool,
     /// Embeddings multiplied by sqrt(hidden_size) (Gemma).
     pub embed_scale: bool,
     /// MLP activation.
     pub activation: Activation,
-    /// Sliding-window attention span, when the family uses one.
-    pub sliding_window: Option<usize>,
+    /// Sliding-window attention span of each layer (`None`: full attention). Qwen2 windows
+    /// only some layers, so this is per layer.
+    pub layer_windows: Vec<Option<usize>>,
 }
 
 impl Flavor {
@@ -119,5 +122,16 @@ impl Flavor {
             Architecture::Mistral => mistral::flavor(cfg),
             Architecture::Gemma => gemma::flavor(cfg),
         })
+    }
+
+    /// The sliding-window span of layer `layer`, if it has one.
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        self.layer_windows.get(layer).copied().flatten()
+    }
+
+    /// The span shared by the windowed layers, if any layer is windowed (configs have one
+    /// `sliding_window`, so all windowed layers share it).
+    pub fn any_window(&self) -> Option<usize> {
+        self.layer_windows.iter().flatten().copied().next()
     }
 }

@@ -319,7 +319,6 @@ impl<'m> Pass<'m> {
         let norm = self.weight(&m.norm)?;
         let lm_head = self.linear(&m.lm_head)?;
         let rope = RopeTables::new(m, d)?;
-        let window = m.flavor.sliding_window;
         let (eps, one_plus) = (cfg.rms_norm_eps, m.flavor.gemma_norm);
         let embed_scale = if m.flavor.embed_scale {
             (d.h as f32).sqrt()
@@ -337,8 +336,8 @@ impl<'m> Pass<'m> {
                 .for_each(|(x, e)| *x = e * embed_scale);
         }
         let mut acts = Vec::with_capacity(layers.len());
-        for l in &layers {
-            let (a, next) = self.layer_forward(l, x, d, &rope, window)?;
+        for (i, l) in layers.iter().enumerate() {
+            let (a, next) = self.layer_forward(l, x, d, &rope, m.flavor.window(i))?;
             acts.push(a);
             x = next;
         }
@@ -372,8 +371,8 @@ impl<'m> Pass<'m> {
         let mut dx = vec![0f32; t * d.h];
         self.norm_backward(norm, &x, &dhn, &mut dx, eps, one_plus)?;
         drop((dhn, dhp, hn, x));
-        for (l, a) in layers.iter().zip(acts).rev() {
-            self.layer_backward(l, a, &mut dx, d, &rope, window)?;
+        for (i, (l, a)) in layers.iter().zip(acts).enumerate().rev() {
+            self.layer_backward(l, a, &mut dx, d, &rope, m.flavor.window(i))?;
         }
         if let Some(g) = embed.grad {
             let de = &mut self.grads[g];
