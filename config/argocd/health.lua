@@ -58,6 +58,14 @@ if phase == "Succeeded" and ready ~= nil and ready.status == "True" then
   return hs
 end
 
+-- Target reached but the served endpoint is not up yet: the operator keeps Ready=False (with
+-- Reconciling=True) until the Deployment is available.
+if phase == "Succeeded" and ready ~= nil then
+  hs.status = "Progressing"
+  hs.message = ready.message or "Waiting for the served endpoint"
+  return hs
+end
+
 hs.status = "Progressing"
 local round = obj.status.round or 0
 hs.message = phase .. " (round " .. tostring(round) .. ")"

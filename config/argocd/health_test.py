@@ -45,3 +45,10 @@ def test_messages_carry_the_reason():
     with open(os.path.join(HERE, "testdata", "stalled.yaml")) as f:
         _, message = verdict(yaml.safe_load(f))
     assert "apiKeySecretRef" in message
+
+
+def test_a_rolling_endpoint_is_not_healthy_yet():
+    with open(os.path.join(HERE, "testdata", "serving-rollout.yaml")) as f:
+        status, message = verdict(yaml.safe_load(f))
+    assert status == "Progressing"
+    assert "not serving yet" in message

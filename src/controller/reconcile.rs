@@ -184,6 +184,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     // is how a later reconcile knows serving objects may still exist.
     serving::delete(ctx, &namespace, &serving).await?;
     serving::apply_serving(&mut next, &serving, generation, &now);
+    plan::keep_transition_times(&mut next, &status);
     let (changed, resource_version) = match write_status(ctx, &target, &status, &next).await? {
         // Decided from a stale read: acting on it could repeat or undo newer work.
         StatusWrite::Stale => return Ok(stale(ctx, obj)),

@@ -61,6 +61,26 @@ pub fn set_condition(
     }
 }
 
+/// Give every condition of `next` whose status equals the one it had in `previous` (the
+/// status as last written) that condition's `lastTransitionTime`. Conditions are computed in
+/// layers (the round decision, then serving may override `Ready`): an intermediate flip in
+/// memory is not a transition anyone saw, and moving the time for it would make every
+/// reconcile write a changed status.
+pub fn keep_transition_times(
+    next: &mut LlamaDuoMigrationStatus,
+    previous: &LlamaDuoMigrationStatus,
+) {
+    for c in next.conditions.iter_mut() {
+        if let Some(p) = previous
+            .conditions
+            .iter()
+            .find(|p| p.type_ == c.type_ && p.status == c.status)
+        {
+            c.last_transition_time = p.last_transition_time.clone();
+        }
+    }
+}
+
 /// Recompute all four conditions from `status` (its phase, message and rounds).
 ///
 /// `stall` marks a blocking condition; `failure_reason` is the CamelCase reason of a Failed

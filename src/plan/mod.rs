@@ -26,7 +26,7 @@ mod tests;
 
 pub use conditions::{
     CONDITION_READY, CONDITION_RECONCILING, CONDITION_SERVING, CONDITION_STALLED,
-    CONDITION_TARGET_REACHED, set_condition,
+    CONDITION_TARGET_REACHED, keep_transition_times, set_condition,
 };
 pub use decide::{plan, run_to_observe};
 pub use decision::{Decision, Finish, REASON_JOB_REJECTED, Stall, StopReason};

@@ -16,7 +16,10 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 use crate::api::{BestRound, LlamaDuoMigrationSpec, LlamaDuoMigrationStatus, Phase};
-use crate::plan::{CONDITION_SERVING, serving_name, set_condition};
+use crate::plan::{
+    CONDITION_READY, CONDITION_RECONCILING, CONDITION_SERVING, CONDITION_STALLED, serving_name,
+    set_condition,
+};
 
 use super::super::pod::controlled_by;
 use super::render::{
@@ -268,6 +271,51 @@ pub fn apply_serving(
             c.status,
             c.reason,
             &c.message,
+            generation,
+            now,
+        );
+        gate_ready_on_serving(status, c, generation, now);
+    }
+}
+
+/// A succeeded migration whose model is to be served is `Ready` only once the endpoint
+/// serves: Flux's `wait`, Argo CD's health check and `kubectl wait --for=condition=Ready` gate
+/// the applications that call the endpoint, and must not release them onto a Deployment still
+/// rolling out. A rollout in progress keeps the migration `Reconciling`; one that cannot
+/// finish without a change (deadline exceeded, a foreign object under the name, a spec that
+/// does not render) makes it `Stalled`. Serving scaled to zero or turned off gates nothing.
+fn gate_ready_on_serving(
+    status: &mut LlamaDuoMigrationStatus,
+    serving: &ServingCondition,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    if status.phase != Some(Phase::Succeeded)
+        || matches!(
+            serving.reason,
+            REASON_AVAILABLE | REASON_SCALED_TO_ZERO | REASON_DISABLED
+        )
+    {
+        return;
+    }
+    let message = format!("target reached; not serving yet: {}", serving.message);
+    let in_progress = serving.reason == REASON_PROGRESSING;
+    let (reconciling, stalled) = if in_progress {
+        ("True", "False")
+    } else {
+        ("False", "True")
+    };
+    for (type_, value) in [
+        (CONDITION_READY, "False"),
+        (CONDITION_RECONCILING, reconciling),
+        (CONDITION_STALLED, stalled),
+    ] {
+        set_condition(
+            &mut status.conditions,
+            type_,
+            value,
+            serving.reason,
+            &message,
             generation,
             now,
         );

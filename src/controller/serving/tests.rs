@@ -9,7 +9,10 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::api::{BestRound, LlamaDuoMigrationSpec, LlamaDuoMigrationStatus, Phase};
-use crate::plan::{CONDITION_READY, CONDITION_SERVING, CONDITION_TARGET_REACHED};
+use crate::plan::{
+    CONDITION_READY, CONDITION_RECONCILING, CONDITION_SERVING, CONDITION_STALLED,
+    CONDITION_TARGET_REACHED,
+};
 
 fn spec_json() -> Value {
     json!({
@@ -71,6 +74,17 @@ fn live(spec: &LlamaDuoMigrationSpec, round: u32, status: Value) -> ServingObser
 fn rolled_out(replicas: i32) -> Value {
     json!({"observedGeneration": 2, "replicas": replicas, "updatedReplicas": replicas,
            "availableReplicas": replicas, "readyReplicas": replicas})
+}
+
+fn progressing() -> Value {
+    json!({"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 0})
+}
+
+fn deadline_exceeded() -> Value {
+    json!({"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1,
+           "conditions": [{"type": "Progressing", "status": "False",
+                           "reason": "ProgressDeadlineExceeded",
+                           "message": "ReplicaSet \"tickets-serve-7d\" has timed out progressing."}]})
 }
 
 fn condition(plan: &ServingPlan) -> (&'static str, &'static str, &str) {
@@ -429,49 +443,98 @@ fn objects_of_someone_else_are_never_applied_or_deleted() {
     );
 }
 
+/// The status of condition `type_`: (status, reason, lastTransitionTime).
+fn cond(s: &LlamaDuoMigrationStatus, type_: &str) -> (String, String, Time) {
+    let c = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("{type_} missing"));
+    (
+        c.status.clone(),
+        c.reason.clone(),
+        c.last_transition_time.clone(),
+    )
+}
+
+/// One reconcile of a finished migration at `secs`: the round decision, then serving, then
+/// the transition times kept against what was written before.
+fn reconcile_at(
+    spec: &LlamaDuoMigrationSpec,
+    written: &LlamaDuoMigrationStatus,
+    observed: &ServingObservation,
+    secs: i64,
+) -> LlamaDuoMigrationStatus {
+    let now = Time(Timestamp::from_second(secs).expect("ts"));
+    let mut next = crate::plan::apply(written, &crate::plan::Decision::Idle, Some(1), &now);
+    let plan = plan_serving(&inputs(spec), &next, observed).expect("plan");
+    apply_serving(&mut next, &plan, Some(1), &now);
+    crate::plan::keep_transition_times(&mut next, written);
+    next
+}
+
 #[test]
-fn serving_never_touches_the_migration_conditions() {
+fn a_served_migration_is_ready_only_once_its_endpoint_serves() {
     let spec = spec_from(spec_json());
-    let now = Time(Timestamp::from_second(1_000).expect("ts"));
-    let decided = crate::plan::apply(&succeeded(3), &crate::plan::Decision::Idle, Some(1), &now);
-    let mut status = decided.clone();
-    let plan = plan_serving(&inputs(&spec), &status, &ServingObservation::default()).expect("plan");
-    let later = Time(Timestamp::from_second(2_000).expect("ts"));
-    apply_serving(&mut status, &plan, Some(1), &later);
-    for type_ in [CONDITION_READY, CONDITION_TARGET_REACHED] {
-        let find =
-            |s: &LlamaDuoMigrationStatus| s.conditions.iter().find(|c| c.type_ == type_).cloned();
-        assert_eq!(find(&status), find(&decided), "{type_}");
-    }
-    let serving = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == CONDITION_SERVING)
-        .expect("Serving");
-    assert_eq!(serving.last_transition_time, later);
-    // Available later: the condition flips and its time moves; applying it again changes
-    // nothing.
-    let available =
-        plan_serving(&inputs(&spec), &status, &live(&spec, 3, rolled_out(1))).expect("plan");
-    let at = Time(Timestamp::from_second(3_000).expect("ts"));
-    apply_serving(&mut status, &available, Some(1), &at);
-    let once = status.clone();
-    apply_serving(
-        &mut status,
-        &available,
+    let decided = crate::plan::apply(
+        &succeeded(3),
+        &crate::plan::Decision::Idle,
         Some(1),
-        &Time(Timestamp::from_second(4_000).expect("ts")),
+        &Time(Timestamp::from_second(1_000).expect("ts")),
     );
-    assert_eq!(status, once);
-    let c = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == CONDITION_SERVING)
-        .expect("Serving");
+    assert_eq!(cond(&decided, CONDITION_READY).0, "True");
+    // The Deployment is created and rolls out: target reached, but not Ready yet, and still
+    // Reconciling (kstatus: in progress), so Flux and Argo CD keep consumers waiting.
+    let rolling = reconcile_at(&spec, &decided, &ServingObservation::default(), 2_000);
+    let ready = cond(&rolling, CONDITION_READY);
     assert_eq!(
-        (c.status.as_str(), c.last_transition_time.clone()),
-        ("True", at)
+        (ready.0.as_str(), ready.1.as_str()),
+        ("False", "DeploymentProgressing")
     );
+    assert_eq!(cond(&rolling, CONDITION_RECONCILING).0, "True");
+    assert_eq!(cond(&rolling, CONDITION_STALLED).0, "False");
+    assert_eq!(cond(&rolling, CONDITION_TARGET_REACHED).0, "True");
+    let serving_since = cond(&rolling, CONDITION_SERVING).2;
+    // Reconciled again while it rolls out: the round decision sets Ready=True in memory before
+    // serving gates it, yet nothing changes, so nothing is written.
+    let rolling = reconcile_at(&spec, &rolling, &live(&spec, 3, progressing()), 2_500);
+    assert_eq!(
+        cond(&rolling, CONDITION_READY).2,
+        ready.2,
+        "no transition seen"
+    );
+    let again = reconcile_at(&spec, &rolling, &live(&spec, 3, progressing()), 3_000);
+    assert_eq!(again, rolling);
+    // Rolled out: Ready flips to True (its time moves), Serving too.
+    let served = reconcile_at(&spec, &rolling, &live(&spec, 3, rolled_out(1)), 4_000);
+    let at = Time(Timestamp::from_second(4_000).expect("ts"));
+    assert_eq!(
+        cond(&served, CONDITION_READY),
+        ("True".into(), "TargetReached".into(), at.clone())
+    );
+    assert_eq!(cond(&served, CONDITION_RECONCILING).0, "False");
+    assert_eq!(cond(&served, CONDITION_SERVING).0, "True");
+    assert_ne!(cond(&served, CONDITION_SERVING).2, serving_since);
+    assert_eq!(
+        reconcile_at(&spec, &served, &live(&spec, 3, rolled_out(1)), 5_000),
+        served
+    );
+    // A rollout past its deadline needs a change: Stalled with the Deployment's reason.
+    let failed = reconcile_at(&spec, &served, &live(&spec, 3, deadline_exceeded()), 6_000);
+    assert_eq!(cond(&failed, CONDITION_READY).0, "False");
+    assert_eq!(
+        (
+            cond(&failed, CONDITION_STALLED).0,
+            cond(&failed, CONDITION_STALLED).1
+        ),
+        ("True".into(), "DeploymentFailed".into())
+    );
+    // Scaled to zero on purpose: serving gates nothing.
+    let mut zero = spec_json();
+    zero["serving"]["replicas"] = json!(0);
+    let zero = spec_from(zero);
+    let scaled = reconcile_at(&zero, &decided, &live(&zero, 3, rolled_out(0)), 7_000);
+    assert_eq!(cond(&scaled, CONDITION_READY).0, "True");
 }
 
 #[test]

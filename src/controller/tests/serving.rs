@@ -110,7 +110,13 @@ async fn a_succeeded_migration_gets_a_restricted_deployment_and_service() {
             .starts_with("creating Deployment tickets-serve serving round 3"),
         "{serving}"
     );
-    assert_eq!(condition(status, "Ready")["status"], "True");
+    // Ready waits for the endpoint: consumers gated on it must not call a rolling Deployment.
+    assert_eq!(condition(status, "Ready")["status"], "False");
+    assert_eq!(
+        condition(status, "Ready")["reason"],
+        "DeploymentProgressing"
+    );
+    assert_eq!(condition(status, "Reconciling")["status"], "True");
     assert_eq!(condition(status, "TargetReached")["status"], "True");
 
     // The Deployment, by server-side apply under the operator's field manager.
