@@ -37,6 +37,24 @@ echo "-- values.schema.json refuses bad values"
 if "$helm" template x charts/llamaduo --kube-version "$kube" --set replicaCount=-1 >/dev/null 2>&1; then
   echo "replicaCount=-1 was accepted"; exit 1
 fi
+# Combinations that would install something broken fail with the value to fix.
+refused() { # refused <message fragment> <helm args...>
+  local want="$1"; shift
+  if out=$("$helm" template x charts/llamaduo --kube-version "$kube" "$@" 2>&1); then
+    echo "accepted: $*"; exit 1
+  fi
+  grep -qF "$want" <<<"$out" || { echo "refused without naming '$want': $out"; exit 1; }
+}
+refused "serviceAccount.name is required" --set serviceAccount.create=false
+refused "needs leaderElection.enabled=true" --set replicaCount=2 --set leaderElection.enabled=false
+refused "podDisruptionBudget.minAvailable (1) must be below replicaCount (1)" --set podDisruptionBudget.enabled=true
+"$helm" template x charts/llamaduo --kube-version "$kube" --set serviceAccount.create=false \
+  --set serviceAccount.name=ops | grep -q "serviceAccountName: ops"
+# The stages' image follows the chart's appVersion unless set.
+app=$(awk -F'"' '/^appVersion:/ {print $2}' charts/llamaduo/Chart.yaml)
+grep -qF "llamaduo-trainer:$app" "$tmp/default.yaml"
+"$helm" template x charts/llamaduo --kube-version "$kube" --set trainerImage=r.example/t:9 | grep -qF '"r.example/t:9"'
+
 # As a subchart, Helm passes `global` (and umbrella charts commonly set `enabled`).
 "$helm" template x charts/llamaduo --kube-version "$kube" --set global.registry=r.example \
   --set enabled=true >/dev/null

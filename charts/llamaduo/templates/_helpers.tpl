@@ -31,6 +31,21 @@ app.kubernetes.io/component: operator
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "llamaduo.fullname" .) .Values.serviceAccount.name -}}
 {{- else -}}
-{{- default "default" .Values.serviceAccount.name -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false: name the existing ServiceAccount the operator runs as (otherwise its RBAC would be granted to the namespace's default ServiceAccount, which every pod there uses)" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The stages' image: trainerImage, else the trainer at the chart's appVersion. */}}
+{{- define "llamaduo.trainerImage" -}}
+{{- .Values.trainerImage | default (printf "ghcr.io/llamaduo/llamaduo-trainer:%s" .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/* Value combinations that would install something broken. */}}
+{{- define "llamaduo.validate" -}}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) -}}
+{{- fail "replicaCount > 1 needs leaderElection.enabled=true: without it every replica would act on every migration (duplicate Jobs, conflicting status writes)" -}}
+{{- end -}}
+{{- if and .Values.podDisruptionBudget.enabled (not (kindIs "string" .Values.podDisruptionBudget.minAvailable)) (ge (int .Values.podDisruptionBudget.minAvailable) (int .Values.replicaCount)) -}}
+{{- fail (printf "podDisruptionBudget.minAvailable (%v) must be below replicaCount (%v): otherwise the budget blocks every node drain; raise replicaCount or lower minAvailable" .Values.podDisruptionBudget.minAvailable .Values.replicaCount) -}}
 {{- end -}}
 {{- end -}}
