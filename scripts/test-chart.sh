@@ -28,6 +28,8 @@ yaml.safe_dump_all(docs, open(sys.argv[2], "w"))
 PY
   .venv/bin/kubernetes-validate --strict --quiet -k "$kube" "$tmp/$f-builtin.yaml"
 done
+# The cluster quickstart's supporting objects (README).
+.venv/bin/kubernetes-validate --strict --quiet -k "$kube" examples/simulated/cluster.yaml
 grep -q "kind: ServiceMonitor" "$tmp/namespaced.yaml"
 grep -q "kind: PodDisruptionBudget" "$tmp/namespaced.yaml"
 grep -q "kind: Role$" "$tmp/namespaced.yaml" && ! grep -q "kind: ClusterRole$" "$tmp/namespaced.yaml"
