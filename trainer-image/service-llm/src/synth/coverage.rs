@@ -48,6 +48,18 @@ pub async fn materialize(
         },
         None => split(source, spec.test_fraction, seed)?,
     };
+    let (coverage, leaked) = without_test_prompts(coverage);
+    if leaked > 0 {
+        tracing::warn!(
+            dropped = leaked,
+            "coverage rows whose prompt is also a test prompt were left out of coverage/train.jsonl: training on (or synthesizing from) them would inflate the test score"
+        );
+    }
+    if coverage.train.is_empty() {
+        return Err(SynthError::Coverage(format!(
+            "every prompt of coverage.source is also in the test set ({leaked} rows): nothing is left to train on; use a test set that does not repeat the training prompts"
+        )));
+    }
     let mut ids = HashSet::new();
     for row in coverage.train.iter().chain(&coverage.test) {
         let id = row.id.as_deref().unwrap_or_default();
@@ -145,6 +157,37 @@ pub fn split(rows: Vec<DatasetRow>, fraction: f64, seed: u64) -> Result<Coverage
     Ok(Coverage { train, test })
 }
 
+/// Drops train rows whose prompt (normalized as for deduplication) is also a test prompt, so
+/// a test prompt is never trained on: a `coverage.testSource` that overlaps `coverage.source`,
+/// or a source that repeats a prompt under two ids (one of which the split held out). Returns
+/// the split and how many rows were dropped.
+pub fn without_test_prompts(coverage: Coverage) -> (Coverage, usize) {
+    let test: HashSet<String> = coverage.test.iter().map(prompt_key).collect();
+    let before = coverage.train.len();
+    let train: Vec<DatasetRow> = coverage
+        .train
+        .into_iter()
+        .filter(|r| !test.contains(&prompt_key(r)))
+        .collect();
+    let dropped = before - train.len();
+    (
+        Coverage {
+            train,
+            test: coverage.test,
+        },
+        dropped,
+    )
+}
+
+/// The prompt of a row (every message before the answer, with its role), normalized.
+fn prompt_key(row: &DatasetRow) -> String {
+    row.prompt_messages()
+        .iter()
+        .map(|m| format!("{:?}: {}", m.role, super::dedup::normalize(&m.content)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn rank(seed: u64, id: &str) -> u64 {
     let mut h = Sha256::new();
     h.update(seed.to_le_bytes());
@@ -165,6 +208,28 @@ mod tests {
                 r
             })
             .collect()
+    }
+
+    #[test]
+    fn a_test_prompt_is_never_a_training_row() {
+        // A separate test set repeating two training prompts (one differing only in case and
+        // spacing), and a prompt the source holds twice under two ids.
+        let mut train = rows(5);
+        train[4] = DatasetRow::single_turn("q0", "another answer");
+        train[4].id = Some("c000099".into());
+        let mut test = vec![
+            DatasetRow::single_turn("Q1 ", "a1"),
+            DatasetRow::single_turn("q0", "a0"),
+            DatasetRow::single_turn("new", "x"),
+        ];
+        for (i, t) in test.iter_mut().enumerate() {
+            t.id = Some(format!("t{i}"));
+        }
+        let (clean, dropped) = without_test_prompts(Coverage { train, test });
+        assert_eq!(dropped, 3);
+        let ids: Vec<&str> = clean.train.iter().filter_map(|r| r.id.as_deref()).collect();
+        assert_eq!(ids, ["c000002", "c000003"]);
+        assert_eq!(clean.test.len(), 3, "the test set is never changed");
     }
 
     #[test]
