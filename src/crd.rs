@@ -4,7 +4,9 @@
 //! `crds/llamaduo.dev_llamaduomigrations.yaml` is this module's output (`llamaduo crd`); a test
 //! proves the checked-in file is current, so the types stay the single source of truth.
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::CustomResourceExt;
 use serde_json::Value;
 
@@ -13,9 +15,39 @@ use crate::api::LlamaDuoMigration;
 /// File name of the CRD under crds/ (and the chart's crds/).
 pub const CRD_FILE: &str = "llamaduo.dev_llamaduomigrations.yaml";
 
-/// The CRD of `LlamaDuoMigration`.
+/// The CRD of `LlamaDuoMigration`, with every `uint32` bounded by its maximum.
 pub fn crd() -> CustomResourceDefinition {
-    LlamaDuoMigration::crd()
+    let mut crd = LlamaDuoMigration::crd();
+    for version in crd.spec.versions.iter_mut() {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            bound_uint32(schema);
+        }
+    }
+    crd
+}
+
+/// Gives every `format: uint32` node its maximum. The API server does not know the format,
+/// so without the bound it would accept 5000000000 for a count, which the operator then
+/// cannot read: `kubectl apply` must refuse it, naming the field.
+fn bound_uint32(node: &mut JSONSchemaProps) {
+    if node.format.as_deref() == Some("uint32") && node.maximum.is_none() {
+        node.maximum = Some(f64::from(u32::MAX));
+    }
+    for child in node.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        bound_uint32(child);
+    }
+    match node.items.as_mut() {
+        Some(JSONSchemaPropsOrArray::Schema(s)) => bound_uint32(s),
+        Some(JSONSchemaPropsOrArray::Schemas(list)) => list.iter_mut().for_each(bound_uint32),
+        None => {}
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(s)) = node.additional_properties.as_mut() {
+        bound_uint32(s);
+    }
 }
 
 /// The CRD as the YAML kept in crds/.

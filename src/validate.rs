@@ -11,7 +11,7 @@ use std::fmt;
 
 use serde_json::Value;
 
-use crate::api::{LlamaDuoMigration, Metric, ProviderKind};
+use crate::api::{LlamaDuoMigration, ProviderKind};
 use crate::crd::openapi_schema;
 
 pub use crate::api::SIMULATED_FAMILIES;
@@ -132,6 +132,11 @@ pub fn validate_object(doc: &Value, target: Target) -> Vec<Problem> {
     let schema = openapi_schema();
     let mut problems = Vec::new();
     check_metadata(doc.get("metadata"), &mut problems);
+    // Null where the schema does not allow it is dropped (then defaulted), as the API server
+    // does, so `serving: null` passes here exactly when `kubectl apply` accepts it.
+    let mut doc = doc.clone();
+    prune_nulls(&schema, &mut doc);
+    let doc = &doc;
 
     // The API server checks the object against the schema first and runs CEL only on objects
     // whose shape fits it (out-of-range values do not stop CEL); so do we.
@@ -209,6 +214,39 @@ fn join(path: &str, key: &str) -> String {
         key.to_string()
     } else {
         format!("{path}.{key}")
+    }
+}
+
+/// Removes every object field that is null where its schema is not `nullable`: the API
+/// server prunes such nulls before defaulting (a required field so removed is then missing).
+fn prune_nulls(schema: &Value, value: &mut Value) {
+    match value {
+        Value::Object(obj) => {
+            let props = schema.get("properties").and_then(Value::as_object);
+            let extra = schema.get("additionalProperties").filter(|v| v.is_object());
+            obj.retain(|key, sub| {
+                let sub_schema = props.and_then(|m| m.get(key)).or(extra);
+                let nullable = sub_schema
+                    .and_then(|s| s.get("nullable"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                // Unknown fields stay, to be reported as unknown.
+                !(sub.is_null() && sub_schema.is_some() && !nullable)
+            });
+            for (key, sub) in obj.iter_mut() {
+                if let Some(s) = props.and_then(|m| m.get(key)).or(extra) {
+                    prune_nulls(s, sub);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for item in items {
+                    prune_nulls(item_schema, item);
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -397,12 +435,6 @@ fn semantic_checks(m: &LlamaDuoMigration, target: Target, problems: &mut Vec<Pro
                 "must be an http:// or https:// URL",
             ));
         }
-    }
-    if spec.evaluation.metric == Metric::Embedding && spec.evaluation.embedding_model.is_none() {
-        problems.push(problem(
-            "spec.evaluation.embeddingModel",
-            "metric embedding needs embeddingModel (a URL of an all-MiniLM-L6-v2 style model directory)",
-        ));
     }
     if target == Target::Cluster && spec.storage.is_none() {
         problems.push(problem(
@@ -601,6 +633,22 @@ spec:
         assert!(
             messages.contains(&"spec.synthesis.pairsPerCall: must be at most 50".to_string()),
             "{messages:?}"
+        );
+    }
+
+    #[test]
+    fn explicit_nulls_are_dropped_as_the_api_server_drops_them() {
+        // Non-nullable fields set to null are pruned, then defaulted: accepted.
+        let yaml = with("  storage:", "  synthesis: null\n  stop: null\n  storage:");
+        assert!(problems_of(&yaml, Target::Cluster).is_empty());
+        // A required one so pruned is missing.
+        let yaml = with("meanScore: 80", "meanScore: null");
+        let problems = problems_of(&yaml, Target::Cluster);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.path == "spec.target.meanScore" && p.message == "is required"),
+            "{problems:?}"
         );
     }
 

@@ -152,6 +152,24 @@ else
   check "target.meanScore: 150 is refused with the CEL message"
   expect_refused 'target.meanScore must be between 0 and 100' kubectl apply --dry-run=server -f - \
     <<<"$(jq '.spec.target.meanScore = 150' <<<"$valid")"
+
+  # The corpus `llamaduo validate` is tested on (tests/manifests.rs): the API server must
+  # refuse every manifest at the same field, except the semantic checks marked validate-only.
+  check "the server refuses tests/invalid at the fields llamaduo validate names"
+  refused=0
+  for f in "$repo"/tests/invalid/*.yaml; do
+    grep -q '^# validate-only' "$f" && continue
+    field=$(sed -n '1s/^# expect: //p' "$f")
+    [[ -n "$field" ]] || fail "$f has no '# expect: FIELD' header"
+    manifest=$(sed "s/namespace: team-a/namespace: $ns/" "$f")
+    if out=$(kubectl apply --dry-run=server -f - <<<"$manifest" 2>&1); then
+      fail "$(basename "$f") was accepted; expected a refusal at $field"
+    fi
+    grep -qF -- "$field" <<<"$out" || fail "$(basename "$f") refused, but not at $field: $out"
+    refused=$((refused + 1))
+  done
+  ((refused >= 15)) || fail "only $refused manifests checked"
+  printf '[test]      %d manifests refused at their field\n' "$refused" >&2
 fi
 
 chart="$repo/charts/llamaduo"

@@ -292,8 +292,9 @@ pub enum Architecture {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.hiddenSize % self.numHeads == 0", "message": "fromScratch.hiddenSize must be a multiple of fromScratch.numHeads", "fieldPath": ".hiddenSize"},
-    {"rule": "self.numLayers >= 1 && self.numHeads >= 1 && self.vocabSize >= 64", "message": "fromScratch needs numLayers >= 1, numHeads >= 1 and vocabSize >= 64"}
+    {"rule": "self.numHeads == 0 || self.hiddenSize % self.numHeads == 0", "message": "fromScratch.hiddenSize must be a multiple of fromScratch.numHeads", "fieldPath": ".hiddenSize"},
+    {"rule": "self.numHeads == 0 || self.hiddenSize % self.numHeads != 0 || (self.hiddenSize / self.numHeads) % 2 == 0", "message": "fromScratch.hiddenSize / numHeads (the head size) must be even: rotary embeddings rotate pairs of dimensions", "fieldPath": ".numHeads"},
+    {"rule": "!has(self.numKvHeads) || (self.numKvHeads >= 1 && self.numHeads % self.numKvHeads == 0)", "message": "fromScratch.numKvHeads must be at least 1 and divide numHeads (each key/value head serves a whole group of query heads)", "fieldPath": ".numKvHeads"}
 ]))]
 pub struct FromScratchSpec {
     /// Model family.
@@ -301,12 +302,15 @@ pub struct FromScratchSpec {
     pub architecture: Architecture,
     /// Width of the residual stream.
     #[serde(default = "default_hidden")]
+    #[schemars(range(min = 1))]
     pub hidden_size: u32,
     /// Number of decoder layers.
     #[serde(default = "default_layers")]
+    #[schemars(range(min = 1))]
     pub num_layers: u32,
     /// Attention heads.
     #[serde(default = "default_heads")]
+    #[schemars(range(min = 1))]
     pub num_heads: u32,
     /// Key/value heads (grouped-query attention). Unset: numHeads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -314,8 +318,10 @@ pub struct FromScratchSpec {
     /// Width of the MLP. Unset: about 8/3 of hiddenSize.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intermediate_size: Option<u32>,
-    /// Size of the BPE vocabulary trained on the data.
+    /// Size of the BPE vocabulary trained on the data (at least the 64 symbols and special
+    /// tokens the tokenizer always has).
     #[serde(default = "default_vocab")]
+    #[schemars(range(min = 64))]
     pub vocab_size: u32,
 }
 
@@ -657,7 +663,8 @@ impl Default for EvalGeneration {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.passScore >= 0.0 && self.passScore <= 100.0", "message": "evaluation.passScore must be between 0 and 100", "fieldPath": ".passScore"}
+    {"rule": "self.passScore >= 0.0 && self.passScore <= 100.0", "message": "evaluation.passScore must be between 0 and 100", "fieldPath": ".passScore"},
+    {"rule": "self.metric != 'embedding' || has(self.embeddingModel)", "message": "evaluation.metric embedding needs evaluation.embeddingModel (a URL of an all-MiniLM-L6-v2 style model directory)", "fieldPath": ".embeddingModel"}
 ]))]
 pub struct EvaluationSpec {
     /// judge (default), exactMatch, rougeL or embedding.
@@ -1073,6 +1080,13 @@ pub struct StageRecord {
     /// Wall time of the successful attempt, seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_seconds: Option<f64>,
+    /// The last attempt failed on the service-token budget (`stop.maxServiceTokens`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub budget_exhausted: bool,
+    /// The metadata.generation the last attempt ran with: an edit after a stage failed on
+    /// every attempt gives it one more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
 }
 
 /// One round.
