@@ -12,7 +12,8 @@
 #   - the operator killed (SIGKILL) mid-stage and restarted under a new identity (taking over
 #     the Lease): the Job that finished while it was down is recorded once, not re-created;
 #   - a stage that fails is retried (a new Job, attempt 2) and then reported: phase Failed,
-#     Stalled=True/StageFailed, Warning Events;
+#     Stalled=True/StageFailed, Warning Events; the fix pushed as a spec edit resumes it
+#     (attempt 3 in the same round);
 #   - a Job refused by a ResourceQuota: Stalled=True/JobRejected with the API server's message,
 #     then created by the retry once the quota is gone;
 #   - deleting a migration garbage-collects its Jobs and their pods;
@@ -329,6 +330,19 @@ ev=$(events_of broken)
 # Two failed attempts and the final report, all Warning StageFailed (one series).
 [[ $(event_count "$ev" Warning StageFailed) == 3 ]] || fail "expected 3 Warning StageFailed Events:"$'\n'"$ev"
 printf '[test]      reported: %s\n' "$(jq -r .status.message <<<"$m")" >&2
+
+check "the fix pushed to the failed migration resumes it: the stage gets one more attempt"
+kubectl patch llamaduomigration broken -n "$ns" --type merge \
+  -p "{\"spec\":{\"teacher\":{\"baseUrl\":\"$teacher_url\"}}}" >/dev/null
+resumed() {
+  mig broken | jq -e '.status.rounds[0].stages[] | select(.stage == "synthesize")
+    | .succeeded and .attempts == 3' >/dev/null
+}
+eventually "$timeout" "broken's synthesize attempt 3 to succeed" resumed
+kubectl get job broken-r1-synthesize-a3 -n "$ns" >/dev/null || fail "no Job broken-r1-synthesize-a3"
+m=$(mig broken)
+jq -e '.status.phase != "Failed" and .status.rounds[0].outcome == null' <<<"$m" >/dev/null ||
+  fail "not resumed: $(jq -c '.status | {phase, message, rounds}' <<<"$m")"
 
 check "a Job the API server refuses (ResourceQuota) stalls the migration as JobRejected, and starts once allowed"
 kubectl create quota no-jobs -n "$ns" --hard=count/jobs.batch=0 >/dev/null

@@ -238,6 +238,11 @@ pub struct StageResult {
     /// Evaluation details.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluate: Option<EvaluateOutcome>,
+    /// The run failed because its next service request could exceed what is left of
+    /// `stop.maxServiceTokens`: another attempt cannot do better, so the migration stops
+    /// (`TokenBudgetExhausted`) instead of retrying.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub budget_exhausted: bool,
 }
 
 impl StageResult {
@@ -253,6 +258,7 @@ impl StageResult {
             synthesize: None,
             train: None,
             evaluate: None,
+            budget_exhausted: false,
         }
     }
 

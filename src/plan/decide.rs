@@ -7,8 +7,8 @@
 //! fails.
 
 use crate::api::{
-    LlamaDuoMigrationSpec, LlamaDuoMigrationStatus, Phase, RoundStatus, Scores, Stage, StageResult,
-    StageRun,
+    LlamaDuoMigrationSpec, LlamaDuoMigrationStatus, Phase, RoundStatus, Scores, Stage, StageRecord,
+    StageResult, StageRun,
 };
 
 use super::MigrationId;
@@ -47,7 +47,7 @@ pub fn run_to_observe(
     if let Some(current) = &status.current {
         return Some(current.clone());
     }
-    match next_step(spec, status) {
+    match next_step(spec, status, generation) {
         Step::Run {
             round,
             stage,
@@ -76,7 +76,7 @@ pub fn plan(
     observation: &Observation,
 ) -> Decision {
     let Some(run) = run_to_observe(id, spec, status, generation) else {
-        return match next_step(spec, status) {
+        return match next_step(spec, status, generation) {
             Step::Finish(f) => Decision::Finish(f),
             Step::Terminal | Step::Run { .. } => Decision::Idle,
         };
@@ -190,20 +190,56 @@ fn first_run(spec: &LlamaDuoMigrationSpec, round: u32) -> Step {
     }
 }
 
-fn next_step(spec: &LlamaDuoMigrationSpec, status: &LlamaDuoMigrationStatus) -> Step {
-    if matches!(status.phase, Some(Phase::Succeeded | Phase::Failed)) {
-        return Step::Terminal;
+/// What comes next. A succeeded migration is over. A failed one goes on only when the spec
+/// that stopped it has changed so that it no longer stops it: a raised `stop.maxRounds`,
+/// `stop.plateauRounds` or `stop.maxServiceTokens`, or any edit after a stage failed on every
+/// attempt (the edit is presumed to be the fix, and gets one more attempt). A GitOps user
+/// fixes a stopped migration by pushing the change, instead of deleting it and paying for
+/// every round again.
+fn next_step(
+    spec: &LlamaDuoMigrationSpec,
+    status: &LlamaDuoMigrationStatus,
+    generation: Option<i64>,
+) -> Step {
+    match status.phase {
+        Some(Phase::Succeeded) => Step::Terminal,
+        Some(Phase::Failed) => match progress(spec, status, generation) {
+            run @ Step::Run { .. } => run,
+            Step::Finish(_) | Step::Terminal => Step::Terminal,
+        },
+        _ => progress(spec, status, generation),
     }
+}
+
+/// The next step by the round rules, from the rounds recorded so far.
+fn progress(
+    spec: &LlamaDuoMigrationSpec,
+    status: &LlamaDuoMigrationStatus,
+    generation: Option<i64>,
+) -> Step {
     let Some(last) = status.rounds.last() else {
         return first_run(spec, 1);
     };
-    if last.outcome.is_some() {
+    // A round is over once it was evaluated and decided; one a failed stage or a stop rule
+    // ended before its evaluation goes on where it stopped when the migration resumes.
+    if last.outcome.is_some() && last.scores.is_some() {
         return next_round(spec, status, last.round);
     }
+    // Whether the spec changed since a stage's last attempt started.
+    let edited = |rec: &StageRecord| matches!((rec.generation, generation), (Some(ran), Some(now)) if now > ran);
     for stage in stages_of_round(spec, last.round) {
         match last.stage(stage) {
             Some(rec) if rec.succeeded => continue,
-            Some(rec) if rec.attempts <= spec.stop.stage_retries => {
+            // Another attempt would hit the same budget: stop with the budget as the reason
+            // (unless the spec, and so perhaps the budget, changed since).
+            Some(rec) if rec.budget_exhausted && !edited(rec) => {
+                let used = status.service_tokens.total();
+                return Step::Finish(Finish::Failed(StopReason::TokenBudget {
+                    used,
+                    budget: spec.stop.max_service_tokens.unwrap_or(used),
+                }));
+            }
+            Some(rec) if rec.attempts <= spec.stop.stage_retries || edited(rec) => {
                 return Step::Run {
                     round: last.round,
                     stage,

@@ -144,6 +144,10 @@ impl fmt::Display for StopReason {
                 f,
                 "plateau: the best mean score {best:.2} (round {best_round}) has not improved for {rounds} rounds (stop.plateauRounds)"
             ),
+            StopReason::TokenBudget { used, budget } if used < budget => write!(
+                f,
+                "stop.maxServiceTokens exhausted: {used} of {budget} service tokens spent, and the next request could need more than the rest"
+            ),
             StopReason::TokenBudget { used, budget } => write!(
                 f,
                 "stop.maxServiceTokens exhausted: {used} of {budget} service tokens spent"

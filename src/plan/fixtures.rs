@@ -166,6 +166,10 @@ impl ResultBuilder {
         self.0.evaluate = None;
         self
     }
+    pub fn budget_exhausted(mut self) -> Self {
+        self.0.budget_exhausted = true;
+        self
+    }
     pub fn build(self) -> StageResult {
         self.0
     }

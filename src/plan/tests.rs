@@ -2,7 +2,7 @@
 
 use crate::api::{Phase, RoundOutcome, Stage, StageConfig};
 
-use super::fixtures::{at, id, result, run, spec, status};
+use super::fixtures::{StatusBuilder, at, id, result, run, spec, status};
 use super::*;
 
 /// A compact expectation for table rows.
@@ -794,4 +794,106 @@ fn an_evaluation_records_its_scores_and_unreadable_judgements_in_the_round() {
     let r = &b.status.rounds[0];
     assert_eq!(r.scores.map(|s| s.mean), Some(50.0));
     assert_eq!(r.failed_judgements, Some(2));
+}
+
+#[test]
+fn a_stage_stopped_by_the_budget_ends_the_migration_instead_of_retrying() {
+    // Synthesis spent most of the budget; the judge's next request would exceed the rest.
+    let s = spec().budget(1_000).retries(3).build();
+    let b = status(&s).stage_ok().stage_ok().started().finished(
+        result(Stage::Evaluate, 1)
+            .failed("judge: token budget exhausted: 500 of 1000 tokens used, the next request may need up to 700")
+            .budget_exhausted()
+            .build(),
+    );
+    let record = b.status.rounds[0].stage(Stage::Evaluate).expect("record");
+    assert!(record.budget_exhausted);
+    let d = plan(&id(), &s, &b.status, Some(1), &missing());
+    let Decision::Finish(Finish::Failed(reason)) = &d else {
+        panic!("retried instead of stopping: {d:?}")
+    };
+    assert_eq!(reason.reason(), "TokenBudgetExhausted");
+    let used = b.status.service_tokens.total();
+    assert!(used < 1_000, "{used}");
+    assert_eq!(
+        reason.to_string(),
+        format!(
+            "stop.maxServiceTokens exhausted: {used} of 1000 service tokens spent, and the next request could need more than the rest"
+        )
+    );
+    // Any other failure is retried as before.
+    let other = status(&s)
+        .stage_ok()
+        .stage_ok()
+        .started()
+        .finished(result(Stage::Evaluate, 1).failed("judge: 500").build());
+    let d = plan(&id(), &s, &other.status, Some(1), &missing());
+    assert!(matches!(d, Decision::StartStage { .. }), "{d:?}");
+}
+
+#[test]
+fn a_raised_stop_limit_resumes_a_migration_it_stopped() {
+    let s = spec().max_rounds(1).build();
+    let mut b = status(&s).round(60.0);
+    assert_eq!(want(&b.step(missing())), Want::Fail("MaxRoundsReached"));
+    assert_eq!(b.status.rounds[0].outcome, Some(RoundOutcome::Stopped));
+    // An edit that does not lift the stop changes nothing.
+    let mut b = b.respec(spec().max_rounds(1).target(85.0).build());
+    assert_eq!(b.step(missing()), Decision::Idle);
+    assert_eq!(b.status.phase, Some(Phase::Failed));
+    // Raising stop.maxRounds goes on with round 2, keeping round 1's work.
+    let mut b = b.respec(spec().max_rounds(3).build());
+    assert_eq!(
+        want(&b.step(missing())),
+        Want::Start(2, Stage::Synthesize, 1)
+    );
+    assert_eq!(b.status.phase, Some(Phase::Synthesizing));
+    assert_eq!(b.status.rounds[0].outcome, Some(RoundOutcome::BelowTarget));
+    assert_eq!(condition(&b.status, CONDITION_STALLED).status, "False");
+    assert_eq!(condition(&b.status, CONDITION_RECONCILING).status, "True");
+}
+
+#[test]
+fn an_edit_after_a_stage_failed_on_every_attempt_gives_it_one_more() {
+    let s = spec().retries(1).build();
+    let fail = |b: StatusBuilder| {
+        b.started().finished(
+            result(Stage::Synthesize, 1)
+                .failed("teacher: 401 Unauthorized")
+                .build(),
+        )
+    };
+    let mut b = fail(fail(status(&s)));
+    assert_eq!(want(&b.step(missing())), Want::Fail("StageFailed"));
+    assert_eq!(b.status.rounds[0].outcome, Some(RoundOutcome::Failed));
+    // Nothing changed: it stays failed.
+    assert_eq!(b.step(missing()), Decision::Idle);
+    // The fix is pushed (a new generation): attempt 3 of the same stage, in the same round.
+    let mut b = b.respec(spec().retries(1).target(79.0).build());
+    assert_eq!(
+        want(&b.step(missing())),
+        Want::Start(1, Stage::Synthesize, 3)
+    );
+    assert_eq!(b.status.rounds[0].outcome, None);
+    assert_eq!(b.status.phase, Some(Phase::Synthesizing));
+    // It fails again under that generation: failed again, until the next edit.
+    let mut b = b.finished(result(Stage::Synthesize, 1).failed("still 401").build());
+    assert_eq!(want(&b.step(missing())), Want::Fail("StageFailed"));
+    assert_eq!(b.step(missing()), Decision::Idle);
+    // A budget raised after the budget stopped a stage lets it go on the same way.
+    let tight = spec().budget(1_000).build();
+    let mut b = status(&tight).stage_ok().stage_ok().started().finished(
+        result(Stage::Evaluate, 1)
+            .failed("judge: token budget exhausted")
+            .budget_exhausted()
+            .build(),
+    );
+    assert_eq!(want(&b.step(missing())), Want::Fail("TokenBudgetExhausted"));
+    let mut b = b.respec(spec().budget(100_000).build());
+    assert_eq!(want(&b.step(missing())), Want::Start(1, Stage::Evaluate, 2));
+    // Stopped by the budget between stages: a raised budget runs the round's next stage.
+    let mut b = status(&spec().budget(500).build()).stage_ok();
+    assert_eq!(want(&b.step(missing())), Want::Fail("TokenBudgetExhausted"));
+    let mut b = b.respec(spec().budget(5_000).build());
+    assert_eq!(want(&b.step(missing())), Want::Start(1, Stage::Train, 1));
 }

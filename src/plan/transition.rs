@@ -135,6 +135,8 @@ pub fn apply_result(status: &mut LlamaDuoMigrationStatus, run: &StageRun, result
         succeeded: result.succeeded,
         message: result.message.clone(),
         duration_seconds: result.succeeded.then_some(result.duration_seconds),
+        budget_exhausted: !result.succeeded && result.budget_exhausted,
+        generation: run.generation,
     };
     match round.stages.iter_mut().find(|s| s.stage == run.stage) {
         Some(existing) => *existing = record,
@@ -180,11 +182,14 @@ fn result_message(run: &StageRun, result: &StageResult) -> String {
 
 fn start(status: &mut LlamaDuoMigrationStatus, run: &StageRun) {
     for r in status.rounds.iter_mut() {
-        if r.round < run.round && r.outcome.is_none() {
+        // Earlier rounds were below target; one a stop rule had ended is so too once the
+        // migration goes on.
+        if r.round < run.round && matches!(r.outcome, None | Some(RoundOutcome::Stopped)) {
             r.outcome = Some(RoundOutcome::BelowTarget);
         }
     }
-    round_mut(status, run.round);
+    // A round resumed after its stage failed is running again.
+    round_mut(status, run.round).outcome = None;
     status.round = run.round;
     status.phase = Some(run.stage.phase());
     status.message = Some(running_message(run));

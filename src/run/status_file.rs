@@ -174,6 +174,8 @@ mod tests {
                     succeeded: true,
                     message: None,
                     duration_seconds: Some(3.5),
+                    budget_exhausted: false,
+                    generation: None,
                 }],
                 outcome: Some(RoundOutcome::BelowTarget),
             }],

@@ -142,6 +142,8 @@ mod tests {
                         succeeded: true,
                         message: None,
                         duration_seconds: Some(12.4),
+                        budget_exhausted: false,
+                        generation: None,
                     }],
                     outcome: Some(RoundOutcome::BelowTarget),
                     ..RoundStatus::default()

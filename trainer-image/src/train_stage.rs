@@ -52,6 +52,7 @@ pub async fn run_train(config: &TrainConfig) -> StageResult {
             synthesize: None,
             train: Some(outcome),
             evaluate: None,
+            budget_exhausted: false,
         },
         Err(e) => StageResult::failure(Stage::Train, round, format!("{e:#}")),
     };

@@ -460,4 +460,6 @@ async fn offline_metrics_need_no_judge_and_the_budget_stops_the_judge() {
         r.message
     );
     assert_eq!(r.service_tokens.total(), 0);
+    // Flagged, so the operator stops on the budget instead of retrying into it.
+    assert!(r.budget_exhausted);
 }

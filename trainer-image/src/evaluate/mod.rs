@@ -176,7 +176,13 @@ pub async fn evaluate_with(config: &EvaluateConfig, services: &EvalServices) -> 
         }
         Err(e) => {
             tracing::error!(error = %e, "evaluation failed");
-            failed(round, started, e.to_string(), tokens)
+            let mut r = failed(round, started, e.to_string(), tokens);
+            r.budget_exhausted = matches!(
+                e,
+                EvalError::Judge(LlmError::BudgetExhausted { .. })
+                    | EvalError::Teacher(LlmError::BudgetExhausted { .. })
+            );
+            r
         }
     }
 }
