@@ -348,7 +348,10 @@ check "a Job the API server refuses (ResourceQuota) stalls the migration as JobR
 kubectl create quota no-jobs -n "$ns" --hard=count/jobs.batch=0 >/dev/null
 eventually 60 "quota no-jobs counted" \
   bash -c "[[ -n \$(kubectl get quota no-jobs -n $ns -o jsonpath='{.status.hard}') ]]"
-migration quota "$teacher_url" | kubectl apply -f - >/dev/null
+# Its pods run as their own ServiceAccount (workload identity), which the operator checks exists.
+kubectl create serviceaccount llamaduo-stages -n "$ns" >/dev/null
+migration quota "$teacher_url" | sed 's/^spec:$/spec:\n  serviceAccountName: llamaduo-stages/' |
+  kubectl apply -f - >/dev/null
 wait_migration quota "Stalled=True JobRejected" \
   '[.status.conditions[]? | select(.type == "Stalled" and .status == "True" and .reason == "JobRejected")] | length == 1'
 m=$(mig quota)
@@ -360,6 +363,8 @@ kubectl delete quota no-jobs -n "$ns" >/dev/null
 # Retried with backoff (5 s doubling): the Job appears by itself, and the stall clears.
 eventually 120 "Job quota-r1-synthesize created once the quota is gone" \
   kubectl get job quota-r1-synthesize -n "$ns"
+[[ $(kubectl get job quota-r1-synthesize -n "$ns" -o jsonpath='{.spec.template.spec.serviceAccountName}') == llamaduo-stages ]] ||
+  fail "quota-r1-synthesize does not run as spec.serviceAccountName"
 wait_migration quota "Stalled=False" \
   '[.status.conditions[]? | select(.type == "Stalled" and .status == "False")] | length == 1'
 kubectl delete llamaduomigration quota -n "$ns" --wait=true --timeout=60s >/dev/null

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{LocalObjectReference, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -76,6 +76,16 @@ pub struct LlamaDuoMigrationSpec {
     /// `--trainer-image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Registry credentials (Secrets of type kubernetes.io/dockerconfigjson in the migration's
+    /// namespace) for pulling the stage and serving images from a private registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// ServiceAccount the stage and serving pods run as (unset: the namespace's `default`).
+    /// Give it a cloud workload identity (EKS IRSA or Pod Identity, GKE or Azure Workload
+    /// Identity) to reach object storage without `storage.credentialsSecretRef`. Its
+    /// Kubernetes API token is never mounted: the pods do not call the API server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
     /// Stop starting new stages. A running stage finishes and its result is recorded; setting
     /// it back to false resumes where the migration stopped.
     #[serde(default)]

@@ -11,8 +11,8 @@ use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec,
-    SecretKeySelector, Volume, VolumeMount,
+    ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, LocalObjectReference, PodSpec,
+    PodTemplateSpec, SecretKeySelector, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -77,6 +77,13 @@ pub enum Prerequisite {
     /// A PersistentVolumeClaim.
     Pvc {
         /// Claim name.
+        name: String,
+        /// The spec field that references it.
+        field: &'static str,
+    },
+    /// A ServiceAccount the pods run as.
+    ServiceAccount {
+        /// Its name.
         name: String,
         /// The spec field that references it.
         field: &'static str,
@@ -178,7 +185,33 @@ pub fn prerequisites(spec: &LlamaDuoMigrationSpec, stage: Stage) -> Vec<Prerequi
             });
         }
     }
+    out.extend(pod_prerequisites(spec));
     out
+}
+
+/// What every stage and serving pod of `spec` needs: its pull secrets and ServiceAccount.
+/// Missing, the pods would wait in ImagePullBackOff or never be created at all.
+pub fn pod_prerequisites(spec: &LlamaDuoMigrationSpec) -> Vec<Prerequisite> {
+    let mut out: Vec<Prerequisite> = spec
+        .image_pull_secrets
+        .iter()
+        .map(|s| Prerequisite::Secret {
+            name: s.name.clone(),
+            field: "spec.imagePullSecrets",
+        })
+        .collect();
+    if let Some(name) = &spec.service_account_name {
+        out.push(Prerequisite::ServiceAccount {
+            name: name.clone(),
+            field: "spec.serviceAccountName",
+        });
+    }
+    out
+}
+
+/// The pull secrets of `spec` as a pod lists them (`None` when there are none).
+pub fn image_pull_secrets(spec: &LlamaDuoMigrationSpec) -> Option<Vec<LocalObjectReference>> {
+    (!spec.image_pull_secrets.is_empty()).then(|| spec.image_pull_secrets.clone())
 }
 
 /// `configmap://NAME/KEY` -> (NAME, KEY).
@@ -325,6 +358,8 @@ pub fn build_job(inputs: &JobInputs<'_>) -> Result<Job, serde_json::Error> {
     let pod = PodSpec {
         restart_policy: Some("Never".into()),
         automount_service_account_token: Some(false),
+        service_account_name: spec.service_account_name.clone(),
+        image_pull_secrets: image_pull_secrets(spec),
         enable_service_links: Some(false),
         containers: vec![container],
         volumes: Some(volumes),

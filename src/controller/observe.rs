@@ -2,7 +2,7 @@
 //! start, and the objects it needs before it may start.
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
@@ -378,6 +378,22 @@ async fn check(
                 None => blocked(
                     "PersistentVolumeClaimNotFound",
                     format!("PersistentVolumeClaim {namespace}/{name} (from {field}) not found"),
+                ),
+                Some(_) => None,
+            }
+        }
+        Prerequisite::ServiceAccount { name, field } => {
+            let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), namespace);
+            match api
+                .get_opt(name)
+                .await
+                .map_err(err("ServiceAccount", name))?
+            {
+                None => blocked(
+                    "ServiceAccountNotFound",
+                    format!(
+                        "ServiceAccount {namespace}/{name} (from {field}) not found; create it, or unset {field} to use the namespace's default"
+                    ),
                 ),
                 Some(_) => None,
             }

@@ -536,6 +536,41 @@ async fn a_missing_secret_stalls_with_its_name_and_creates_no_job() {
 }
 
 #[tokio::test]
+async fn a_missing_service_account_stalls_naming_it_and_creates_no_job() {
+    let mut s = spec();
+    s["serviceAccountName"] = json!("llamaduo-stages");
+    let obj = migration(s, Value::Null);
+    let (result, seen) = scenario(obj, async |s: &mut ApiServer| {
+        let mut seen = expect_start_prerequisites(s).await;
+        seen.push(
+            s.expect(
+                Method::GET,
+                "/api/v1/namespaces/team-a/serviceaccounts/llamaduo-stages",
+                404,
+                not_found("serviceaccounts", "llamaduo-stages"),
+            )
+            .await,
+        );
+        seen.push(s.expect(Method::PATCH, STATUS, 200, Value::Null).await);
+        seen.push(s.expect(Method::POST, EVENTS, 201, Value::Null).await);
+        seen
+    })
+    .await;
+    result.expect("reconcile");
+    let stalled = condition(&seen[5].body["status"], "Stalled");
+    assert_eq!(stalled["status"], "True");
+    assert_eq!(stalled["reason"], "ServiceAccountNotFound");
+    assert!(
+        stalled["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("ServiceAccount team-a/llamaduo-stages (from spec.serviceAccountName)"),
+        "{stalled}"
+    );
+    assert_eq!(seen[6].body["reason"], "ServiceAccountNotFound");
+}
+
+#[tokio::test]
 async fn an_undeserializable_spec_stalls_with_the_field_path() {
     let mut bad = spec();
     bad["target"]["meanScore"] = json!("high");
@@ -1341,6 +1376,43 @@ mod pure {
                 field: "spec.storage.credentialsSecretRef"
             }]
         );
+    }
+
+    #[test]
+    fn private_registries_and_workload_identity_reach_every_pod() {
+        let mut v = spec();
+        v["imagePullSecrets"] = json!([{"name": "registry"}]);
+        v["serviceAccountName"] = json!("llamaduo-stages");
+        let s = typed(v);
+        for stage in Stage::ALL {
+            let job = job_for(&s, "tickets", stage);
+            let pod = &job["spec"]["template"]["spec"];
+            assert_eq!(
+                pod["imagePullSecrets"],
+                json!([{"name": "registry"}]),
+                "{stage}"
+            );
+            assert_eq!(pod["serviceAccountName"], "llamaduo-stages", "{stage}");
+            // The account's API token stays out: stages never call the API server.
+            assert_eq!(pod["automountServiceAccountToken"], false, "{stage}");
+            let needs = prerequisites(&s, stage);
+            for p in [
+                Prerequisite::Secret {
+                    name: "registry".into(),
+                    field: "spec.imagePullSecrets",
+                },
+                Prerequisite::ServiceAccount {
+                    name: "llamaduo-stages".into(),
+                    field: "spec.serviceAccountName",
+                },
+            ] {
+                assert!(needs.contains(&p), "{stage}: {p:?} not in {needs:?}");
+            }
+        }
+        // Unset: the pods use the namespace's default account and list no pull secrets.
+        let job = job_for(&typed(spec()), "tickets", Stage::Train);
+        let pod = &job["spec"]["template"]["spec"];
+        assert!(pod.get("imagePullSecrets").is_none() && pod.get("serviceAccountName").is_none());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::api::{
 };
 use crate::plan::{MigrationId, RenderError, artifacts_root, serving_name};
 
-use super::super::job::{FIELD_MANAGER, MIGRATION_LABEL, label_value};
+use super::super::job::{FIELD_MANAGER, MIGRATION_LABEL, image_pull_secrets, label_value};
 use super::super::pod::{
     container_security, gpu_device_env, home_env, owner_reference, pod_security, storage_wiring,
     tmp_volume, wants_gpu,
@@ -278,6 +278,8 @@ fn deployment(inputs: &ServingInputs<'_>, best: &BestRound) -> Result<Deployment
                 }),
                 spec: Some(PodSpec {
                     automount_service_account_token: Some(false),
+                    service_account_name: spec.service_account_name.clone(),
+                    image_pull_secrets: image_pull_secrets(spec),
                     enable_service_links: Some(false),
                     containers: vec![container],
                     volumes: Some(volumes),

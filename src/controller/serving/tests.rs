@@ -604,6 +604,20 @@ fn the_base_model_follows_the_training_method_and_student() {
 }
 
 #[test]
+fn serving_pods_use_the_pull_secrets_and_service_account_of_the_spec() {
+    let mut v = spec_json();
+    v["imagePullSecrets"] = json!([{"name": "registry"}]);
+    v["serviceAccountName"] = json!("llamaduo-stages");
+    let spec = spec_from(v);
+    let d = render(&inputs(&spec), &best(3)).expect("render").deployment;
+    let d = serde_json::to_value(&d).expect("json");
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["imagePullSecrets"], json!([{"name": "registry"}]));
+    assert_eq!(pod["serviceAccountName"], "llamaduo-stages");
+    assert_eq!(pod["automountServiceAccountToken"], false);
+}
+
+#[test]
 fn rendering_is_deterministic_and_long_names_stay_valid() {
     let spec = spec_from(spec_json());
     let a = render(&inputs(&spec), &best(3)).expect("render");
