@@ -245,6 +245,75 @@ async fn known_good_answers_score_high_known_bad_low_and_baseline_matches() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_rounds_reuse_the_baseline_while_its_settings_stay() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let sim = teacher(SimulateOptions::ephemeral()).await;
+    let rows = test_rows();
+    write_jsonl(&Store::local(tmp.path()), "coverage/test.jsonl", &rows)
+        .await
+        .expect("test set");
+    for round in 1..=3 {
+        store_answers(tmp.path(), round, &rows, round != 2).await;
+    }
+    let baseline = json!({"evaluation": {"baseline": true}});
+    let first_cfg = config(tmp.path(), &sim.base_url(), 1, baseline.clone());
+    let first = evaluate_with(&first_cfg, &services(&first_cfg)).await;
+    assert_ok(&first);
+    // Round 2: the same settings. The teacher is not asked again and its answers are not
+    // judged again: only the student's judgements cost tokens.
+    let second_cfg = config(tmp.path(), &sim.base_url(), 2, baseline.clone());
+    let second = evaluate_with(&second_cfg, &services(&second_cfg)).await;
+    assert_ok(&second);
+    let (answers_1, judgements_1, summary_1) = read_eval(tmp.path(), 1).await;
+    let (answers_2, judgements_2, summary_2) = read_eval(tmp.path(), 2).await;
+    assert_eq!(summary_1.baseline_from_round, None);
+    assert_eq!(summary_2.baseline_from_round, Some(1));
+    let teacher = |a: &[AnswerRecord]| -> Vec<(String, String)> {
+        let mut t: Vec<_> = a
+            .iter()
+            .filter(|a| a.answerer == Answerer::Teacher)
+            .map(|a| (a.id.clone(), a.text.clone()))
+            .collect();
+        t.sort();
+        t
+    };
+    assert_eq!(teacher(&answers_2), teacher(&answers_1), "the same answers");
+    assert_eq!(judgements_2.len(), judgements_1.len());
+    assert_eq!(
+        summary_2.teacher, summary_1.teacher,
+        "the same baseline scores"
+    );
+    let student_judgements = (PROMPTS * 2 * 2) as u64;
+    let per_judgement =
+        first.service_tokens.total() / (2 * student_judgements + PROMPTS as u64 * 2);
+    assert!(
+        second.service_tokens.total() < first.service_tokens.total() / 2 + per_judgement,
+        "round 2 paid for the baseline again: {} vs {}",
+        second.service_tokens.total(),
+        first.service_tokens.total()
+    );
+    // The ratio is still measured against it: bad answers, low ratio.
+    let pm = second
+        .evaluate
+        .expect("outcome")
+        .scores
+        .performance_matching;
+    assert!(pm.expect("ratio") < 0.5, "{pm:?}");
+    // Round 3 judges with more samples: another baseline, scored anew.
+    let third_cfg = config(
+        tmp.path(),
+        &sim.base_url(),
+        3,
+        json!({"evaluation": {"baseline": true, "judgeSamples": 3}}),
+    );
+    let third = evaluate_with(&third_cfg, &services(&third_cfg)).await;
+    assert_ok(&third);
+    let (_, _, summary_3) = read_eval(tmp.path(), 3).await;
+    assert_eq!(summary_3.baseline_from_round, None);
+    assert!(third.service_tokens.total() > first.service_tokens.total());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn judge_faults_are_retried_and_unreadable_verdicts_counted() {
     let tmp = tempfile::tempdir().expect("tmp");
     let sim = teacher(SimulateOptions {

@@ -160,6 +160,7 @@ pub fn summarize(
         teacher,
         performance_matching,
         service_tokens,
+        baseline_from_round: None,
     }
 }
 

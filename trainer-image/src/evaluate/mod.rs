@@ -9,6 +9,7 @@
 //! and `summary.json`. Judge and teacher tokens count against `token_budget`.
 
 pub mod aggregate;
+pub mod baseline;
 pub mod judging;
 pub mod ledger;
 pub mod load;
@@ -253,6 +254,11 @@ async fn evaluate_inner(
     );
 
     student_answers(config, &store, &prompts, &mut answers).await?;
+    let baseline_from_round = if eval.baseline {
+        baseline::reuse(&store, config, &mut answers, &mut judgements).await?
+    } else {
+        None
+    };
     if eval.baseline {
         let teacher = services.teacher.as_ref().ok_or_else(|| {
             EvalError::Config("evaluation.baseline is on but no teacher client was given".into())
@@ -274,7 +280,7 @@ async fn evaluate_inner(
     )
     .await?;
 
-    let summary = summarize(
+    let mut summary = summarize(
         &prompt_ids,
         answers.rows(),
         judgements.rows(),
@@ -286,6 +292,7 @@ async fn evaluate_inner(
             baseline: eval.baseline,
         },
     );
+    summary.baseline_from_round = baseline_from_round;
     let last_error = || {
         judgements
             .rows()
@@ -304,6 +311,9 @@ async fn evaluate_inner(
     store
         .put_json(&format!("{dir}/{SUMMARY_FILE}"), &summary)
         .await?;
+    if eval.baseline {
+        baseline::record(&store, config).await?;
+    }
     let Scores {
         mean, pass_rate, ..
     } = summary.scores();

@@ -168,4 +168,8 @@ pub struct Summary {
     pub performance_matching: Option<f64>,
     /// Service tokens recorded in the stored answers and judgements (all runs together).
     pub service_tokens: TokenUsage,
+    /// The earlier round whose teacher answers and judgements this round reused (baseline
+    /// settings unchanged), instead of paying for them again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_from_round: Option<u32>,
 }
