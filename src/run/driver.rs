@@ -55,10 +55,12 @@ fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
-/// Runs the migration from its recorded status until it ends or `stop` fires.
+/// Runs the migration from its recorded status until it ends or `stop` fires; `generation`
+/// is the spec's local generation ([`super::generation`]).
 pub async fn drive(
     m: &LocalMigration,
     id: &MigrationId,
+    generation: i64,
     file: &StatusFile,
     exec: &mut LocalExecutor,
     display: &mut Display,
@@ -66,7 +68,7 @@ pub async fn drive(
 ) -> anyhow::Result<Driven> {
     let mut status = file.load()?;
     let header = status_header(m);
-    let generation = None;
+    let generation = Some(generation);
     let mut changed = false;
     loop {
         if stop.is_stopped() {

@@ -15,6 +15,7 @@
 mod display;
 mod driver;
 mod executor;
+mod generation;
 mod manifest;
 mod process;
 mod progress;
@@ -153,7 +154,22 @@ pub async fn run_with(
         },
         migration.spec.clone(),
     )?;
-    let driven = drive(&migration, &id, &file, &mut exec, &mut display, &mut stop).await;
+    let generation = generation::spec_generation(&workdir, &migration.spec).with_context(|| {
+        format!(
+            "recording the spec's generation in {}",
+            workdir.join(generation::GENERATION_FILE).display()
+        )
+    })?;
+    let driven = drive(
+        &migration,
+        &id,
+        generation,
+        &file,
+        &mut exec,
+        &mut display,
+        &mut stop,
+    )
+    .await;
     exec.shutdown().await;
     let driven = driven?;
     let reports = report::paths(&workdir);

@@ -285,6 +285,43 @@ async fn a_stage_failing_past_its_retries_fails_the_migration() {
 }
 
 #[tokio::test]
+async fn an_edited_manifest_gives_a_stage_that_failed_on_every_attempt_one_more() {
+    let f = Fixture::new("", &[("FAKE_CRASH_STAGE", "train")]);
+    let edit = |from: &str, to: &str| {
+        let text = std::fs::read_to_string(&f.manifest).expect("read");
+        assert!(text.contains(from), "{from}");
+        std::fs::write(&f.manifest, text.replace(from, to)).expect("write");
+    };
+    edit("maxRounds: 6", "maxRounds: 6\n    stageRetries: 0");
+    assert_eq!(f.run().await.exit_code(), 1);
+    assert_eq!(f.status().phase, Some(Phase::Failed));
+    // Run again unchanged: still failed, nothing started.
+    let before = f.calls().len();
+    assert_eq!(f.run().await.exit_code(), 1);
+    assert_eq!(f.calls().len(), before);
+    // The cause is fixed (the trainer no longer crashes) and the manifest edited: train gets
+    // attempt 2 in round 1, and the migration goes on to its target.
+    let wrapper = std::fs::read_to_string(&f.trainer).expect("wrapper");
+    std::fs::write(
+        &f.trainer,
+        wrapper.replace("export FAKE_CRASH_STAGE='train'\n", ""),
+    )
+    .expect("wrapper");
+    edit("stageRetries: 0", "stageRetries: 1");
+    let done = f.run().await;
+    assert_eq!(done.exit_code(), 0, "{:?}", done.driven.ending);
+    let s = f.status();
+    assert_eq!(s.phase, Some(Phase::Succeeded));
+    let train = s.rounds[0].stage(Stage::Train).expect("train");
+    assert_eq!((train.attempts, train.succeeded), (2, true));
+    assert!(
+        f.calls().contains(&"train round=1 attempt=2".to_string()),
+        "{:?}",
+        f.calls()
+    );
+}
+
+#[tokio::test]
 async fn a_missing_coverage_file_stalls_at_once_naming_the_field() {
     let f = Fixture::new("", &[]);
     std::fs::remove_file(f.dir.path().join("coverage.jsonl")).expect("remove");
