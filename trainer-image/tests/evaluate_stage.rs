@@ -318,7 +318,7 @@ async fn judge_faults_are_retried_and_unreadable_verdicts_counted() {
     let tmp = tempfile::tempdir().expect("tmp");
     let sim = teacher(SimulateOptions {
         seed: 11,
-        fault_malformed: 0.55,
+        fault_malformed: 0.35,
         fault_429: 0.15,
         fault_500: 0.15,
         ..SimulateOptions::ephemeral()
@@ -346,7 +346,9 @@ async fn judge_faults_are_retried_and_unreadable_verdicts_counted() {
         "every sample recorded once"
     );
     let failed: Vec<&JudgementRecord> = judgements.iter().filter(|j| j.score.is_none()).collect();
-    // P(a sample fails 3 parses in a row) = 0.55^3 ~ 0.17 over 60 samples.
+    // Malformed replies (35%) plus 429s and 500s: about a third of the 60 samples stay
+    // unreadable, yet (5 samples each) almost never all of one answer's, so the 90% of answers
+    // that must be scored are.
     assert!(!failed.is_empty(), "some verdicts stay unreadable");
     assert!(failed.iter().all(|j| j.error.is_some() && j.attempts == 3));
     assert_eq!(out.failed_judgements, failed.len() as u64);

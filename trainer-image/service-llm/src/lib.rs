@@ -17,6 +17,7 @@ pub use error::LlmError;
 pub use secret::Secret;
 pub mod judge;
 pub mod simulate;
+pub mod spend;
 pub mod synth;
 
 mod json_extract;

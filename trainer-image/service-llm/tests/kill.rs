@@ -11,6 +11,7 @@ use common::*;
 use llamaduo::api::SynthesizeConfig;
 use llamaduo_service_llm::run_synthesis;
 use llamaduo_service_llm::simulate::{Family, SimulateOptions, spawn_simulated_teacher};
+use llamaduo_service_llm::spend::SpendRecord;
 
 const CHILD_ENV: &str = "LLAMADUO_TEST_SYNTH_CHILD_CONFIG";
 
@@ -52,12 +53,16 @@ async fn sigkill_mid_run_then_rerun_completes_exactly() {
         .spawn()
         .expect("spawn child");
     let parts_dir = artifacts.join("round-1/synthetic.parts");
+    let spend_log = artifacts.join("round-1/spent/synthesize-a1.json");
+    let spent =
+        || -> Option<SpendRecord> { serde_json::from_slice(&std::fs::read(&spend_log).ok()?).ok() };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let parts = std::fs::read_dir(&parts_dir)
             .map(|d| d.count())
             .unwrap_or(0);
-        if parts >= 4 {
+        // Killed once its spend log holds tokens (it is rewritten every couple of seconds).
+        if parts >= 4 && spent().is_some_and(|s| s.service_tokens.total() > 0) {
             break;
         }
         if let Some(status) = child.try_wait().expect("child status") {
@@ -73,8 +78,21 @@ async fn sigkill_mid_run_then_rerun_completes_exactly() {
         "killed before finishing"
     );
 
+    let killed = spent().expect("the killed run's spend log");
+    assert!(!killed.reported);
+
     let result = run_synthesis(&config, None).await;
     assert!(result.succeeded, "{:?}", result.message);
+    // The killed run's tokens were billed: the rerun reports them with its own, once.
+    assert!(
+        result.service_tokens.total() > killed.service_tokens.total(),
+        "{:?} does not include the killed run's {:?}",
+        result.service_tokens,
+        killed.service_tokens
+    );
+    let after = spent().expect("spend log");
+    assert!(after.reported);
+    assert_eq!(after.service_tokens, result.service_tokens);
     assert_eq!(result.synthesize.expect("outcome").produced, 150);
     let rows = read_rows(&artifacts.join("round-1/synthetic.jsonl"));
     assert_eq!(rows.len(), 150);

@@ -30,6 +30,7 @@ use llamaduo::api::{
 use llamaduo_service_llm::flow::{ClientConfig, DEFAULT_MAX_TOKENS, LlmClient, TokenBudget};
 use llamaduo_service_llm::judge::answer_request;
 use llamaduo_service_llm::provider::provider_for;
+use llamaduo_service_llm::spend::{self, SpendLog};
 use llamaduo_service_llm::{LlmError, Secret};
 use llamaduo_store::{Store, StoreError, read_jsonl};
 use tokio::sync::mpsc;
@@ -114,7 +115,28 @@ pub async fn run_evaluate(
 ) -> StageResult {
     let started = Instant::now();
     let round = config.context.round;
-    let budget = Arc::new(TokenBudget::new(config.token_budget));
+    let ctx = &config.context;
+    // Tokens of earlier attempts that died without reporting them (llamaduo_service_llm::spend).
+    let log = match Store::open(&ctx.artifacts) {
+        Ok(store) => SpendLog::open(&store, round, Stage::Evaluate, ctx.attempt).await,
+        Err(e) => Err(e),
+    };
+    let log = match log {
+        Ok(log) => log,
+        Err(e) => {
+            return failed(
+                round,
+                started,
+                format!("opening the spend log in the artifact store: {e}"),
+                TokenUsage::default(),
+            );
+        }
+    };
+    let carried = log.carried();
+    let budget = Arc::new(TokenBudget::new(spend::remaining(
+        config.token_budget,
+        carried,
+    )));
     let client = |spec, key| -> Result<Arc<LlmClient>, LlmError> {
         let provider = provider_for(spec, key)?;
         Ok(Arc::new(LlmClient::new(
@@ -143,7 +165,14 @@ pub async fn run_evaluate(
             }
         }
     }
-    evaluate_with(config, &services).await
+    let flusher = log.keep_written(Arc::clone(&budget));
+    let mut result = evaluate_with(config, &services).await;
+    flusher.abort();
+    if let Err(e) = log.write(result.service_tokens, true).await {
+        tracing::warn!(error = %e, "marking the spend log reported failed");
+    }
+    result.service_tokens += carried;
+    result
 }
 
 fn failed(round: u32, started: Instant, message: String, tokens: TokenUsage) -> StageResult {

@@ -26,6 +26,7 @@ use crate::error::LlmError;
 use crate::flow::{ClientConfig, DEFAULT_MAX_TOKENS, LlmClient, TokenBudget};
 use crate::provider::{ChatResponse, provider_for};
 use crate::secret::Secret;
+use crate::spend::{self, SpendLog};
 use dedup::{DedupIndex, Verdict};
 use prompt::{Pair, parse_pairs, synthesis_request};
 
@@ -70,13 +71,41 @@ pub async fn run_synthesis(config: &SynthesizeConfig, api_key: Option<Secret>) -
             return r;
         }
     };
-    let budget = Arc::new(TokenBudget::new(config.token_budget));
+    let ctx = &config.context;
+    let log = match Store::open(&ctx.artifacts) {
+        Ok(store) => SpendLog::open(&store, ctx.round, Stage::Synthesize, ctx.attempt).await,
+        Err(e) => Err(e),
+    };
+    let log = match log {
+        Ok(log) => log,
+        Err(e) => {
+            let mut r = StageResult::failure(
+                Stage::Synthesize,
+                ctx.round,
+                format!("opening the spend log in the artifact store: {e}"),
+            );
+            r.duration_seconds = started.elapsed().as_secs_f64();
+            return r;
+        }
+    };
+    let carried = log.carried();
+    let budget = Arc::new(TokenBudget::new(spend::remaining(
+        config.token_budget,
+        carried,
+    )));
     let client = Arc::new(LlmClient::new(
         provider,
         ClientConfig::from_spec(&config.teacher),
-        budget,
+        Arc::clone(&budget),
     ));
-    synthesize_with(config, client).await
+    let flusher = log.keep_written(Arc::clone(&budget));
+    let mut result = synthesize_with(config, client).await;
+    flusher.abort();
+    if let Err(e) = log.write(result.service_tokens, true).await {
+        tracing::warn!(error = %e, "marking the spend log reported failed");
+    }
+    result.service_tokens += carried;
+    result
 }
 
 /// Runs the stage with a prepared client (tests and benchmarks tune its flow control).
