@@ -167,26 +167,14 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
 #[tokio::test]
 async fn a_new_migration_starts_round_one_synthesis_as_a_restricted_job() {
     let obj = migration(spec(), Value::Null);
-    let (result, seen) =
-        scenario(obj, async |s: &mut ApiServer| {
-            vec![
-            s.expect(Method::GET, &format!("{JOBS}/tickets-r1-synthesize"), 404,
-                not_found("jobs.batch", "tickets-r1-synthesize")).await,
-            s.expect(Method::GET, "/api/v1/namespaces/team-a/secrets/openai", 200,
-                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "openai"},
-                       "data": {"api-key": "c2VjcmV0"}})).await,
-            s.expect(Method::GET, "/api/v1/namespaces/team-a/configmaps/coverage", 200,
-                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "coverage"},
-                       "data": {"rows.jsonl": "{}"}})).await,
-            s.expect(Method::GET, "/api/v1/namespaces/team-a/persistentvolumeclaims/artifacts", 200,
-                json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                       "metadata": {"name": "artifacts"}})).await,
-            s.expect(Method::PATCH, STATUS, 200, Value::Null).await,
-            s.expect(Method::POST, JOBS, 201, Value::Null).await,
-            s.expect(Method::POST, EVENTS, 201, Value::Null).await,
-        ]
-        })
-        .await;
+    let (result, seen) = scenario(obj, async |s: &mut ApiServer| {
+        let mut seen = expect_start_prerequisites(s).await;
+        seen.push(s.expect(Method::PATCH, STATUS, 200, Value::Null).await);
+        seen.push(s.expect(Method::POST, JOBS, 201, Value::Null).await);
+        seen.push(s.expect(Method::POST, EVENTS, 201, Value::Null).await);
+        seen
+    })
+    .await;
     assert_eq!(
         result.expect("reconcile"),
         Action::requeue(Duration::from_secs(5))
@@ -1033,40 +1021,9 @@ async fn a_status_write_decided_from_a_stale_read_is_refused_and_requeued_quietl
 async fn a_start_refused_as_stale_creates_no_job() {
     let obj = migration(spec(), Value::Null);
     let (r, seen) = scenario(obj, async |s: &mut ApiServer| {
-        vec![
-            s.expect(
-                Method::GET,
-                &format!("{JOBS}/tickets-r1-synthesize"),
-                404,
-                not_found("jobs.batch", "tickets-r1-synthesize"),
-            )
-            .await,
-            s.expect(
-                Method::GET,
-                "/api/v1/namespaces/team-a/secrets/openai",
-                200,
-                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "openai"},
-                       "data": {"api-key": "c2VjcmV0"}}),
-            )
-            .await,
-            s.expect(
-                Method::GET,
-                "/api/v1/namespaces/team-a/configmaps/coverage",
-                200,
-                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "coverage"},
-                       "data": {"rows.jsonl": "{}"}}),
-            )
-            .await,
-            s.expect(
-                Method::GET,
-                "/api/v1/namespaces/team-a/persistentvolumeclaims/artifacts",
-                200,
-                json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                       "metadata": {"name": "artifacts"}}),
-            )
-            .await,
-            s.expect(Method::PATCH, STATUS, 409, conflict()).await,
-        ]
+        let mut seen = expect_start_prerequisites(s).await;
+        seen.push(s.expect(Method::PATCH, STATUS, 409, conflict()).await);
+        seen
     })
     .await;
     assert_eq!(

@@ -170,6 +170,23 @@ async fn read_eval(root: &Path, round: u32) -> (Vec<AnswerRecord>, Vec<Judgement
     (answers, judgements, summary)
 }
 
+/// A store whose round 1 has the test set and known-good student answers stored (nothing to
+/// generate), judged by a simulated judge with `opts`' faults under `extra` settings.
+async fn good_answers_judged_by(
+    opts: SimulateOptions,
+    extra: serde_json::Value,
+) -> (tempfile::TempDir, SimulatedTeacher, EvaluateConfig) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let sim = teacher(opts).await;
+    let rows = test_rows();
+    write_jsonl(&Store::local(tmp.path()), "coverage/test.jsonl", &rows)
+        .await
+        .expect("test set");
+    store_answers(tmp.path(), 1, &rows, true).await;
+    let cfg = config(tmp.path(), &sim.base_url(), 1, extra);
+    (tmp, sim, cfg)
+}
+
 fn assert_ok(r: &StageResult) {
     assert!(r.succeeded, "stage failed: {:?}", r.message);
 }
@@ -315,26 +332,17 @@ async fn later_rounds_reuse_the_baseline_while_its_settings_stay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn judge_faults_are_retried_and_unreadable_verdicts_counted() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let sim = teacher(SimulateOptions {
-        seed: 11,
-        fault_malformed: 0.35,
-        fault_429: 0.15,
-        fault_500: 0.15,
-        ..SimulateOptions::ephemeral()
-    })
-    .await;
-    let rows = test_rows();
-    write_jsonl(&Store::local(tmp.path()), "coverage/test.jsonl", &rows)
-        .await
-        .expect("test set");
-    store_answers(tmp.path(), 1, &rows, true).await;
-    let cfg = config(
-        tmp.path(),
-        &sim.base_url(),
-        1,
+    let (tmp, _sim, cfg) = good_answers_judged_by(
+        SimulateOptions {
+            seed: 11,
+            fault_malformed: 0.35,
+            fault_429: 0.15,
+            fault_500: 0.15,
+            ..SimulateOptions::ephemeral()
+        },
         json!({"evaluation": {"judgeSamples": 5}, "judge": {"maxRetries": 20}}),
-    );
+    )
+    .await;
     let result = evaluate_with(&cfg, &services(&cfg)).await;
     assert_ok(&result);
     let out = result.evaluate.expect("outcome");
@@ -361,24 +369,15 @@ async fn judge_faults_are_retried_and_unreadable_verdicts_counted() {
 async fn a_mean_over_too_few_scored_answers_is_refused() {
     // One sample per answer, most verdicts unreadable even after their retries
     // (0.9^3 per sample): the few answers left could not stand for the round.
-    let tmp = tempfile::tempdir().expect("tmp");
-    let flaky = teacher(SimulateOptions {
-        seed: 7,
-        fault_malformed: 0.9,
-        ..SimulateOptions::ephemeral()
-    })
-    .await;
-    let rows = test_rows();
-    write_jsonl(&Store::local(tmp.path()), "coverage/test.jsonl", &rows)
-        .await
-        .expect("test set");
-    store_answers(tmp.path(), 1, &rows, true).await;
-    let cfg = config(
-        tmp.path(),
-        &flaky.base_url(),
-        1,
+    let (tmp, _judge, cfg) = good_answers_judged_by(
+        SimulateOptions {
+            seed: 7,
+            fault_malformed: 0.9,
+            ..SimulateOptions::ephemeral()
+        },
         json!({"evaluation": {"judgeSamples": 1}}),
-    );
+    )
+    .await;
     let result = evaluate_with(&cfg, &services(&cfg)).await;
     assert!(!result.succeeded, "{result:?}");
     let message = result.message.clone().unwrap_or_default();
@@ -395,19 +394,15 @@ async fn a_mean_over_too_few_scored_answers_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_judge_that_could_not_be_read_is_asked_again_by_a_rerun() {
     // Every verdict unreadable: the stage fails, and nothing is frozen.
-    let tmp = tempfile::tempdir().expect("tmp");
-    let broken = teacher(SimulateOptions {
-        seed: 5,
-        fault_malformed: 1.0,
-        ..SimulateOptions::ephemeral()
-    })
+    let (tmp, _broken, cfg) = good_answers_judged_by(
+        SimulateOptions {
+            seed: 5,
+            fault_malformed: 1.0,
+            ..SimulateOptions::ephemeral()
+        },
+        json!({}),
+    )
     .await;
-    let rows = test_rows();
-    write_jsonl(&Store::local(tmp.path()), "coverage/test.jsonl", &rows)
-        .await
-        .expect("test set");
-    store_answers(tmp.path(), 1, &rows, true).await;
-    let cfg = config(tmp.path(), &broken.base_url(), 1, json!({}));
     let result = evaluate_with(&cfg, &services(&cfg)).await;
     assert!(!result.succeeded);
     let message = result.message.clone().unwrap_or_default();
