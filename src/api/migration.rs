@@ -615,7 +615,7 @@ impl Default for TrainingSpec {
 }
 
 /// How answers are scored.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Metric {
     /// An LLM judge rates similarity to the reference and precision, 1-100; the answer's score

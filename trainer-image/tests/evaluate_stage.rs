@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use evaluate::ledger::Ledger;
 use evaluate::records::{
-    ANSWERS_FILE, AnswerRecord, Answerer, JUDGEMENTS_FILE, JudgementRecord, SUMMARY_FILE, Summary,
-    answer_id,
+    ANSWERS_FILE, AnswerRecord, Answerer, JUDGEMENTS_FILE, JudgementKey, JudgementRecord,
+    SUMMARY_FILE, Summary, answer_id,
 };
 use evaluate::{EvalServices, evaluate_with};
 use llamaduo::api::{DatasetRow, EvaluateConfig, ProviderSpec, StageResult};
@@ -194,7 +194,7 @@ fn assert_ok(r: &StageResult) {
 fn assert_unique(answers: &[AnswerRecord], judgements: &[JudgementRecord]) {
     let ids: HashSet<&str> = answers.iter().map(|a| a.id.as_str()).collect();
     assert_eq!(ids.len(), answers.len(), "duplicate answers");
-    let keys: HashSet<(String, u32)> = judgements.iter().map(JudgementRecord::key).collect();
+    let keys: HashSet<JudgementKey> = judgements.iter().map(JudgementRecord::key).collect();
     assert_eq!(keys.len(), judgements.len(), "duplicate judgements");
 }
 
@@ -424,6 +424,38 @@ async fn a_judge_that_could_not_be_read_is_asked_again_by_a_rerun() {
     );
     assert_eq!(summary.student.failed_judgements, 0);
     assert!(summary.student.mean >= 90.0, "{:?}", summary.student);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_under_another_metric_scores_every_answer_by_that_metric() {
+    // The judge could be read for a few answers only (the stage failed, nothing frozen); the
+    // user switches to an offline metric and reruns. The judge's scores must not stand in
+    // for exact-match ones.
+    let (tmp, _flaky, cfg) = good_answers_judged_by(
+        SimulateOptions {
+            seed: 7,
+            fault_malformed: 0.9,
+            ..SimulateOptions::ephemeral()
+        },
+        json!({"evaluation": {"judgeSamples": 1}}),
+    )
+    .await;
+    assert!(!evaluate_with(&cfg, &services(&cfg)).await.succeeded);
+    let mut exact = cfg.clone();
+    exact.evaluation.metric = llamaduo::api::Metric::ExactMatch;
+    let result = evaluate_with(&exact, &services(&exact)).await;
+    assert_ok(&result);
+    let (_, judgements, summary) = read_eval(tmp.path(), 1).await;
+    assert!(
+        judgements
+            .iter()
+            .any(|j| j.metric == llamaduo::api::Metric::Judge && j.score.is_some()),
+        "some answers were judged before the switch"
+    );
+    // Every answer scored by exact match (the stored answers are the references).
+    assert_eq!(summary.student.scored_answers, (PROMPTS * 2) as u64);
+    assert_eq!(summary.student.failed_judgements, 0);
+    assert_eq!(summary.student.mean, 100.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -123,6 +123,20 @@ pub fn summarize(
     judgements: &[JudgementRecord],
     settings: &SummarySettings,
 ) -> Summary {
+    // Only what the current settings ask for: a run retried after answersPerPrompt,
+    // judgeSamples or the metric changed finds rows of the old settings in its ledgers, and
+    // they would tilt the scores (the extra answers, samples or another metric's scores).
+    let answers: Vec<AnswerRecord> = answers
+        .iter()
+        .filter(|a| a.answer_index < settings.answers_per_prompt)
+        .cloned()
+        .collect();
+    let judgements: Vec<JudgementRecord> = judgements
+        .iter()
+        .filter(|j| j.sample < settings.judge_samples && j.metric == settings.metric)
+        .cloned()
+        .collect();
+    let (answers, judgements) = (answers.as_slice(), judgements.as_slice());
     let student = summarize_side(
         prompt_ids,
         answers,
@@ -304,6 +318,29 @@ mod tests {
         assert_eq!(s.student.scored_answers, 0);
         assert_eq!(s.student.failed_judgements, 1);
         assert_eq!(s.performance_matching, None);
+    }
+
+    #[test]
+    fn rows_of_earlier_settings_are_left_out() {
+        use Answerer::Student as S;
+        let prompts = vec!["p".to_string()];
+        // A run with answersPerPrompt 3 and judgeSamples 3 left answer 2 and samples 2 behind;
+        // the settings are now 2 and 2.
+        let answers = vec![answer(S, "p", 0), answer(S, "p", 1), answer(S, "p", 2)];
+        let mut judgements = vec![
+            judged(S, "p", 0, 0, 60.0, 60.0),
+            judged(S, "p", 0, 1, 60.0, 60.0),
+            judged(S, "p", 0, 2, 0.0, 0.0),
+            judged(S, "p", 1, 0, 80.0, 80.0),
+            judged(S, "p", 1, 1, 80.0, 80.0),
+            judged(S, "p", 2, 0, 0.0, 0.0),
+        ];
+        let mut other_metric = judged(S, "p", 1, 0, 0.0, 0.0);
+        other_metric.metric = Metric::RougeL;
+        judgements.insert(0, other_metric);
+        let s = summarize(&prompts, &answers, &judgements, &settings(false));
+        assert_eq!(s.student.answers, 2);
+        assert_eq!(s.student.mean, 70.0);
     }
 
     #[test]

@@ -16,7 +16,9 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::ledger::Ledger;
-use super::records::{ANSWERS_FILE, AnswerRecord, Answerer, JUDGEMENTS_FILE, JudgementRecord};
+use super::records::{
+    ANSWERS_FILE, AnswerRecord, Answerer, JUDGEMENTS_FILE, JudgementKey, JudgementRecord,
+};
 
 /// Written next to a finalized round's summary when it scored a baseline.
 pub const BASELINE_FILE: &str = "baseline.json";
@@ -76,7 +78,7 @@ pub async fn reuse(
     store: &Store,
     config: &EvaluateConfig,
     answers: &mut Ledger<AnswerRecord, String>,
-    judgements: &mut Ledger<JudgementRecord, (String, u32)>,
+    judgements: &mut Ledger<JudgementRecord, JudgementKey>,
 ) -> Result<Option<u32>, StoreError> {
     let wanted = fingerprint(config);
     for round in (1..config.context.round).rev() {

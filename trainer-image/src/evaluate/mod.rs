@@ -39,8 +39,8 @@ use aggregate::{SummarySettings, summarize};
 use judging::{JudgeInput, judge_sample, judge_temperature};
 use ledger::Ledger;
 use records::{
-    ANSWERS_FILE, AnswerRecord, Answerer, JUDGEMENTS_FILE, JudgementRecord, SUMMARY_FILE,
-    SideSummary, Summary, answer_id,
+    ANSWERS_FILE, AnswerRecord, Answerer, JUDGEMENTS_FILE, JudgementKey, JudgementRecord,
+    SUMMARY_FILE, SideSummary, Summary, answer_id,
 };
 use student::{PromptJob, generate_chunks, missing_chunks};
 
@@ -266,7 +266,7 @@ async fn evaluate_inner(
         |_| false,
     )
     .await?;
-    let mut judgements: Ledger<JudgementRecord, (String, u32)> = Ledger::open(
+    let mut judgements: Ledger<JudgementRecord, JudgementKey> = Ledger::open(
         &store,
         &format!("{dir}/{JUDGEMENTS_FILE}"),
         JudgementRecord::key,
@@ -514,7 +514,7 @@ async fn score_answers(
     services: &EvalServices,
     prompts: &[TestPrompt],
     answers: &Ledger<AnswerRecord, String>,
-    judgements: &mut Ledger<JudgementRecord, (String, u32)>,
+    judgements: &mut Ledger<JudgementRecord, JudgementKey>,
     samples: u32,
 ) -> Result<(), EvalError> {
     let by_id: std::collections::HashMap<&str, &TestPrompt> =
@@ -524,7 +524,7 @@ async fn score_answers(
         .iter()
         .filter_map(|a| by_id.get(a.prompt_id.as_str()).map(|p| (a, *p)))
         .flat_map(|(a, p)| (0..samples).map(move |s| (a, p, s)))
-        .filter(|(a, _, s)| !judgements.contains(&(a.id.clone(), *s)))
+        .filter(|(a, _, s)| !judgements.contains(&(a.id.clone(), *s, config.evaluation.metric)))
         .collect();
     if todo.is_empty() {
         return Ok(());

@@ -97,10 +97,15 @@ pub struct JudgementRecord {
     pub service_tokens: TokenUsage,
 }
 
+/// What identifies a judgement: the answer, the sample and the metric (a run retried after
+/// `evaluation.metric` changed scores every answer again rather than reusing the old metric's
+/// scores).
+pub type JudgementKey = (String, u32, Metric);
+
 impl JudgementRecord {
-    /// The (answer id, sample) key.
-    pub fn key(&self) -> (String, u32) {
-        (self.answer_id.clone(), self.sample)
+    /// The (answer id, sample, metric) key.
+    pub fn key(&self) -> JudgementKey {
+        (self.answer_id.clone(), self.sample, self.metric)
     }
 }
 
