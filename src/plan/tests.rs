@@ -897,3 +897,31 @@ fn an_edit_after_a_stage_failed_on_every_attempt_gives_it_one_more() {
     let mut b = b.respec(spec().budget(5_000).build());
     assert_eq!(want(&b.step(missing())), Want::Start(1, Stage::Train, 1));
 }
+
+#[test]
+fn an_edit_a_finished_migration_does_not_apply_is_said_in_its_message() {
+    let mut b = status(&spec().target(80.0).build()).round(85.0);
+    assert_eq!(want(&b.step(missing())), Want::Succeed(1));
+    let done = b.status.message.clone().expect("message");
+    assert!(!done.contains("edited"), "{done}");
+    let mut b = b.respec(spec().target(90.0).build());
+    assert_eq!(b.step(missing()), Decision::Idle);
+    let noted = b.status.message.clone().expect("message");
+    assert!(
+        noted.starts_with(&done)
+            && noted.contains("edited after it finished, at generation 2")
+            && noted.contains("create another migration"),
+        "{noted}"
+    );
+    assert_eq!(condition(&b.status, CONDITION_READY).message, noted);
+    // Reconciled again: the note is not repeated; a further edit updates it.
+    b.step(missing());
+    assert_eq!(b.status.message.as_deref(), Some(noted.as_str()));
+    let mut b = b.respec(spec().target(95.0).build());
+    b.step(missing());
+    let again = b.status.message.clone().expect("message");
+    assert!(
+        again.contains("at generation 3") && !again.contains("generation 2"),
+        "{again}"
+    );
+}

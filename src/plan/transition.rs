@@ -63,11 +63,48 @@ pub fn apply(
             next.message = Some(s.message.clone());
             stall = Some(s.clone());
         }
-        Decision::Idle => {}
+        Decision::Idle => note_unapplied_edit(&mut next, generation),
     }
     next.observed_generation = generation;
     refresh(&mut next, stall.as_ref(), failure, generation, now);
     next
+}
+
+/// Marker of the note [`note_unapplied_edit`] appends to a finished migration's message.
+const UNAPPLIED_EDIT: &str = " (the spec was edited after";
+
+/// A finished migration whose spec was edited since its last stage ran says so in its message:
+/// `observedGeneration` moves on (the edit was seen), but it started nothing, and a user
+/// watching a GitOps sync should not take that for an applied change.
+fn note_unapplied_edit(status: &mut LlamaDuoMigrationStatus, generation: Option<i64>) {
+    let last_run = status
+        .rounds
+        .iter()
+        .flat_map(|r| r.stages.iter().filter_map(|s| s.generation))
+        .max();
+    let (Some(now), Some(ran)) = (generation, last_run) else {
+        return;
+    };
+    let hint = match status.phase {
+        Some(Phase::Succeeded) => {
+            "a succeeded migration starts no new round; create another migration to migrate again"
+        }
+        Some(Phase::Failed) => {
+            "it starts nothing unless it lifts what stopped the migration: a raised stop limit, or a change after a stage failed on every attempt"
+        }
+        _ => return,
+    };
+    let Some(message) = status.message.as_mut() else {
+        return;
+    };
+    if let Some(at) = message.find(UNAPPLIED_EDIT) {
+        message.truncate(at);
+    }
+    if now > ran {
+        message.push_str(&format!(
+            "{UNAPPLIED_EDIT} it finished, at generation {now}: {hint})"
+        ));
+    }
 }
 
 /// The stall of `run` when the API server refused to create it last time (Stalled with
