@@ -1,4 +1,6 @@
-//! The artifact layout under `{storage.url}/{namespace}/{migration}/` (docs/stage-contract.md).
+//! The artifact layout under a migration's root, `{storage.url}/{namespace}/{migration}/{uid}/`
+//! in a cluster and `{workdir}/artifacts/{namespace}/{migration}/` with `llamaduo run`
+//! (docs/stage-contract.md).
 //!
 //! Both the stages that write artifacts and the operator that records their URIs derive every
 //! path from here, so the layout is spelled once.

@@ -806,7 +806,8 @@ impl Default for StopSpec {
 ]))]
 pub struct StorageSpec {
     /// Root URL: file:///artifacts (with volume) or an object store (s3://, gs://, az://).
-    /// Artifacts go under {url}/{namespace}/{migration}/.
+    /// Artifacts go under {url}/{namespace}/{migration}/{uid}/ (the object's uid, so a
+    /// migration created again under the same name starts afresh; `status.artifacts` says where).
     pub url: String,
     /// The PersistentVolumeClaim mounted at the file:// path.
     #[serde(default, skip_serializing_if = "Option::is_none")]

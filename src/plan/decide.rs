@@ -192,8 +192,9 @@ fn first_run(spec: &LlamaDuoMigrationSpec, round: u32) -> Step {
 
 /// What comes next. A succeeded migration is over. A failed one goes on only when the spec
 /// that stopped it has changed so that it no longer stops it: a raised `stop.maxRounds`,
-/// `stop.plateauRounds` or `stop.maxServiceTokens`, or any edit after a stage failed on every
-/// attempt (the edit is presumed to be the fix, and gets one more attempt). A GitOps user
+/// `stop.plateauRounds` or `stop.maxServiceTokens`, or, for a stage that failed on every
+/// attempt, any edit made since its last attempt started (the edit is presumed to be the fix,
+/// and gets one more attempt; an edit during that attempt counts too). A GitOps user
 /// fixes a stopped migration by pushing the change, instead of deleting it and paying for
 /// every round again.
 fn next_step(
@@ -203,6 +204,9 @@ fn next_step(
 ) -> Step {
     match status.phase {
         Some(Phase::Succeeded) => Step::Terminal,
+        // Spent budget first: a migration the budget stopped between two stages has a stage
+        // that never ran, which `progress` would otherwise offer to start.
+        Some(Phase::Failed) if budget_spent(spec, status).is_some() => Step::Terminal,
         Some(Phase::Failed) => match progress(spec, status, generation) {
             run @ Step::Run { .. } => run,
             Step::Finish(_) | Step::Terminal => Step::Terminal,

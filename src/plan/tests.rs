@@ -909,7 +909,7 @@ fn an_edit_a_finished_migration_does_not_apply_is_said_in_its_message() {
     let noted = b.status.message.clone().expect("message");
     assert!(
         noted.starts_with(&done)
-            && noted.contains("edited after it finished, at generation 2")
+            && noted.contains("spec generation 2 is newer than its last stage's, 1")
             && noted.contains("create another migration"),
         "{noted}"
     );
@@ -921,7 +921,21 @@ fn an_edit_a_finished_migration_does_not_apply_is_said_in_its_message() {
     b.step(missing());
     let again = b.status.message.clone().expect("message");
     assert!(
-        again.contains("at generation 3") && !again.contains("generation 2"),
+        again.contains("spec generation 3") && !again.contains("generation 2"),
         "{again}"
     );
+}
+
+#[test]
+fn a_migration_the_budget_stopped_between_stages_stays_failed() {
+    // Stopped before train ever ran: that stage has no record and the round no scores, yet
+    // nothing is observed, suspended or stalled any more.
+    let s = spec().budget(500).build();
+    let mut b = status(&s).stage_ok();
+    assert_eq!(want(&b.step(missing())), Want::Fail("TokenBudgetExhausted"));
+    assert_eq!(run_to_observe(&id(), &s, &b.status, Some(1)), None);
+    assert_eq!(b.step(missing()), Decision::Idle);
+    let mut b = b.respec(spec().budget(500).suspend(true).build());
+    assert_eq!(b.step(missing()), Decision::Idle);
+    assert_eq!(b.status.phase, Some(Phase::Failed));
 }

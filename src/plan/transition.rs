@@ -29,8 +29,9 @@ pub fn apply(
         }
         Decision::StartStage { run, config } => {
             start(&mut next, run);
-            next.artifacts
-                .get_or_insert_with(|| config.context().artifacts.clone());
+            // In a cluster the config's root is the recorded one once there is one; locally it
+            // is derived again each time, and the status says where it is now.
+            next.artifacts = Some(config.context().artifacts.clone());
             // Trying a refused run again: it stays stalled until its Job is created.
             if let Some(s) = rejected(status, run) {
                 next.message = Some(s.message.clone());
@@ -71,7 +72,7 @@ pub fn apply(
 }
 
 /// Marker of the note [`note_unapplied_edit`] appends to a finished migration's message.
-const UNAPPLIED_EDIT: &str = " (the spec was edited after";
+const UNAPPLIED_EDIT: &str = " (spec generation";
 
 /// A finished migration whose spec was edited since its last stage ran says so in its message:
 /// `observedGeneration` moves on (the edit was seen), but it started nothing, and a user
@@ -87,10 +88,10 @@ fn note_unapplied_edit(status: &mut LlamaDuoMigrationStatus, generation: Option<
     };
     let hint = match status.phase {
         Some(Phase::Succeeded) => {
-            "a succeeded migration starts no new round; create another migration to migrate again"
+            "a succeeded migration starts no new round (spec.serving changes still apply); create another migration to migrate again"
         }
         Some(Phase::Failed) => {
-            "it starts nothing unless it lifts what stopped the migration: a raised stop limit, or a change after a stage failed on every attempt"
+            "it goes on only when the change lifts what stopped it, e.g. a raised stop limit"
         }
         _ => return,
     };
@@ -102,7 +103,7 @@ fn note_unapplied_edit(status: &mut LlamaDuoMigrationStatus, generation: Option<
     }
     if now > ran {
         message.push_str(&format!(
-            "{UNAPPLIED_EDIT} it finished, at generation {now}: {hint})"
+            "{UNAPPLIED_EDIT} {now} is newer than its last stage's, {ran}: {hint})"
         ));
     }
 }

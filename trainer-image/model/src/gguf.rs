@@ -334,6 +334,35 @@ impl GgufFile {
         if self.arch == GgufArch::Gemma {
             cfg["hidden_activation"] = json!(act);
         }
+        // RoPE scaling as llama.cpp writes it, carried as `rope_scaling` so that
+        // `ModelConfig::rope` applies it (linear) or refuses it naming the field (yarn, ...)
+        // instead of the model training with unscaled frequencies.
+        let scaling = match self.metadata(&self.arch_key("rope.scaling.type")) {
+            Some(Value::String(kind)) if kind != "none" => Some(kind.clone()),
+            Some(Value::String(_)) => None,
+            Some(_) => {
+                return Err(self.meta_err(&self.arch_key("rope.scaling.type"), "is not a string"));
+            }
+            // Older files name only a linear factor.
+            None => self
+                .opt_f64(&self.arch_key("rope.scale_linear"))?
+                .filter(|f| *f != 1.0)
+                .map(|_| "linear".to_string()),
+        };
+        if let Some(kind) = scaling {
+            let factor = match self.opt_f64(&self.arch_key("rope.scaling.factor"))? {
+                Some(f) => Some(f),
+                None => self.opt_f64(&self.arch_key("rope.scale_linear"))?,
+            };
+            let mut s = json!({ "rope_type": kind });
+            if let Some(f) = factor {
+                s["factor"] = json!(f);
+            }
+            if let Some(n) = self.opt_int(&self.arch_key("rope.scaling.original_context_length"))? {
+                s["original_max_position_embeddings"] = json!(n);
+            }
+            cfg["rope_scaling"] = s;
+        }
         for (key, field) in [
             ("tokenizer.ggml.bos_token_id", "bos_token_id"),
             ("tokenizer.ggml.eos_token_id", "eos_token_id"),

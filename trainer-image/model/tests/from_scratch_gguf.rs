@@ -156,6 +156,11 @@ fn gguf_name(hf: &str) -> String {
 
 /// Writes `dir` (an HF model directory) as a GGUF file the way llama.cpp does.
 fn write_gguf(dir: &Path, arch: &str, out: &Path) {
+    write_gguf_with(dir, arch, out, Vec::new());
+}
+
+/// [`write_gguf`] with extra metadata entries.
+fn write_gguf_with(dir: &Path, arch: &str, out: &Path, extra: Vec<(String, Value)>) {
     let cfg = ModelConfig::from_file(&dir.join("config.json")).expect("config");
     let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)
         .expect("weights");
@@ -217,6 +222,8 @@ fn write_gguf(dir: &Path, arch: &str, out: &Path) {
             Value::String(template["chat_template"].as_str().expect("template").into()),
         ),
     ];
+    let mut meta = meta;
+    meta.extend(extra);
     let (heads, kv) = (cfg.num_attention_heads, cfg.num_kv_heads());
     let mut q: Vec<(String, QTensor)> = Vec::new();
     for (name, t) in &tensors {
@@ -307,6 +314,38 @@ fn gguf_conversion_restores_the_hf_checkpoint() {
             arch == Architecture::Gemma
         );
     }
+}
+
+#[test]
+fn gguf_rope_scaling_is_applied_or_refused_never_dropped() {
+    let texts = tokenizer_corpus(&rows());
+    let src = tempfile::tempdir().expect("tmp");
+    build_from_scratch(&spec(Architecture::Llama), &texts, 21, 256, src.path()).expect("builds");
+    let scaled = |kind: &str| {
+        let gguf = src.path().join(format!("{kind}.gguf"));
+        write_gguf_with(
+            src.path(),
+            "llama",
+            &gguf,
+            vec![
+                ("llama.rope.scaling.type".into(), Value::String(kind.into())),
+                ("llama.rope.scaling.factor".into(), Value::F32(4.0)),
+            ],
+        );
+        let cfg = GgufFile::open(&gguf)
+            .and_then(|f| f.hf_config())
+            .expect("config");
+        ModelConfig::from_json(&cfg.to_string()).and_then(|c| c.rope().map(|_| c))
+    };
+    let linear = scaled("linear").expect("linear is supported");
+    let plain = ModelConfig::from_file(&src.path().join("config.json")).expect("config");
+    assert_ne!(
+        linear.rope().expect("linear is supported"),
+        plain.rope().expect("plain"),
+        "the scaling reached the model"
+    );
+    let err = scaled("yarn").expect_err("yarn is refused");
+    assert!(err.to_string().contains("rope_scaling"), "{err}");
 }
 
 #[test]

@@ -44,6 +44,10 @@ pub struct SpendLog {
     store: Store,
     key: String,
     carried: TokenUsage,
+    /// Held across each write; true once the log was written as reported. A periodic write
+    /// still in flight finishes before the final one starts, and none follows it (a late
+    /// `reported: false` would have the next attempt count these tokens again).
+    closed: Arc<tokio::sync::Mutex<bool>>,
 }
 
 /// The directory of the spend logs of round `round`.
@@ -89,6 +93,7 @@ impl SpendLog {
             store: store.clone(),
             key: own.clone(),
             carried,
+            closed: Arc::default(),
         };
         // Own log first, holding what was carried: a kill from here on loses nothing.
         log.write(TokenUsage::default(), false).await?;
@@ -119,8 +124,13 @@ impl SpendLog {
         self.carried
     }
 
-    /// Records `own` (this attempt's tokens so far; the carried ones are added).
+    /// Records `own` (this attempt's tokens so far; the carried ones are added). Once a write
+    /// with `reported` is done, later writes do nothing.
     pub async fn write(&self, own: TokenUsage, reported: bool) -> Result<(), StoreError> {
+        let mut closed = self.closed.lock().await;
+        if *closed {
+            return Ok(());
+        }
         self.store
             .put_json(
                 &self.key,
@@ -129,11 +139,15 @@ impl SpendLog {
                     reported,
                 },
             )
-            .await
+            .await?;
+        *closed = reported;
+        Ok(())
     }
 
-    /// Rewrites the log from `budget` until the task is aborted: as soon as the first tokens
-    /// are spent, then at most every [`FLUSH_EVERY`] while they change.
+    /// Rewrites the log from `budget` until it is written as reported: as soon as the first
+    /// tokens are spent, then at most every [`FLUSH_EVERY`] while they change. The task is
+    /// never aborted (an aborted store write could still land after the final one); it ends
+    /// by itself within a tick of the final write.
     pub fn keep_written(&self, budget: Arc<TokenBudget>) -> tokio::task::JoinHandle<()> {
         let log = self.clone();
         tokio::spawn(async move {
@@ -141,6 +155,9 @@ impl SpendLog {
             let mut written_at: Option<tokio::time::Instant> = None;
             loop {
                 tokio::time::sleep(TICK).await;
+                if *log.closed.lock().await {
+                    return;
+                }
                 let used = budget.used();
                 let due = written_at.is_none_or(|t| t.elapsed() >= FLUSH_EVERY);
                 if used != last && due {

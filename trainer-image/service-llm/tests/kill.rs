@@ -31,7 +31,7 @@ fn child_synthesis_process() {
 async fn sigkill_mid_run_then_rerun_completes_exactly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let teacher = spawn_simulated_teacher(SimulateOptions {
-        latency_ms: 40,
+        latency_ms: 100,
         ..SimulateOptions::ephemeral()
     })
     .await

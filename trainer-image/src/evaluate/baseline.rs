@@ -4,8 +4,9 @@
 //! of paying the teacher and the judge for the same work again (and the performance-matching
 //! ratio of every round is measured against the same baseline, not a resampled one).
 //!
-//! A round's baseline is reused only when everything that shapes it is unchanged: the teacher
-//! and the judge (provider, model, endpoint, generation settings), the metric, the judge
+//! A round's baseline is reused only when everything that shapes it is unchanged: the task
+//! (the judge prompt is built from it), the teacher and the judge (provider, model, endpoint,
+//! generation settings), the metric, the judge
 //! samples, the answers per prompt and the evaluation temperature. `round-{n}/eval/baseline.json`
 //! records that fingerprint once the round's evaluation is finalized.
 
@@ -19,6 +20,10 @@ use super::ledger::Ledger;
 use super::records::{
     ANSWERS_FILE, AnswerRecord, Answerer, JUDGEMENTS_FILE, JudgementKey, JudgementRecord,
 };
+
+/// Version of the judge prompt's wording (`llamaduo_service_llm::judge`): a baseline judged
+/// with another wording is not reused.
+const JUDGE_PROMPT_VERSION: u32 = 1;
 
 /// Written next to a finalized round's summary when it scored a baseline.
 pub const BASELINE_FILE: &str = "baseline.json";
@@ -42,6 +47,9 @@ pub fn fingerprint(config: &EvaluateConfig) -> String {
     };
     let eval = &config.evaluation;
     let shape = json!({
+        // The judge prompt is built from the task; bump the version when its wording changes.
+        "judgePrompt": JUDGE_PROMPT_VERSION,
+        "task": config.task,
         "teacher": provider(&config.teacher),
         "judge": provider(&config.judge),
         "metric": eval.metric,

@@ -167,10 +167,11 @@ pub async fn run_evaluate(
     }
     let flusher = log.keep_written(Arc::clone(&budget));
     let mut result = evaluate_with(config, &services).await;
-    flusher.abort();
     if let Err(e) = log.write(result.service_tokens, true).await {
         tracing::warn!(error = %e, "marking the spend log reported failed");
     }
+    // It sees the log closed within a tick and ends.
+    let _ = flusher.await;
     result.service_tokens += carried;
     result
 }

@@ -43,7 +43,14 @@ pub fn default_model_name(url: &str) -> String {
             .rsplit('/')
             .next()
             .unwrap_or("round");
-        let migration = root.rsplit('/').next().unwrap_or("model");
+        // A cluster root ends in the object's uid ({ns}/{name}/{uid}): name it by the migration.
+        let mut segments = root.rsplit('/');
+        let last = segments.next().unwrap_or("model");
+        let migration = if is_uid(last) {
+            segments.next().unwrap_or(last)
+        } else {
+            last
+        };
         return format!("{migration}-{round}");
     }
     trimmed
@@ -51,6 +58,16 @@ pub fn default_model_name(url: &str) -> String {
         .find(|s| !s.is_empty())
         .unwrap_or("model")
         .to_owned()
+}
+
+/// Whether `s` is a Kubernetes object uid (an RFC 4122 UUID in its 8-4-4-4-12 form).
+fn is_uid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// A relative path that exists here (`quickstart-run/artifacts/.../model`) made absolute, so
@@ -177,6 +194,9 @@ mod tests {
         let u = "file:///artifacts/ns/triage/round-3/model";
         assert_eq!(migration_root(u), Some("file:///artifacts/ns/triage"));
         assert_eq!(default_model_name(u), "triage-round-3");
+        let in_cluster =
+            "file:///artifacts/ns/triage/0b6f3a52-5f1e-4c4e-9d3a-2f1c8e7a9b10/round-3/model";
+        assert_eq!(default_model_name(in_cluster), "triage-round-3");
         assert_eq!(
             migration_root("s3://b/p/m/round-12/model/"),
             Some("s3://b/p/m")

@@ -100,10 +100,11 @@ pub async fn run_synthesis(config: &SynthesizeConfig, api_key: Option<Secret>) -
     ));
     let flusher = log.keep_written(Arc::clone(&budget));
     let mut result = synthesize_with(config, client).await;
-    flusher.abort();
     if let Err(e) = log.write(result.service_tokens, true).await {
         tracing::warn!(error = %e, "marking the spend log reported failed");
     }
+    // It sees the log closed within a tick and ends.
+    let _ = flusher.await;
     result.service_tokens += carried;
     result
 }
