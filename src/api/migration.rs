@@ -1109,7 +1109,8 @@ pub struct RoundStatus {
     /// Synthetic samples added this round.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synthesized: Option<u64>,
-    /// Samples the student trained on this round (coverage train plus all synthetic so far).
+    /// Samples in this round's training set (coverage train plus all synthetic so far), the
+    /// slice held out for the held-out loss included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training_samples: Option<u64>,
     /// Final training loss.

@@ -177,7 +177,8 @@ pub struct SynthesizeOutcome {
 pub struct TrainOutcome {
     /// Optimizer steps taken in all (including those before a resume).
     pub steps: u64,
-    /// Samples in the training set (coverage train plus synthetic of rounds 1..n).
+    /// Samples in the training set (coverage train plus synthetic of rounds 1..n), the slice
+    /// held out for `evalLoss` included.
     pub training_samples: u64,
     /// Samples truncated to maxSeqLen.
     #[serde(default)]
