@@ -296,6 +296,9 @@ pub enum Architecture {
     Mistral,
     /// Gemma (scaled embeddings, (1 + weight) RMSNorm, GELU MLP).
     Gemma,
+    /// Gemma 3 text models (Gemma3ForCausalLM, e.g. gemma-3-270m): Gemma's layout plus q/k
+    /// norms, norms after attention and MLP, and sliding-window layers with their own RoPE.
+    Gemma3,
 }
 
 /// A small model built from scratch.

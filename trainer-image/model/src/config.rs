@@ -1,11 +1,13 @@
 //! `ModelConfig`: a Hugging Face `config.json` of a Llama-family decoder (Llama, Qwen2,
-//! Mistral, Gemma), read as it is written by `save_pretrained`, with the defaults
-//! transformers applies to missing fields.
+//! Mistral, Gemma, Gemma 3), read as it is written by `save_pretrained`, with the defaults
+//! transformers applies to missing fields. Gemma 3's own fields are read in [`gemma3`].
 
 use std::path::Path;
 
 use llamaduo::api::Architecture;
 use serde::{Deserialize, Serialize};
+
+pub mod gemma3;
 
 /// Why a config.json cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +31,8 @@ pub enum ConfigError {
     /// `architectures` / `model_type` names a model family this crate does not implement.
     #[error(
         "unsupported architecture {found:?}: supported are LlamaForCausalLM, Qwen2ForCausalLM, \
-         MistralForCausalLM and GemmaForCausalLM (model_type llama, qwen2, mistral, gemma)"
+         MistralForCausalLM, GemmaForCausalLM and Gemma3ForCausalLM (model_type llama, qwen2, \
+         mistral, gemma, gemma3_text)"
     )]
     UnknownArchitecture {
         /// What the config says.
@@ -93,7 +96,7 @@ pub struct ModelConfig {
     /// Class names, e.g. `["LlamaForCausalLM"]`.
     #[serde(default)]
     pub architectures: Vec<String>,
-    /// `llama`, `qwen2`, `mistral` or `gemma`.
+    /// `llama`, `qwen2`, `mistral`, `gemma` or `gemma3_text`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_type: Option<String>,
     /// Width of the residual stream.
@@ -107,7 +110,7 @@ pub struct ModelConfig {
     /// Key/value heads (GQA); missing means `num_attention_heads`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_key_value_heads: Option<usize>,
-    /// Per-head width; missing means 256 for Gemma (transformers' GemmaConfig default) and
+    /// Per-head width; missing means 256 for Gemma and Gemma 3 (transformers' defaults) and
     /// `hidden_size / num_attention_heads` for the other families.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_dim: Option<usize>,
@@ -132,7 +135,8 @@ pub struct ModelConfig {
     /// Longest context the model was trained for.
     #[serde(default = "default_max_pos")]
     pub max_position_embeddings: usize,
-    /// Whether lm_head shares the embedding matrix; missing means false (true for Gemma).
+    /// Whether lm_head shares the embedding matrix; missing means false (true for Gemma and
+    /// Gemma 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tie_word_embeddings: Option<bool>,
     /// MLP activation (`silu`, `gelu_pytorch_tanh`, ...).
@@ -147,7 +151,8 @@ pub struct ModelConfig {
     /// Biases on gate/up/down (Llama option).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mlp_bias: Option<bool>,
-    /// Sliding-window attention span (Mistral, Qwen2); see `models::mistral`.
+    /// Sliding-window attention span (Mistral, Qwen2, Gemma 3's sliding layers); see
+    /// `models::mistral`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sliding_window: Option<usize>,
     /// Beginning-of-sequence token.
@@ -190,7 +195,8 @@ fn default_eps() -> f64 {
 /// MistralConfig and GemmaConfig alike.
 pub const DEFAULT_ROPE_THETA: f64 = 10_000.0;
 
-/// Gemma's per-head width when config.json omits `head_dim` (GemmaConfig's default).
+/// Gemma's per-head width when config.json omits `head_dim` (GemmaConfig's and
+/// Gemma3TextConfig's default).
 pub const GEMMA_DEFAULT_HEAD_DIM: usize = 256;
 
 /// How RoPE frequencies are derived from the base ones (transformers' `rope_type`).
@@ -354,8 +360,10 @@ impl ModelConfig {
             Architecture::Qwen2 => ("Qwen2ForCausalLM", "qwen2", "silu"),
             Architecture::Mistral => ("MistralForCausalLM", "mistral", "silu"),
             Architecture::Gemma => ("GemmaForCausalLM", "gemma", "gelu_pytorch_tanh"),
+            Architecture::Gemma3 => ("Gemma3ForCausalLM", "gemma3_text", "gelu_pytorch_tanh"),
         };
-        Self {
+        let gemma = matches!(arch, Architecture::Gemma | Architecture::Gemma3);
+        let mut cfg = Self {
             architectures: vec![class.to_string()],
             model_type: Some(model_type.to_string()),
             hidden_size,
@@ -370,9 +378,9 @@ impl ModelConfig {
             rope_parameters: None,
             vocab_size,
             max_position_embeddings,
-            tie_word_embeddings: Some(arch == Architecture::Gemma),
+            tie_word_embeddings: Some(gemma),
             hidden_act: Some(act.to_string()),
-            hidden_activation: (arch == Architecture::Gemma).then(|| act.to_string()),
+            hidden_activation: gemma.then(|| act.to_string()),
             attention_bias: Some(false),
             mlp_bias: None,
             sliding_window: None,
@@ -382,7 +390,11 @@ impl ModelConfig {
             torch_dtype: Some("float32".to_string()),
             dtype: None,
             extra: serde_json::Map::new(),
+        };
+        if arch == Architecture::Gemma3 {
+            gemma3::fresh_fields(&mut cfg);
         }
+        cfg
     }
 
     /// The model family, from `architectures[0]` or else `model_type`.
@@ -393,6 +405,7 @@ impl ModelConfig {
                 "Qwen2ForCausalLM" => Ok(Architecture::Qwen2),
                 "MistralForCausalLM" => Ok(Architecture::Mistral),
                 "GemmaForCausalLM" => Ok(Architecture::Gemma),
+                "Gemma3ForCausalLM" => Ok(Architecture::Gemma3),
                 other => Err(ConfigError::UnknownArchitecture {
                     found: other.to_string(),
                 }),
@@ -403,6 +416,7 @@ impl ModelConfig {
             Some("qwen2") => Ok(Architecture::Qwen2),
             Some("mistral") => Ok(Architecture::Mistral),
             Some("gemma") => Ok(Architecture::Gemma),
+            Some("gemma3_text") => Ok(Architecture::Gemma3),
             other => Err(ConfigError::UnknownArchitecture {
                 found: other
                     .unwrap_or("<no architectures and no model_type>")
@@ -420,7 +434,11 @@ impl ModelConfig {
     pub fn head_dim(&self) -> usize {
         match self.head_dim {
             Some(d) => d,
-            None if matches!(self.architecture(), Ok(Architecture::Gemma)) => {
+            None if matches!(
+                self.architecture(),
+                Ok(Architecture::Gemma | Architecture::Gemma3)
+            ) =>
+            {
                 GEMMA_DEFAULT_HEAD_DIM
             }
             None => self.hidden_size / self.num_attention_heads.max(1),
@@ -430,8 +448,12 @@ impl ModelConfig {
     /// The RoPE base and scaling. `rope_parameters` (transformers 5) wins; else
     /// `rope_theta` and `rope_scaling` (transformers 4); else the family default base.
     /// A scaling this crate does not implement is an error naming the field: ignoring it
-    /// would give a pretrained model wrong positions without any sign.
+    /// would give a pretrained model wrong positions without any sign. For Gemma 3, the RoPE
+    /// of its global layers (see [`Self::layer_ropes`] for every layer's).
     pub fn rope(&self) -> Result<Rope, ConfigError> {
+        if matches!(self.architecture(), Ok(Architecture::Gemma3)) {
+            return Ok(gemma3::ropes(self)?.global);
+        }
         let bad = |m: String| ConfigError::Invalid(m);
         let params = match &self.rope_parameters {
             None | Some(serde_json::Value::Null) => None,
@@ -491,6 +513,15 @@ impl ModelConfig {
         Ok(Rope { theta, scaling })
     }
 
+    /// The RoPE of each layer: [`Self::rope`] for all of them, except in Gemma 3, whose
+    /// sliding-window layers have their own base.
+    pub fn layer_ropes(&self) -> Result<Vec<Rope>, ConfigError> {
+        if matches!(self.architecture(), Ok(Architecture::Gemma3)) {
+            return gemma3::layer_ropes(self);
+        }
+        Ok(vec![self.rope()?; self.num_hidden_layers])
+    }
+
     /// The RoPE base (see [`Self::rope`]); the family default when the config is invalid.
     pub fn rope_theta(&self) -> f64 {
         self.rope().map_or(DEFAULT_ROPE_THETA, |r| r.theta)
@@ -510,8 +541,10 @@ impl ModelConfig {
 
     /// Whether lm_head is the embedding matrix.
     pub fn tied_embeddings(&self) -> bool {
-        self.tie_word_embeddings
-            .unwrap_or(matches!(self.architecture(), Ok(Architecture::Gemma)))
+        self.tie_word_embeddings.unwrap_or(matches!(
+            self.architecture(),
+            Ok(Architecture::Gemma | Architecture::Gemma3)
+        ))
     }
 
     /// End-of-sequence ids (may be empty).
@@ -523,12 +556,17 @@ impl ModelConfig {
     }
 
     /// The MLP activation's name, normalised (`hidden_activation` wins for Gemma, as in
-    /// transformers).
+    /// transformers; without either field the family default: GELU-tanh for Gemma and
+    /// Gemma 3, SiLU otherwise).
     pub fn activation(&self) -> &str {
+        let default = match self.architecture() {
+            Ok(Architecture::Gemma | Architecture::Gemma3) => "gelu_pytorch_tanh",
+            _ => "silu",
+        };
         self.hidden_activation
             .as_deref()
             .or(self.hidden_act.as_deref())
-            .unwrap_or("silu")
+            .unwrap_or(default)
     }
 
     /// Checks the architecture and that the sizes fit together.
@@ -549,7 +587,7 @@ impl ModelConfig {
             ));
         }
         if self.head_dim.is_none()
-            && arch != Architecture::Gemma
+            && !matches!(arch, Architecture::Gemma | Architecture::Gemma3)
             && !self.hidden_size.is_multiple_of(self.num_attention_heads)
         {
             return bad(format!(
@@ -564,6 +602,9 @@ impl ModelConfig {
             ));
         }
         self.rope()?;
+        if arch == Architecture::Gemma3 {
+            gemma3::validate(self)?;
+        }
         if arch == Architecture::Qwen2
             && let Some(types) = self.extra.get("layer_types")
         {
@@ -583,6 +624,9 @@ impl ModelConfig {
         let act = self.activation();
         let ok = match arch {
             Architecture::Gemma => matches!(act, "gelu_pytorch_tanh" | "gelu" | "gelu_new"),
+            // Gemma3MLP applies the named activation as it is: "gelu" would be the exact
+            // (erf) GELU, which the decoder does not implement.
+            Architecture::Gemma3 => matches!(act, "gelu_pytorch_tanh" | "gelu_new"),
             _ => matches!(act, "silu" | "swish"),
         };
         if !ok {
@@ -660,6 +704,7 @@ mod tests {
             Architecture::Qwen2,
             Architecture::Mistral,
             Architecture::Gemma,
+            Architecture::Gemma3,
         ] {
             let c = ModelConfig::new(arch, 256, 64, 2, 4, 2, 172, 512);
             c.validate().expect("valid");

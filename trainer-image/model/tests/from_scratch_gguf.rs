@@ -68,6 +68,7 @@ fn every_family_builds_and_loads_through_the_hf_path() {
         Architecture::Qwen2,
         Architecture::Mistral,
         Architecture::Gemma,
+        Architecture::Gemma3,
     ] {
         let tmp = tempfile::tempdir().expect("tmp");
         let built = build_from_scratch(&spec(arch), &texts, 3, 256, tmp.path()).expect("builds");

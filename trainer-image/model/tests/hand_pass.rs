@@ -1,8 +1,13 @@
 //! The hand-written training pass (CPU, f32) against candle's autograd: the same loss and the
 //! same gradient for every trainable tensor, for each family it covers (Llama with an untied
 //! head, Qwen2 with q/k/v biases and a tied head, Mistral with a sliding window shorter than
-//! the batch, Qwen2 windowing only its second layer, Llama with MLP biases, Gemma with its GELU, (1 + w) norms and scaled embeddings), full fine-tuning and LoRA with dropout, on a right-padded batch whose loss
-//! covers only some positions, as the trainer builds it.
+//! the batch, Qwen2 windowing only its second layer, Llama with MLP biases, Gemma with its
+//! GELU, (1 + w) norms and scaled embeddings, Gemma 3 with q/k head norms, norms on the
+//! attention and MLP outputs, a sliding layer with its own RoPE base and a global one, and
+//! its query_pre_attn_scalar), full fine-tuning and LoRA with dropout, on a right-padded
+//! batch whose loss covers only some positions, as the trainer builds it. The Gemma models
+//! get random norm weights, so that (1 + w) and every norm's weight gradient are really
+//! checked.
 
 mod common;
 
@@ -78,9 +83,15 @@ fn loss_and_every_gradient_match_autograd() {
         (Architecture::Mistral, tiny_config(Architecture::Mistral)),
         (Architecture::Llama, llama_bias),
         (Architecture::Qwen2, qwen_window),
+        (Architecture::Gemma, tiny_config(Architecture::Gemma)),
+        (Architecture::Gemma3, tiny_config(Architecture::Gemma3)),
     ] {
         for trainable in [Trainable::Full, Trainable::Lora(lora_all(4, 0.1))] {
-            let model = build(&cfg, trainable.clone(), 5);
+            let model = if matches!(arch, Architecture::Gemma | Architecture::Gemma3) {
+                build_random_norms(&cfg, trainable.clone(), 5)
+            } else {
+                build(&cfg, trainable.clone(), 5)
+            };
             perturb_lora_b(&model);
             assert!(model.hand_pass_supported(), "{arch:?}");
 

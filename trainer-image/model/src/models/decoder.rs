@@ -1,6 +1,8 @@
 //! The shared trainable decoder of the Llama family: embedding, N × (RMSNorm → GQA attention
 //! with RoPE → residual → RMSNorm → gated MLP → residual), final RMSNorm, lm_head. Family
-//! differences are the flags of [`Flavor`]; tensor names are those of Hugging Face checkpoints.
+//! differences are the flags of [`Flavor`] (Gemma 3 adds q/k head norms, norms on the
+//! attention and MLP outputs, and a RoPE per layer kind); tensor names are those of Hugging
+//! Face checkpoints.
 
 use std::collections::HashMap;
 
@@ -76,6 +78,9 @@ struct Attention {
     k: Linear,
     v: Linear,
     o: Linear,
+    /// Per-head norms of queries and keys (`Flavor::qk_norm`).
+    q_norm: Option<Weight>,
+    k_norm: Option<Weight>,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -89,15 +94,23 @@ struct Mlp {
 
 struct Layer {
     input_norm: Weight,
+    /// The MLP's input norm: `post_attention_layernorm`, or `pre_feedforward_layernorm` with
+    /// sandwich norms.
     post_norm: Weight,
+    /// `post_attention_layernorm` on the attention output (`Flavor::sandwich_norms`).
+    attn_out_norm: Option<Weight>,
+    /// `post_feedforward_layernorm` on the MLP output (`Flavor::sandwich_norms`).
+    mlp_out_norm: Option<Weight>,
     attn: Attention,
     mlp: Mlp,
+    /// Index of this layer's RoPE table in `CausalLm::rope_freqs`.
+    rope: usize,
 }
 
 /// Per-call inputs shared by all layers.
 struct Step<'a> {
-    cos: Tensor,
-    sin: Tensor,
+    /// (cos, sin) of each RoPE table, for the positions of this call.
+    rope: Vec<(Tensor, Tensor)>,
     /// The mask of full-attention layers.
     mask: Option<Tensor>,
     /// The mask of sliding-window layers (only built when some layer has a window).
@@ -116,7 +129,8 @@ pub struct CausalLm {
     norm: Weight,
     lm_head: Linear,
     dropout: DropoutCtl,
-    inv_freq: Vec<f32>,
+    /// The distinct RoPE inverse frequencies (one table, or Gemma 3's global and local).
+    rope_freqs: Vec<Vec<f32>>,
     weights: Vec<(String, Weight)>,
     trainable: Vec<(String, Var)>,
     adapters: Vec<(String, LoraAdapter)>,
@@ -147,33 +161,76 @@ impl CausalLm {
             cfg.head_dim(),
             cfg.intermediate_size,
         );
+        // Base and scaling of each layer's RoPE (validated above), as distinct tables.
+        let mut rope_freqs: Vec<Vec<f32>> = Vec::new();
+        let mut layer_rope = Vec::with_capacity(cfg.num_hidden_layers);
+        for rope in cfg.layer_ropes().map_err(candle_core::Error::wrap)? {
+            let f: Vec<f32> = rope.inv_freq(hd).into_iter().map(|f| f as f32).collect();
+            let at = match rope_freqs.iter().position(|t| *t == f) {
+                Some(at) => at,
+                None => {
+                    rope_freqs.push(f);
+                    rope_freqs.len() - 1
+                }
+            };
+            layer_rope.push(at);
+        }
         let embed = b.weight("model.embed_tokens.weight", &[v, h])?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
+        for (i, rope) in layer_rope.into_iter().enumerate() {
             let p = format!("model.layers.{i}");
             let input_norm = b.weight(&format!("{p}.input_layernorm.weight"), &[h])?;
             let qb = flavor.qkv_bias;
+            let q = b.linear(&format!("{p}.self_attn.q_proj"), nh * hd, h, qb)?;
+            let k = b.linear(&format!("{p}.self_attn.k_proj"), nkv * hd, h, qb)?;
+            let v = b.linear(&format!("{p}.self_attn.v_proj"), nkv * hd, h, qb)?;
+            let o = b.linear(&format!("{p}.self_attn.o_proj"), h, nh * hd, flavor.o_bias)?;
+            let (q_norm, k_norm) = if flavor.qk_norm {
+                (
+                    Some(b.weight(&format!("{p}.self_attn.q_norm.weight"), &[hd])?),
+                    Some(b.weight(&format!("{p}.self_attn.k_norm.weight"), &[hd])?),
+                )
+            } else {
+                (None, None)
+            };
             let attn = Attention {
-                q: b.linear(&format!("{p}.self_attn.q_proj"), nh * hd, h, qb)?,
-                k: b.linear(&format!("{p}.self_attn.k_proj"), nkv * hd, h, qb)?,
-                v: b.linear(&format!("{p}.self_attn.v_proj"), nkv * hd, h, qb)?,
-                o: b.linear(&format!("{p}.self_attn.o_proj"), h, nh * hd, flavor.o_bias)?,
+                q,
+                k,
+                v,
+                o,
+                q_norm,
+                k_norm,
                 heads: nh,
                 kv_heads: nkv,
                 head_dim: hd,
             };
-            let post_norm = b.weight(&format!("{p}.post_attention_layernorm.weight"), &[h])?;
+            let (post_norm, attn_out_norm) = if flavor.sandwich_norms {
+                let out = b.weight(&format!("{p}.post_attention_layernorm.weight"), &[h])?;
+                let pre = b.weight(&format!("{p}.pre_feedforward_layernorm.weight"), &[h])?;
+                (pre, Some(out))
+            } else {
+                let post = b.weight(&format!("{p}.post_attention_layernorm.weight"), &[h])?;
+                (post, None)
+            };
             let mb = flavor.mlp_bias;
             let mlp = Mlp {
                 gate: b.linear(&format!("{p}.mlp.gate_proj"), inter, h, mb)?,
                 up: b.linear(&format!("{p}.mlp.up_proj"), inter, h, mb)?,
                 down: b.linear(&format!("{p}.mlp.down_proj"), h, inter, mb)?,
             };
+            let mlp_out_norm = if flavor.sandwich_norms {
+                Some(b.weight(&format!("{p}.post_feedforward_layernorm.weight"), &[h])?)
+            } else {
+                None
+            };
             layers.push(Layer {
                 input_norm,
                 post_norm,
+                attn_out_norm,
+                mlp_out_norm,
                 attn,
                 mlp,
+                rope,
             });
         }
         let norm = b.weight("model.norm.weight", &[h])?;
@@ -190,14 +247,6 @@ impl CausalLm {
                 lora: None,
             }
         };
-        // Base and scaling from rope_parameters / rope_theta / rope_scaling (validated above).
-        let inv_freq = cfg
-            .rope()
-            .map_err(candle_core::Error::wrap)?
-            .inv_freq(hd)
-            .into_iter()
-            .map(|f| f as f32)
-            .collect();
         Ok(Self {
             cfg: cfg.clone(),
             flavor,
@@ -208,7 +257,7 @@ impl CausalLm {
             norm,
             lm_head,
             dropout: DropoutCtl::default(),
-            inv_freq,
+            rope_freqs,
             weights: b.weights,
             trainable: b.trainable,
             adapters: b.adapters,
@@ -319,14 +368,15 @@ impl CausalLm {
         if self.flavor.embed_scale {
             x = x.affine((self.cfg.hidden_size as f64).sqrt(), 0.0)?;
         }
-        let (cos, sin) = self.rope_tables(b, s, start_pos, left_pad)?;
+        let rope = (0..self.rope_freqs.len())
+            .map(|t| self.rope_tables(t, s, start_pos, left_pad))
+            .collect::<Result<Vec<_>>>()?;
         let window_mask = match self.flavor.any_window() {
             Some(w) => self.mask(s, start_pos, left_pad, Some(w))?,
             None => None,
         };
         let step = Step {
-            cos,
-            sin,
+            rope,
             mask: self.mask(s, start_pos, left_pad, None)?,
             window_mask,
             dropout: &self.dropout,
@@ -354,15 +404,17 @@ impl CausalLm {
         rms_norm(x, w.tensor(), self.cfg.rms_norm_eps, self.flavor.gemma_norm)
     }
 
-    /// cos/sin of shape (b or 1, 1, s, head_dim/2) for the positions of this call.
+    /// cos/sin of RoPE table `table`, of shape (b or 1, 1, s, head_dim/2), for the positions
+    /// of this call.
     fn rope_tables(
         &self,
-        b: usize,
+        table: usize,
         s: usize,
         start: usize,
         left_pad: Option<&[usize]>,
     ) -> Result<(Tensor, Tensor)> {
-        let half = self.inv_freq.len();
+        let inv_freq = &self.rope_freqs[table];
+        let half = inv_freq.len();
         let rows: Vec<usize> = match left_pad {
             Some(p) => p.to_vec(),
             None => vec![0],
@@ -372,7 +424,7 @@ impl CausalLm {
         for pad in &rows {
             for j in 0..s {
                 let pos = (start + j).saturating_sub(*pad) as f32;
-                for f in &self.inv_freq {
+                for f in inv_freq {
                     let a = pos * f;
                     cos.push(a.cos());
                     sin.push(a.sin());
@@ -380,7 +432,6 @@ impl CausalLm {
             }
         }
         let shape = (rows.len(), 1, s, half);
-        let _ = b;
         Ok((
             Tensor::from_vec(cos, shape, &self.device)?.to_dtype(self.dtype)?,
             Tensor::from_vec(sin, shape, &self.device)?.to_dtype(self.dtype)?,
@@ -428,7 +479,10 @@ impl CausalLm {
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
         let h = self.norm_fwd(x, &layer.input_norm)?;
-        let a = self.attention(&layer.attn, &h, step, mask, cache)?;
+        let mut a = self.attention(&layer.attn, &h, step, layer.rope, mask, cache)?;
+        if let Some(w) = &layer.attn_out_norm {
+            a = self.norm_fwd(&a, w)?;
+        }
         let x = (x + a)?;
         let h = self.norm_fwd(&x, &layer.post_norm)?;
         let m = &layer.mlp;
@@ -438,7 +492,10 @@ impl CausalLm {
             Activation::Silu => swiglu(&gate, &up)?,
             Activation::GeluTanh => (gate.gelu()? * up)?,
         };
-        let y = m.down.forward(&act, step.dropout)?;
+        let mut y = m.down.forward(&act, step.dropout)?;
+        if let Some(w) = &layer.mlp_out_norm {
+            y = self.norm_fwd(&y, w)?;
+        }
         x + y
     }
 
@@ -447,18 +504,24 @@ impl CausalLm {
         at: &Attention,
         x: &Tensor,
         step: &Step,
+        rope: usize,
         mask: Option<&Tensor>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let (nh, nkv, hd) = (at.heads, at.kv_heads, at.head_dim);
         let rep = nh / nkv;
-        let q = at.q.forward(x, step.dropout)?.reshape((b, s, nh, hd))?;
-        let k = at.k.forward(x, step.dropout)?.reshape((b, s, nkv, hd))?;
+        let mut q = at.q.forward(x, step.dropout)?.reshape((b, s, nh, hd))?;
+        let mut k = at.k.forward(x, step.dropout)?.reshape((b, s, nkv, hd))?;
         let v = at.v.forward(x, step.dropout)?.reshape((b, s, nkv, hd))?;
-        // (b, heads, s, d), the queries pre-scaled by 1/sqrt(d).
-        let q = rope_heads_first(&q, &step.cos, &step.sin, 1.0 / (hd as f64).sqrt())?;
-        let k = rope_heads_first(&k, &step.cos, &step.sin, 1.0)?;
+        if let (Some(qn), Some(kn)) = (&at.q_norm, &at.k_norm) {
+            q = self.norm_fwd(&q, qn)?;
+            k = self.norm_fwd(&k, kn)?;
+        }
+        // (b, heads, s, d), the queries pre-scaled by the attention scale.
+        let (cos, sin) = &step.rope[rope];
+        let q = rope_heads_first(&q, cos, sin, self.flavor.attn_scale)?;
+        let k = rope_heads_first(&k, cos, sin, 1.0)?;
         let v = v.transpose(1, 2)?.contiguous()?;
         let (k, v) = match cache {
             Some((c, i)) => c.append(i, &k, &v)?,

@@ -1,6 +1,7 @@
 //! Random initialisation of a fresh model (from-scratch training), as transformers does it:
 //! linear and embedding weights normal(0, 0.02), biases zero, norm weights one (zero for
-//! Gemma, whose norm scales by 1 + w). Deterministic in the seed.
+//! Gemma and Gemma 3, whose norms scale by 1 + w; Gemma 3's q/k head norms and extra layer
+//! norms included). Deterministic in the seed.
 
 use std::collections::HashMap;
 
@@ -61,6 +62,19 @@ pub fn random_weights(
             format!("{p}.post_attention_layernorm.weight"),
             fill(h, norm_value)?,
         );
+        if flavor.sandwich_norms {
+            for n in ["pre_feedforward_layernorm", "post_feedforward_layernorm"] {
+                out.insert(format!("{p}.{n}.weight"), fill(h, norm_value)?);
+            }
+        }
+        if flavor.qk_norm {
+            for n in ["q_norm", "k_norm"] {
+                out.insert(
+                    format!("{p}.self_attn.{n}.weight"),
+                    fill(cfg.head_dim(), norm_value)?,
+                );
+            }
+        }
     }
     out.insert("model.norm.weight".into(), fill(h, norm_value)?);
     if !cfg.tied_embeddings() {

@@ -16,5 +16,8 @@ pub fn flavor(cfg: &ModelConfig) -> Flavor {
         embed_scale: false,
         activation: Activation::Silu,
         layer_windows: vec![None; cfg.num_hidden_layers],
+        qk_norm: false,
+        sandwich_norms: false,
+        attn_scale: super::default_attn_scale(cfg),
     }
 }

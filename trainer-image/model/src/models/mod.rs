@@ -1,5 +1,5 @@
-//! Trainable Llama-family decoders (Llama, Qwen2, Mistral, Gemma) sharing one implementation,
-//! [`CausalLm`]; the per-family files say what differs.
+//! Trainable Llama-family decoders (Llama, Qwen2, Mistral, Gemma, Gemma 3) sharing one
+//! implementation, [`CausalLm`]; the per-family files say what differs.
 //!
 //! # API (stable; generation builds on it)
 //!
@@ -32,6 +32,7 @@
 
 pub mod decoder;
 pub mod gemma;
+pub mod gemma3;
 pub mod init;
 pub mod kv_cache;
 pub mod linear;
@@ -111,6 +112,22 @@ pub struct Flavor {
     /// Sliding-window attention span of each layer (`None`: full attention). Qwen2 windows
     /// only some layers, so this is per layer.
     pub layer_windows: Vec<Option<usize>>,
+    /// An RMSNorm over each query and key head (`self_attn.q_norm` / `self_attn.k_norm`,
+    /// weight of width head_dim) before RoPE (Gemma 3).
+    pub qk_norm: bool,
+    /// Norms on the attention output and on the MLP output before their residual adds
+    /// (`post_attention_layernorm`, `post_feedforward_layernorm`); the MLP's input norm is then
+    /// `pre_feedforward_layernorm` (Gemma 3). Without it `post_attention_layernorm` is the
+    /// MLP's input norm, as in Llama.
+    pub sandwich_norms: bool,
+    /// Factor of the attention scores q·k: 1/sqrt(head_dim), or Gemma 3's
+    /// `query_pre_attn_scalar ** -0.5`.
+    pub attn_scale: f64,
+}
+
+/// The usual attention scale, 1/sqrt(head_dim).
+pub fn default_attn_scale(cfg: &ModelConfig) -> f64 {
+    1.0 / (cfg.head_dim().max(1) as f64).sqrt()
 }
 
 impl Flavor {
@@ -121,6 +138,7 @@ impl Flavor {
             Architecture::Qwen2 => qwen2::flavor(cfg),
             Architecture::Mistral => mistral::flavor(cfg),
             Architecture::Gemma => gemma::flavor(cfg),
+            Architecture::Gemma3 => gemma3::flavor(cfg)?,
         })
     }
 

@@ -11,14 +11,17 @@ use llamaduo_model::models::{CausalLm, KvCache, LoadOptions, Trainable};
 use llamaduo_model::rng::SplitMix;
 use llamaduo_model::train::Sample;
 
-pub const FAMILIES: [Architecture; 4] = [
+pub const FAMILIES: [Architecture; 5] = [
     Architecture::Llama,
     Architecture::Qwen2,
     Architecture::Mistral,
     Architecture::Gemma,
+    Architecture::Gemma3,
 ];
 
-/// A tiny config: vocab 32, hidden 32, 2 layers, 4 heads / 2 KV heads (GQA).
+/// A tiny config: vocab 32, hidden 32, 2 layers, 4 heads / 2 KV heads (GQA). Gemma 3's
+/// first layer slides over 4 keys (shorter than the test sequences) with a local RoPE base
+/// of its own, its second is global, and the attention scale is not 1/sqrt(head_dim).
 pub fn tiny_config(arch: Architecture) -> ModelConfig {
     let mut c = ModelConfig::new(arch, 32, 32, 2, 4, 2, 64, 256);
     if arch == Architecture::Llama {
@@ -29,7 +32,38 @@ pub fn tiny_config(arch: Architecture) -> ModelConfig {
         // A window shorter than the test sequences, so the window mask is exercised.
         c.sliding_window = Some(6);
     }
+    if arch == Architecture::Gemma3 {
+        c.sliding_window = Some(4);
+        c.extra.insert(
+            "layer_types".into(),
+            serde_json::json!(["sliding_attention", "full_attention"]),
+        );
+        c.rope_parameters = Some(serde_json::json!({
+            "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+        }));
+        c.extra
+            .insert("query_pre_attn_scalar".into(), serde_json::json!(5));
+        c.validate().expect("valid Gemma 3 config");
+    }
     c
+}
+
+/// [`build`] with every norm weight random (normal, std 0.3) instead of its initial value,
+/// so that a norm whose weight were applied wrongly (w instead of 1 + w) shows.
+pub fn build_random_norms(cfg: &ModelConfig, trainable: Trainable, seed: u64) -> CausalLm {
+    let mut weights = random_weights(cfg, seed, &Device::Cpu).expect("weights");
+    for (name, t) in weights.iter_mut() {
+        if name.ends_with("norm.weight") {
+            *t = t.randn_like(0.0, 0.3).expect("randn");
+        }
+    }
+    let opts = LoadOptions {
+        dtype: DType::F32,
+        trainable,
+        seed,
+    };
+    CausalLm::from_tensors(cfg, weights, &Device::Cpu, &opts).expect("model")
 }
 
 pub fn lora_all(rank: usize, dropout: f64) -> LoraConfig {

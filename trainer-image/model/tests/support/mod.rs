@@ -2,6 +2,8 @@
 //! `fetch_models.sh`), and the SmolLM2 GGUF converted once into a Hugging Face directory.
 #![allow(dead_code)]
 
+pub mod python;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

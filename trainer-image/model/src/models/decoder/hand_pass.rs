@@ -8,7 +8,9 @@
 //! stream's gradient is one buffer updated in place, products accumulate into their
 //! destination (gemm's beta), attention runs per head on strided views instead of transposed
 //! copies, and the logits' buffer becomes their gradient. The kernels are the ones the autograd
-//! path uses, in their slice form. [`CausalLm::hand_pass_supported`] says when it applies;
+//! path uses, in their slice form. Gemma 3's extra norms (q/k head norms, norms on the
+//! attention and MLP outputs) run forward and backward the same way, their weights trained
+//! under full fine-tuning. [`CausalLm::hand_pass_supported`] says when it applies;
 //! elsewhere (CUDA, bf16/f16) the trainer uses autograd. The tests check loss and
 //! every gradient against autograd's.
 
@@ -105,6 +107,12 @@ struct LinRef {
 struct LayerRef {
     input_norm: W,
     post_norm: W,
+    attn_out_norm: Option<W>,
+    mlp_out_norm: Option<W>,
+    q_norm: Option<W>,
+    k_norm: Option<W>,
+    /// The layer's RoPE table.
+    rope: usize,
     q: LinRef,
     k: LinRef,
     v: LinRef,
@@ -125,6 +133,12 @@ struct LoraActs {
 struct LayerActs {
     x: Vec<f32>,
     h1: Vec<f32>,
+    /// q and k before their head norms (with `Flavor::qk_norm`).
+    q_raw: Option<Vec<f32>>,
+    k_raw: Option<Vec<f32>>,
+    /// The attention and MLP outputs before their output norms (`Flavor::sandwich_norms`).
+    a_raw: Option<Vec<f32>>,
+    y_raw: Option<Vec<f32>>,
     qh: Vec<f32>,
     kh: Vec<f32>,
     vh: Vec<f32>,
@@ -262,16 +276,37 @@ impl<'m> Pass<'m> {
         })
     }
 
+    fn opt_weight(&mut self, w: &'m Option<Weight>) -> Result<Option<W>> {
+        w.as_ref().map(|w| self.weight(w)).transpose()
+    }
+
     fn layer(&mut self, l: &'m Layer) -> Result<LayerRef> {
         let Layer {
             input_norm,
             post_norm,
-            attn: Attention { q, k, v, o, .. },
+            attn_out_norm,
+            mlp_out_norm,
+            attn:
+                Attention {
+                    q,
+                    k,
+                    v,
+                    o,
+                    q_norm,
+                    k_norm,
+                    ..
+                },
             mlp: Mlp { gate, up, down },
+            rope,
         } = l;
         Ok(LayerRef {
             input_norm: self.weight(input_norm)?,
             post_norm: self.weight(post_norm)?,
+            attn_out_norm: self.opt_weight(attn_out_norm)?,
+            mlp_out_norm: self.opt_weight(mlp_out_norm)?,
+            q_norm: self.opt_weight(q_norm)?,
+            k_norm: self.opt_weight(k_norm)?,
+            rope: *rope,
             q: self.linear(q)?,
             k: self.linear(k)?,
             v: self.linear(v)?,
@@ -318,7 +353,9 @@ impl<'m> Pass<'m> {
             .collect::<Result<Vec<_>>>()?;
         let norm = self.weight(&m.norm)?;
         let lm_head = self.linear(&m.lm_head)?;
-        let rope = RopeTables::new(m, d)?;
+        let ropes = (0..m.rope_freqs.len())
+            .map(|i| RopeTables::new(m, d, i))
+            .collect::<Result<Vec<_>>>()?;
         let (eps, one_plus) = (cfg.rms_norm_eps, m.flavor.gemma_norm);
         let embed_scale = if m.flavor.embed_scale {
             (d.h as f32).sqrt()
@@ -337,7 +374,7 @@ impl<'m> Pass<'m> {
         }
         let mut acts = Vec::with_capacity(layers.len());
         for (i, l) in layers.iter().enumerate() {
-            let (a, next) = self.layer_forward(l, x, d, &rope, m.flavor.window(i))?;
+            let (a, next) = self.layer_forward(l, x, d, &ropes[l.rope], m.flavor.window(i))?;
             acts.push(a);
             x = next;
         }
@@ -369,10 +406,10 @@ impl<'m> Pass<'m> {
                 .for_each(|(d, g)| *d += g);
         }
         let mut dx = vec![0f32; t * d.h];
-        self.norm_backward(norm, &x, &dhn, &mut dx, eps, one_plus)?;
+        self.norm_backward(norm, &x, &dhn, &mut dx, true)?;
         drop((dhn, dhp, hn, x));
         for (i, (l, a)) in layers.iter().zip(acts).enumerate().rev() {
-            self.layer_backward(l, a, &mut dx, d, &rope, m.flavor.window(i))?;
+            self.layer_backward(l, a, &mut dx, d, &ropes[l.rope], m.flavor.window(i))?;
         }
         if let Some(g) = embed.grad {
             let de = &mut self.grads[g];
@@ -402,14 +439,16 @@ impl<'m> Pass<'m> {
         let (q, lq) = self.linear_forward(&l.q, &h1, t)?;
         let (k, lk) = self.linear_forward(&l.k, &h1, t)?;
         let (v, lv) = self.linear_forward(&l.v, &h1, t)?;
-        let scale = 1.0 / (d.hd as f32).sqrt();
+        let (q, q_raw) = self.maybe_norm(l.q_norm, q);
+        let (k, k_raw) = self.maybe_norm(l.k_norm, k);
+        let scale = m.flavor.attn_scale as f32;
         let qh = to_heads(&q, d, d.nh, rope, true, scale);
         let kh = to_heads(&k, d, d.nkv, rope, true, 1.0);
         let vh = to_heads(&v, d, d.nkv, rope, false, 1.0);
         drop((q, k, v));
         let (probs, attn) = attention_forward(&qh, &kh, &vh, d, window);
         let (a, lo) = self.linear_forward(&l.o, &attn, t)?;
-        let mut x2 = a;
+        let (mut x2, a_raw) = self.maybe_norm(l.attn_out_norm, a);
         x2.iter_mut().zip(&x).for_each(|(a, x)| *a += x);
         let mut h2 = vec![0f32; t * d.h];
         rms_norm_into(&x2, self.data.get(l.post_norm.data), eps, one_plus, &mut h2);
@@ -421,11 +460,15 @@ impl<'m> Pass<'m> {
             Activation::GeluTanh => geglu_into(&gate, &up, &mut act),
         }
         let (y, ld) = self.linear_forward(&l.down, &act, t)?;
-        let mut x3 = y;
+        let (mut x3, y_raw) = self.maybe_norm(l.mlp_out_norm, y);
         x3.iter_mut().zip(&x2).for_each(|(y, x)| *y += x);
         let acts = LayerActs {
             x,
             h1,
+            q_raw,
+            k_raw,
+            a_raw,
+            y_raw,
             qh,
             kh,
             vh,
@@ -453,18 +496,20 @@ impl<'m> Pass<'m> {
         window: Option<usize>,
     ) -> Result<()> {
         let m = self.model;
-        let (t, eps, one_plus) = (d.t(), m.cfg.rms_norm_eps, m.flavor.gemma_norm);
+        let t = d.t();
         let [lq, lk, lv, lo, lg, lu, ld] = a.lora;
-        // MLP: x3 = x2 + down(act(gate(h2)) · up(h2)), h2 = norm(x2).
+        // MLP: x3 = x2 + [norm](down(act(gate(h2)) · up(h2))), h2 = norm(x2).
         let mut dact = vec![0f32; a.act.len()];
+        let dy = self.out_norm_backward(l.mlp_out_norm, a.y_raw.as_deref(), dx)?;
         self.linear_backward(
             &l.down,
             &a.act,
             t,
-            dx,
+            dy.as_deref().unwrap_or(dx),
             ld.as_ref(),
             Some((&mut dact, false)),
         )?;
+        drop(dy);
         let (mut dgate, mut dup) = (vec![0f32; dact.len()], vec![0f32; dact.len()]);
         match m.flavor.activation {
             Activation::Silu => swiglu_grad_into(&a.gate, &a.up, &dact, &mut dgate, &mut dup),
@@ -482,41 +527,96 @@ impl<'m> Pass<'m> {
         )?;
         self.linear_backward(&l.up, &a.h2, t, &dup, lu.as_ref(), Some((&mut dh, true)))?;
         drop((dgate, dup));
-        self.norm_backward(l.post_norm, &a.x2, &dh, dx, eps, one_plus)?;
-        // Attention: x2 = x + o(attn(rope(q(h1)), rope(k(h1)), v(h1))), h1 = norm(x).
+        self.norm_backward(l.post_norm, &a.x2, &dh, dx, true)?;
+        // Attention: x2 = x + [norm](o(attn(rope([norm](q(h1))), rope([norm](k(h1))), v(h1)))),
+        // h1 = norm(x).
         let mut dattn = vec![0f32; a.attn.len()];
-        self.linear_backward(&l.o, &a.attn, t, dx, lo.as_ref(), Some((&mut dattn, false)))?;
+        let da = self.out_norm_backward(l.attn_out_norm, a.a_raw.as_deref(), dx)?;
+        self.linear_backward(
+            &l.o,
+            &a.attn,
+            t,
+            da.as_deref().unwrap_or(dx),
+            lo.as_ref(),
+            Some((&mut dattn, false)),
+        )?;
+        drop(da);
         let (dqh, dkh, dvh) = attention_backward(&a.qh, &a.kh, &a.vh, &a.probs, &dattn, d, window);
         drop(dattn);
-        let scale = 1.0 / (d.hd as f32).sqrt();
+        let scale = m.flavor.attn_scale as f32;
         let dq = from_heads(&dqh, d, d.nh, rope, true, scale);
         let dk = from_heads(&dkh, d, d.nkv, rope, true, 1.0);
         let dv = from_heads(&dvh, d, d.nkv, rope, false, 1.0);
         drop((dqh, dkh, dvh));
+        let dq = self.head_norm_backward(l.q_norm, a.q_raw.as_deref(), dq)?;
+        let dk = self.head_norm_backward(l.k_norm, a.k_raw.as_deref(), dk)?;
         self.linear_backward(&l.q, &a.h1, t, &dq, lq.as_ref(), Some((&mut dh, false)))?;
         self.linear_backward(&l.k, &a.h1, t, &dk, lk.as_ref(), Some((&mut dh, true)))?;
         self.linear_backward(&l.v, &a.h1, t, &dv, lv.as_ref(), Some((&mut dh, true)))?;
-        self.norm_backward(l.input_norm, &a.x, &dh, dx, eps, one_plus)
+        self.norm_backward(l.input_norm, &a.x, &dh, dx, true)
     }
 
-    /// `dx += d(norm(x))/dx · dh`, and the norm weight's gradient when it is trained.
+    /// `norm(x)` with weight `w` when there is one, keeping `x` for the backward pass:
+    /// returns (the output, `x` when it was normed).
+    fn maybe_norm(&self, w: Option<W>, x: Vec<f32>) -> (Vec<f32>, Option<Vec<f32>>) {
+        let Some(w) = w else { return (x, None) };
+        let m = self.model;
+        let mut y = vec![0f32; x.len()];
+        rms_norm_into(
+            &x,
+            self.data.get(w.data),
+            m.cfg.rms_norm_eps,
+            m.flavor.gemma_norm,
+            &mut y,
+        );
+        (y, Some(x))
+    }
+
+    /// The gradient before an output norm (`w`, input `x`) given `dy` after it, or `None`
+    /// without a norm (the gradient passes unchanged).
+    fn out_norm_backward(
+        &mut self,
+        w: Option<W>,
+        x: Option<&[f32]>,
+        dy: &[f32],
+    ) -> Result<Option<Vec<f32>>> {
+        let (Some(w), Some(x)) = (w, x) else {
+            return Ok(None);
+        };
+        let mut d = vec![0f32; x.len()];
+        self.norm_backward(w, x, dy, &mut d, false)?;
+        Ok(Some(d))
+    }
+
+    /// [`Self::out_norm_backward`] for a head norm, taking and returning the gradient buffer.
+    fn head_norm_backward(
+        &mut self,
+        w: Option<W>,
+        x: Option<&[f32]>,
+        g: Vec<f32>,
+    ) -> Result<Vec<f32>> {
+        Ok(self.out_norm_backward(w, x, &g)?.unwrap_or(g))
+    }
+
+    /// `dx (+)= d(norm(x))/dx · dh` (added to `dx` when `add`), and the norm weight's gradient
+    /// when it is trained. The norm's rows are as wide as its weight.
     fn norm_backward(
         &mut self,
         w: W,
         x: &[f32],
         dh: &[f32],
         dx: &mut [f32],
-        eps: f64,
-        one_plus: bool,
+        add: bool,
     ) -> Result<()> {
+        let m = self.model;
         let mut dw = w.grad.map(|g| std::mem::take(&mut self.grads[g]));
         let r = rms_norm_grad_into(
             x,
             self.data.get(w.data),
             dh,
-            eps,
-            one_plus,
-            Some((dx, true)),
+            m.cfg.rms_norm_eps,
+            m.flavor.gemma_norm,
+            Some((dx, add)),
             dw.as_deref_mut(),
         );
         if let (Some(g), Some(buf)) = (w.grad, dw) {
@@ -649,7 +749,7 @@ impl<'m> Pass<'m> {
     }
 }
 
-/// The rotary tables of positions 0..s, (s, d/2) each, from `CausalLm::rope_tables` (training
+/// One rotary table at positions 0..s, (s, d/2) each, from `CausalLm::rope_tables` (training
 /// has no left padding), and an identity pair that moves v's heads without rotating them.
 struct RopeTables {
     cos: Vec<f32>,
@@ -659,8 +759,8 @@ struct RopeTables {
 }
 
 impl RopeTables {
-    fn new(model: &CausalLm, d: Dims) -> Result<Self> {
-        let (cos, sin) = model.rope_tables(d.b, d.s, 0, None)?;
+    fn new(model: &CausalLm, d: Dims, table: usize) -> Result<Self> {
+        let (cos, sin) = model.rope_tables(table, d.s, 0, None)?;
         let cos = cos.flatten_all()?.to_vec1::<f32>()?;
         Ok(Self {
             sin: sin.flatten_all()?.to_vec1::<f32>()?,
