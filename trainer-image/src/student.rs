@@ -82,39 +82,15 @@ pub async fn local_dir(store: &Store, key: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("reading {}", store.url_of(key)))
 }
 
-/// Converts a GGUF file into a Hugging Face directory once, cached by the file's checksum.
+/// Converts a GGUF file into a Hugging Face directory once, cached by the file's checksum
+/// (`llamaduo_model::gguf::cached_hf_dir`, the cache evaluate and serve use too).
 async fn gguf_as_hf_dir(gguf: &Path) -> anyhow::Result<PathBuf> {
     let gguf = gguf.to_path_buf();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<PathBuf> {
-        let digest = file_sha256(&gguf)?;
-        let dir = cache_dir().join("gguf").join(&digest[..16]);
-        if dir.join("config.json").is_file() {
-            return Ok(dir);
-        }
-        let parent = dir.parent().context("cache dir has a parent")?;
-        std::fs::create_dir_all(parent)?;
-        let tmp = tempfile::tempdir_in(parent)?;
-        llamaduo_model::gguf::convert_to_hf_dir(&gguf, tmp.path()).with_context(|| {
-            format!("converting {} to a Hugging Face directory", gguf.display())
-        })?;
-        let tmp = tmp.keep();
-        if let Err(e) = std::fs::rename(&tmp, &dir) {
-            let _ = std::fs::remove_dir_all(&tmp);
-            if !dir.join("config.json").is_file() {
-                return Err(e).context("publishing the converted model");
-            }
-        }
-        Ok(dir)
+    tokio::task::spawn_blocking(move || {
+        llamaduo_model::gguf::cached_hf_dir(&gguf, &cache_dir().join("gguf"))
+            .with_context(|| format!("converting {} to a Hugging Face directory", gguf.display()))
     })
     .await?
-}
-
-fn file_sha256(path: &Path) -> anyhow::Result<String> {
-    use sha2::Digest;
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = sha2::Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(format!("{:x}", h.finalize()))
 }
 
 /// A writable local directory for intermediate files.

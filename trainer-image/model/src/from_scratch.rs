@@ -172,6 +172,8 @@ pub fn build_from_scratch<S: AsRef<str> + Send + Sync>(
         chat_template: Some(TemplateSpec::Single(CHATML_TEMPLATE.into())),
         model_max_length: Some(max_position_embeddings as f64),
         tokenizer_class: Some("PreTrainedTokenizerFast".into()),
+        add_bos_token: None,
+        add_eos_token: None,
     }
     .write(&out.join("tokenizer_config.json"))?;
     let gen_path = out.join("generation_config.json");

@@ -4,8 +4,10 @@
 //! the normal [`crate::hub_dir`] path loads.
 //!
 //! Two details make or break the conversion: llama.cpp stores Llama's Q and K projection rows
-//! permuted for its interleaved RoPE (undone here), and Gemma's RMSNorm weights with the
-//! "1 +" offset folded in (subtracted here).
+//! permuted for its interleaved RoPE (undone here; it does not permute Qwen2, Gemma or
+//! Gemma 3), and Gemma's and Gemma 3's RMSNorm weights with the "1 +" offset folded in
+//! (subtracted here). SentencePiece vocabularies (`tokenizer.ggml.model = "llama"`, Gemma)
+//! become the tokenizer.json transformers writes for them ([`spm`]).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -26,7 +28,29 @@ use tokenizers::processors::byte_level::ByteLevel as ByteLevelProcessor;
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 use crate::chat_template::CHATML_TEMPLATE;
-use crate::tokenizer::{TemplateSpec, TokenSpec, TokenizerConfig, save_tokenizer};
+use crate::tokenizer::{
+    CHAT_TEMPLATE_FILE, TemplateSpec, TokenSpec, TokenizerConfig, save_tokenizer,
+};
+
+mod spm;
+
+/// Changes whenever [`convert_to_hf_dir`] writes something different for the same file, so
+/// caches of converted directories can key on it (2: Gemma 3, SentencePiece tokenizers,
+/// chat_template.jinja; 3: SentencePiece merges tie -0.0 and 0.0 scores as transformers does).
+pub const CONVERSION_VERSION: u32 = 3;
+
+/// Gemma 3's chat template (as its tokenizer_config.json has it, base and instruction-tuned
+/// models alike), for a Gemma 3 GGUF that carries none.
+pub const GEMMA3_CHAT_TEMPLATE: &str = include_str!("gguf/gemma3_chat_template.jinja");
+
+/// The RoPE base of Gemma 3's sliding-window layers, which llama.cpp fixes rather than
+/// storing (`rope_freq_base_train_swa = 10000`).
+const GEMMA3_LOCAL_ROPE_BASE: f64 = 10_000.0;
+/// llama.cpp's Gemma 3 layer pattern when the file names none: every sixth layer global.
+const GEMMA3_SWA_PATTERN: usize = 6;
+/// Gemma 3 27B (62 layers) scales queries by 1/sqrt(hidden / heads), every other size by
+/// 1/sqrt(head_dim) (llama.cpp, after gemma_pytorch's config).
+const GEMMA3_27B_LAYERS: usize = 62;
 
 /// Qwen2's pre-tokenizer split regex.
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -68,7 +92,7 @@ pub enum GgufError {
     },
     /// The model family is not one this crate implements.
     #[error(
-        "{path}: general.architecture {arch:?} is not supported (supported: llama, qwen2, gemma)"
+        "{path}: general.architecture {arch:?} is not supported (supported: llama, qwen2, gemma, gemma3)"
     )]
     UnsupportedArchitecture {
         /// The file.
@@ -115,6 +139,9 @@ pub enum GgufArch {
     Qwen2,
     /// `gemma`: norms stored as 1 + w, GELU MLP, no permutation.
     Gemma,
+    /// `gemma3` (text): as `gemma`, plus q/k head norms, norms after attention and MLP, and
+    /// sliding-window layers.
+    Gemma3,
 }
 
 impl GgufArch {
@@ -123,7 +150,13 @@ impl GgufArch {
             Self::Llama => "llama",
             Self::Qwen2 => "qwen2",
             Self::Gemma => "gemma",
+            Self::Gemma3 => "gemma3",
         }
+    }
+
+    /// Whether llama.cpp stored the norm weights as 1 + w.
+    fn norm_offset(self) -> bool {
+        matches!(self, Self::Gemma | Self::Gemma3)
     }
 }
 
@@ -204,6 +237,7 @@ impl GgufFile {
             "llama" => GgufArch::Llama,
             "qwen2" => GgufArch::Qwen2,
             "gemma" => GgufArch::Gemma,
+            "gemma3" => GgufArch::Gemma3,
             _ => {
                 return Err(GgufError::UnsupportedArchitecture {
                     path: path.to_owned(),
@@ -313,6 +347,7 @@ impl GgufFile {
             GgufArch::Llama => ("LlamaForCausalLM", "llama", "silu"),
             GgufArch::Qwen2 => ("Qwen2ForCausalLM", "qwen2", "silu"),
             GgufArch::Gemma => ("GemmaForCausalLM", "gemma", "gelu_pytorch_tanh"),
+            GgufArch::Gemma3 => ("Gemma3ForCausalLM", "gemma3_text", "gelu_pytorch_tanh"),
         };
         let mut cfg = json!({
             "architectures": [class],
@@ -331,8 +366,11 @@ impl GgufFile {
             "tie_word_embeddings": tied,
             "torch_dtype": "float32",
         });
-        if self.arch == GgufArch::Gemma {
+        if matches!(self.arch, GgufArch::Gemma | GgufArch::Gemma3) {
             cfg["hidden_activation"] = json!(act);
+        }
+        if self.arch == GgufArch::Gemma3 {
+            self.gemma3_config(&mut cfg, hidden, heads, head_dim)?;
         }
         // RoPE scaling as llama.cpp writes it, carried as `rope_scaling` so that
         // `ModelConfig::rope` applies it (linear) or refuses it naming the field (yarn, ...)
@@ -375,6 +413,74 @@ impl GgufFile {
         Ok(cfg)
     }
 
+    /// The Gemma 3 fields of config.json (transformers-4 spelling, which transformers 5 reads
+    /// too): the layer kinds, window, the two RoPE bases and the attention scale, as
+    /// llama.cpp's loader derives them from the file.
+    fn gemma3_config(
+        &self,
+        cfg: &mut Json,
+        hidden: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<(), GgufError> {
+        let layers = self.usize_of(&self.arch_key("block_count"))?;
+        let window_key = self.arch_key("attention.sliding_window");
+        let window = self.opt_int(&window_key)?.filter(|w| *w > 0);
+        let pattern_key = self.arch_key("attention.sliding_window_pattern");
+        let sliding: Vec<bool> = match (window, self.metadata(&pattern_key)) {
+            (None, _) => vec![false; layers],
+            (Some(_), Some(Value::Array(v))) => {
+                let flags: Option<Vec<bool>> = v
+                    .iter()
+                    .map(|x| match x {
+                        Value::Bool(b) => Some(*b),
+                        other => as_i64(other).map(|i| i != 0),
+                    })
+                    .collect();
+                match flags {
+                    Some(f) if f.len() == layers => f,
+                    _ => {
+                        return Err(self.meta_err(&pattern_key, "is not one flag per layer"));
+                    }
+                }
+            }
+            (Some(_), Some(_)) => {
+                let p = self.usize_of(&pattern_key)?.max(1);
+                (0..layers).map(|i| (i + 1) % p != 0).collect()
+            }
+            (Some(_), None) => (0..layers)
+                .map(|i| (i + 1) % GEMMA3_SWA_PATTERN != 0)
+                .collect(),
+        };
+        let kinds: Vec<&str> = sliding
+            .iter()
+            .map(|s| {
+                if *s {
+                    crate::config::gemma3::SLIDING_ATTENTION
+                } else {
+                    crate::config::gemma3::FULL_ATTENTION
+                }
+            })
+            .collect();
+        let scalar = if layers == GEMMA3_27B_LAYERS {
+            hidden / heads
+        } else {
+            head_dim
+        };
+        cfg["layer_types"] = json!(kinds);
+        cfg["sliding_window"] = json!(window);
+        cfg["rope_local_base_freq"] = json!(GEMMA3_LOCAL_ROPE_BASE);
+        cfg["query_pre_attn_scalar"] = json!(scalar);
+        cfg["final_logit_softcapping"] =
+            match self.opt_f64(&self.arch_key("final_logit_softcapping"))? {
+                Some(c) if c != 0.0 => json!(c),
+                _ => Json::Null,
+            };
+        cfg["attn_logit_softcapping"] = Json::Null;
+        cfg["use_bidirectional_attention"] = json!(false);
+        Ok(())
+    }
+
     /// Maps a GGUF tensor name to its Hugging Face name.
     pub fn hf_name(&self, name: &str) -> Result<String, GgufError> {
         let unknown = |why| GgufError::UnknownTensor {
@@ -399,9 +505,17 @@ impl GgufFile {
         let (module, kind) = leaf
             .rsplit_once('.')
             .ok_or_else(|| unknown("no weight/bias suffix"))?;
+        let gemma3 = self.arch == GgufArch::Gemma3;
         let hf = match module {
             "attn_norm" => "input_layernorm",
+            // Gemma 3's ffn_norm is the MLP's input norm; its post_attention_norm is applied
+            // to the attention output.
+            "ffn_norm" if gemma3 => "pre_feedforward_layernorm",
             "ffn_norm" => "post_attention_layernorm",
+            "post_attention_norm" if gemma3 => "post_attention_layernorm",
+            "post_ffw_norm" if gemma3 => "post_feedforward_layernorm",
+            "attn_q_norm" if gemma3 => "self_attn.q_norm",
+            "attn_k_norm" if gemma3 => "self_attn.k_norm",
             "attn_q" => "self_attn.q_proj",
             "attn_k" => "self_attn.k_proj",
             "attn_v" => "self_attn.v_proj",
@@ -418,8 +532,9 @@ impl GgufFile {
     }
 
     /// Reads every tensor, dequantized to f32 on `device`, under its Hugging Face name, with
-    /// Llama's Q/K rows un-permuted and Gemma's norm offset removed: the weights a Hugging Face
-    /// checkpoint of the same model would hold (up to quantization error).
+    /// Llama's Q/K rows un-permuted and Gemma's and Gemma 3's norm offset removed (every
+    /// `*norm.weight`, the q/k head norms included): the weights a Hugging Face checkpoint of
+    /// the same model would hold (up to quantization error).
     pub fn hf_tensors(&self, device: &Device) -> Result<HashMap<String, Tensor>, GgufError> {
         let (heads, kv_heads) = self.head_counts()?;
         let file = File::open(&self.path).map_err(|source| GgufError::Io {
@@ -454,7 +569,7 @@ impl GgufFile {
                     t = unpermute_rows(&t, kv_heads).map_err(|e| tensor_err(e.to_string()))?;
                 }
             }
-            if self.arch == GgufArch::Gemma && hf.ends_with("norm.weight") {
+            if self.arch.norm_offset() && hf.ends_with("norm.weight") {
                 t = (t - 1.0).map_err(|e| tensor_err(e.to_string()))?;
             }
             out.insert(hf, t);
@@ -462,9 +577,10 @@ impl GgufFile {
         Ok(out)
     }
 
-    /// Builds the Hugging Face tokenizer from `tokenizer.ggml.*`: byte-level BPE with the
-    /// pre-tokenizer the GGUF's `tokenizer.ggml.pre` names, control tokens as special added
-    /// tokens, user-defined tokens as plain added tokens.
+    /// Builds the Hugging Face tokenizer from `tokenizer.ggml.*`: for `gpt2` vocabularies
+    /// byte-level BPE with the pre-tokenizer the GGUF's `tokenizer.ggml.pre` names, control
+    /// tokens as special added tokens, user-defined tokens as plain added tokens; for `llama`
+    /// (SentencePiece) vocabularies the tokenizer.json transformers writes (see [`spm`]).
     pub fn hf_tokenizer(&self) -> Result<Tokenizer, GgufError> {
         let tok_err = |message: String| GgufError::Tokenizer {
             path: self.path.clone(),
@@ -472,9 +588,10 @@ impl GgufFile {
         };
         match self.metadata("tokenizer.ggml.model") {
             Some(Value::String(m)) if m == "gpt2" => {}
+            Some(Value::String(m)) if m == "llama" => return self.spm_tokenizer(),
             Some(Value::String(m)) => {
                 return Err(tok_err(format!(
-                    "tokenizer.ggml.model {m:?} is not supported (only byte-level BPE, \"gpt2\")"
+                    "tokenizer.ggml.model {m:?} is not supported (byte-level BPE \"gpt2\" and SentencePiece \"llama\")"
                 )));
             }
             _ => return Err(tok_err("tokenizer.ggml.model is missing".into())),
@@ -563,8 +680,58 @@ impl GgufFile {
         Ok(tok)
     }
 
-    /// `tokenizer_config.json`: special tokens by text and the GGUF's chat template (ChatML
-    /// when it has none).
+    /// The SentencePiece tokenizer of a `tokenizer.ggml.model = "llama"` file.
+    fn spm_tokenizer(&self) -> Result<Tokenizer, GgufError> {
+        let tok_err = |message: String| GgufError::Tokenizer {
+            path: self.path.clone(),
+            message,
+        };
+        let tokens = self.strings("tokenizer.ggml.tokens")?;
+        let key = "tokenizer.ggml.scores";
+        let scores: Vec<f32> = match self.metadata(key) {
+            Some(Value::Array(v)) => v
+                .iter()
+                .map(|x| as_f64(x).map(|f| f as f32))
+                .collect::<Option<_>>()
+                .ok_or_else(|| self.meta_err(key, "holds a non-number"))?,
+            _ => return Err(self.meta_err(key, "is missing (SentencePiece merges need it)")),
+        };
+        let key = "tokenizer.ggml.token_type";
+        let types: Vec<i64> = match self.metadata(key) {
+            Some(Value::Array(v)) => v
+                .iter()
+                .map(as_i64)
+                .collect::<Option<_>>()
+                .ok_or_else(|| self.meta_err(key, "holds a non-integer"))?,
+            _ => return Err(self.meta_err(key, "is missing")),
+        };
+        let id = |key: &str| -> Result<Option<u32>, GgufError> {
+            Ok(self.opt_int(key)?.and_then(|i| u32::try_from(i).ok()))
+        };
+        let flag = |key: &str, default: bool| -> bool {
+            match self.metadata(key) {
+                Some(Value::Bool(b)) => *b,
+                Some(other) => as_i64(other).map_or(default, |i| i != 0),
+                None => default,
+            }
+        };
+        let bos = id("tokenizer.ggml.bos_token_id")?;
+        spm::tokenizer(&spm::SpmVocab {
+            tokens: &tokens,
+            scores: &scores,
+            types: &types,
+            unk_id: id("tokenizer.ggml.unknown_token_id")?,
+            // llama.cpp's defaults for SentencePiece vocabularies: BOS and a space prefix.
+            add_bos: bos.filter(|_| flag("tokenizer.ggml.add_bos_token", true)),
+            add_space_prefix: flag("tokenizer.ggml.add_space_prefix", true),
+            gemma: matches!(self.arch, GgufArch::Gemma | GgufArch::Gemma3),
+        })
+        .map_err(tok_err)
+    }
+
+    /// `tokenizer_config.json`: special tokens by text, whether BOS/EOS are added to a plain
+    /// text, and the GGUF's chat template (Gemma 3's own for a Gemma 3 file without one,
+    /// else ChatML).
     pub fn hf_tokenizer_config(&self) -> Result<TokenizerConfig, GgufError> {
         let tokens = self.strings("tokenizer.ggml.tokens")?;
         let token = |key: &str| -> Result<Option<TokenSpec>, GgufError> {
@@ -578,8 +745,21 @@ impl GgufFile {
         };
         let template = match self.metadata("tokenizer.chat_template") {
             Some(Value::String(s)) => s.clone(),
+            _ if self.arch == GgufArch::Gemma3 => GEMMA3_CHAT_TEMPLATE.to_owned(),
             _ => CHATML_TEMPLATE.to_owned(),
         };
+        let spm =
+            matches!(self.metadata("tokenizer.ggml.model"), Some(Value::String(m)) if m == "llama");
+        let flag = |key: &str| match self.metadata(key) {
+            Some(Value::Bool(b)) => Some(*b),
+            Some(other) => as_i64(other).map(|i| i != 0),
+            None => None,
+        };
+        // What the tokenizer.json post-processor does: for SentencePiece vocabularies it
+        // prepends BOS unless the file says not to (llama.cpp's default) and never appends
+        // EOS; byte-level ones add nothing and say nothing.
+        let add_bos_token = spm.then(|| flag("tokenizer.ggml.add_bos_token").unwrap_or(true));
+        let add_eos_token = spm.then_some(false);
         Ok(TokenizerConfig {
             bos_token: token("tokenizer.ggml.bos_token_id")?,
             eos_token: token("tokenizer.ggml.eos_token_id")?,
@@ -590,6 +770,8 @@ impl GgufFile {
                 .opt_int(&self.arch_key("context_length"))?
                 .map(|v| v as f64),
             tokenizer_class: Some("PreTrainedTokenizerFast".into()),
+            add_bos_token,
+            add_eos_token,
         })
     }
 
@@ -625,6 +807,11 @@ impl GgufFile {
                 path: self.path.clone(),
                 message: e.to_string(),
             })?;
+        // Where transformers >= 4.47 saves the template, read before tokenizer_config.json's.
+        if let Some(template) = tok_config.template() {
+            let path = out.join(CHAT_TEMPLATE_FILE);
+            std::fs::write(&path, template).map_err(io(&path))?;
+        }
         let mut generation = json!({});
         for field in ["bos_token_id", "eos_token_id", "pad_token_id"] {
             if let Some(v) = config.get(field) {
@@ -679,6 +866,47 @@ pub fn permute_rows(t: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
 /// Opens `gguf` and converts it into `out` (see [`GgufFile::convert_to_hf_dir`]).
 pub fn convert_to_hf_dir(gguf: &Path, out: &Path) -> Result<Conversion, GgufError> {
     GgufFile::open(gguf)?.convert_to_hf_dir(out)
+}
+
+/// `gguf` as a Hugging Face directory under `cache`, converted once: the directory is named
+/// after the file's SHA-256 and [`CONVERSION_VERSION`], never its name, so two different files
+/// called `model.gguf` never share a conversion and a converter that writes something else
+/// converts again. The conversion is written into a temporary directory beside it and renamed
+/// into place, so a crash leaves no directory that looks whole; of two processes converting
+/// at once, the later rename loses harmlessly. Train, evaluate and serve all load GGUF bases
+/// through this one cache.
+pub fn cached_hf_dir(gguf: &Path, cache: &Path) -> Result<PathBuf, GgufError> {
+    use sha2::Digest;
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| GgufError::Io { path, source }
+    };
+    let mut file = std::fs::File::open(gguf).map_err(io(gguf))?;
+    let mut hash = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hash).map_err(io(gguf))?;
+    let digest = format!("{:x}", hash.finalize());
+    let dir = cache.join(format!("{}-v{CONVERSION_VERSION}", &digest[..16]));
+    if dir.join("config.json").is_file() {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(cache).map_err(io(cache))?;
+    let tmp = cache.join(format!(
+        ".{}-v{CONVERSION_VERSION}.tmp-{}",
+        &digest[..16],
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    if let Err(e) = convert_to_hf_dir(gguf, &tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if let Err(source) = std::fs::rename(&tmp, &dir) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        if !dir.join("config.json").is_file() {
+            return Err(GgufError::Io { path: dir, source });
+        }
+    }
+    Ok(dir)
 }
 
 #[cfg(test)]

@@ -156,6 +156,13 @@ pub struct TokenizerConfig {
     /// Tokenizer class for transformers (`PreTrainedTokenizerFast` for ours).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer_class: Option<String>,
+    /// Whether encoding a plain text prepends the BOS token (Gemma, Llama 2: yes). In a
+    /// `tokenizer.json` the post-processor does it; see [`TextTokenizer::encode_text`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_bos_token: Option<bool>,
+    /// Whether encoding a plain text appends the EOS token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_eos_token: Option<bool>,
 }
 
 impl TokenizerConfig {
@@ -400,6 +407,15 @@ impl TextTokenizer {
     /// Token ids of a text, without adding BOS/EOS (chat templates write those themselves).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
         let enc = self.inner.encode_fast(text, false).map_err(tk_err)?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids of a plain text prompt (not a chat), with the special tokens the tokenizer
+    /// adds around a text: Gemma's and Llama 2's `<bos>` / `<s>`, nothing for byte-level BPE
+    /// tokenizers. This is transformers' `tokenizer(text)`, which completion endpoints use;
+    /// Gemma without its `<bos>` writes nonsense.
+    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let enc = self.inner.encode_fast(text, true).map_err(tk_err)?;
         Ok(enc.get_ids().to_vec())
     }
 

@@ -113,15 +113,28 @@ pub async fn load_round_model(
     store: &Store,
 ) -> Result<LoadedModel, LoadError> {
     let resolver = Resolver::new(cache_dir(), HfConfig::from_env());
+    let (device, dtype) = device_and_dtype(config.training.precision)?;
+    let chat_override = config.student.chat_template.as_deref();
+    if config.context.round == 0 {
+        // Round 0: the base student as it is, before any training.
+        let Some(url) = &config.student.base_model else {
+            return Err(LoadError::NoBase(
+                "round 0 evaluates the base student, but student.baseModel is unset (a fromScratch student has no weights before round 1)".into(),
+            ));
+        };
+        let base = local_model_dir(resolver.resolve(url).await?)?;
+        let loaded = tokio::task::spawn_blocking(move || load_full(&base, &device, dtype))
+            .await
+            .map_err(|e| LoadError::NoBase(format!("model loading task failed: {e}")))??;
+        return finish(loaded, chat_override);
+    }
     let key = llamaduo::api::ArtifactLayout::model(config.context.round);
     let model_dir = resolver.resolve_in(store, &key).await?;
-    let (device, dtype) = device_and_dtype(config.training.precision)?;
     let is_adapter = model_dir.join(ADAPTER_CONFIG).exists();
     if config.training.method == TrainingMethod::Lora && !is_adapter {
         // A merged or full export is fine to evaluate; say so in the log.
         tracing::info!(dir = %model_dir.display(), "training.method is lora but round model has full weights; evaluating them");
     }
-    let chat_override = config.student.chat_template.as_deref();
     if is_adapter {
         let base = resolve_base(config, store, &resolver, &model_dir).await?;
         let tok_dir = if model_dir.join("tokenizer.json").exists() {
@@ -341,20 +354,14 @@ async fn resolve_base(
     local_model_dir(path)
 }
 
-/// A local model directory from a resolved path; a `.gguf` file is converted once, next to
-/// the cache.
+/// A local model directory from a resolved path; a `.gguf` file is converted once into the
+/// cache shared with the train stage.
 pub fn local_model_dir(path: PathBuf) -> Result<PathBuf, LoadError> {
     if path.extension().is_some_and(|e| e == "gguf") {
-        let out = cache_dir().join("gguf-hf").join(
-            path.file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "model".into()),
-        );
-        if !out.join("config.json").exists() {
-            llamaduo_model::gguf::convert_to_hf_dir(&path, &out)
-                .map_err(|e| LoadError::Gguf(format!("converting {}: {e}", path.display())))?;
-        }
-        return Ok(out);
+        // The train stage's cache (keyed by content, not by file name): the base it trained
+        // on is the base evaluated and served.
+        return llamaduo_model::gguf::cached_hf_dir(&path, &cache_dir().join("gguf"))
+            .map_err(|e| LoadError::Gguf(format!("converting {}: {e}", path.display())));
     }
     Ok(path)
 }

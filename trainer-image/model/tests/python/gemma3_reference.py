@@ -7,9 +7,13 @@ tests/gemma3_270m.rs).
                              a linear RoPE scaling on the global layers, random norm weights),
                              saves it with save_pretrained into OUT_DIR/model and writes its
                              reference outputs for the ids (below) into OUT_DIR.
-  run MODEL_DIR IDS_JSON OUT_DIR
-                             loads an existing model directory (for example the converted
-                             gemma-3-270m) and writes the same reference outputs.
+  run IDS_JSON OUT_DIR SOURCE...
+                             loads each SOURCE and writes its reference outputs into
+                             OUT_DIR/<index of SOURCE>/: a model directory (for example the
+                             converted gemma-3-270m), or a .gguf file, which transformers
+                             converts itself (its own GGUF loader: gguf-py's dequantization,
+                             its own tensor names, config and Gemma norm offset), an
+                             independent check of our conversion.
 
 IDS_JSON: {"input_ids": [[...], ...] (equal lengths), "prompt": [...], "new_tokens": N}.
 Outputs: OUT_DIR/logits.safetensors ("logits", (rows, seq, vocab) float32) and
@@ -64,10 +68,12 @@ def tiny(out):
     return path
 
 
-def reference(model_dir, ids_json, out):
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, attn_implementation="eager"
-    ).eval()
+def reference(source, ids_json, out):
+    kwargs = {"dtype": torch.float32, "attn_implementation": "eager"}
+    if source.endswith(".gguf"):
+        kwargs["gguf_file"] = os.path.basename(source)
+        source = os.path.dirname(source)
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs).eval()
     with open(ids_json) as f:
         spec = json.load(f)
     ids = torch.tensor(spec["input_ids"], dtype=torch.long)
@@ -97,8 +103,10 @@ def main():
     if len(args) == 3 and args[0] == "tiny":
         out, ids_json = args[1], args[2]
         reference(tiny(out), ids_json, out)
-    elif len(args) == 4 and args[0] == "run":
-        reference(args[1], args[2], args[3])
+    elif len(args) >= 4 and args[0] == "run":
+        ids_json, out = args[1], args[2]
+        for i, source in enumerate(args[3:]):
+            reference(source, ids_json, os.path.join(out, str(i)))
     else:
         sys.exit(__doc__)
 

