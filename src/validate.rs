@@ -15,6 +15,7 @@ use crate::api::{LlamaDuoMigration, ProviderKind};
 use crate::crd::openapi_schema;
 
 pub use crate::api::SIMULATED_FAMILIES;
+use crate::api::{ALL_LINEAR, LORA_TARGET_MODULES};
 
 /// One problem found in a manifest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -436,6 +437,28 @@ fn semantic_checks(m: &LlamaDuoMigration, target: Target, problems: &mut Vec<Pro
             ));
         }
     }
+    let unknown: Vec<&String> = spec
+        .training
+        .lora
+        .target_modules
+        .iter()
+        .filter(|m| m.as_str() != ALL_LINEAR && !LORA_TARGET_MODULES.contains(&m.as_str()))
+        .collect();
+    if !unknown.is_empty() {
+        problems.push(problem(
+            "spec.training.lora.targetModules",
+            format!(
+                "{unknown:?} match no layer of the student: name linear layers among {} or use \"all-linear\"",
+                LORA_TARGET_MODULES.join(", ")
+            ),
+        ));
+    }
+    if spec.student.from_scratch.is_some() && spec.evaluation.base_student == Some(true) {
+        problems.push(problem(
+            "spec.evaluation.baseStudent",
+            "a fromScratch student has no weights before round 1 trains them, so there is nothing to evaluate in round 0: remove evaluation.baseStudent (or use student.baseModel)",
+        ));
+    }
     if target == Target::Cluster && spec.storage.is_none() {
         problems.push(problem(
             "spec.storage",
@@ -541,6 +564,27 @@ spec:
             (
                 with("provider: simulated", "provider: openai"),
                 "spec.teacher.apiKeySecretRef",
+            ),
+            (
+                with(
+                    "  storage:",
+                    "  training:\n    lora:\n      targetModules: [q_proj, qkv_proj]\n  storage:",
+                ),
+                "spec.training.lora.targetModules",
+            ),
+            (
+                with(
+                    "  storage:",
+                    "  training:\n    lora:\n      targetModules: [all-linear]\n  storage:",
+                ),
+                "NONE",
+            ),
+            (
+                with(
+                    "  storage:",
+                    "  evaluation:\n    baseStudent: true\n  storage:",
+                ),
+                "spec.evaluation.baseStudent",
             ),
             (
                 with(

@@ -130,7 +130,14 @@ fn default_test_fraction() -> f64 {
 
 /// Task families the simulated teacher (`llamaduo-trainer simulate-teacher`) knows: the
 /// `model` of a `simulated` provider. One list for `llamaduo validate` and the teacher.
-pub const SIMULATED_FAMILIES: [&str; 4] = ["arithmetic", "reverse", "sort", "triage"];
+pub const SIMULATED_FAMILIES: [&str; 6] = [
+    "arithmetic",
+    "reverse",
+    "sort",
+    "triage",
+    "dates",
+    "updates",
+];
 
 /// Which API a provider speaks.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -178,7 +185,7 @@ pub struct ProviderSpec {
     /// Which API to call: openai, anthropic, gemini, openaiCompatible or simulated.
     pub provider: ProviderKind,
     /// The provider's model name (e.g. gpt-4o, claude-sonnet-4-5, gemini-2.5-flash). For the
-    /// simulated provider, the built-in task family (arithmetic, reverse, sort, triage).
+    /// simulated provider, the built-in task family (arithmetic, reverse, sort, triage, dates, updates).
     pub model: String,
     /// Override the API base URL (required for openaiCompatible; e.g. http://vllm:8000/v1).
     /// An http:// or https:// URL; one without a path gets the API version (/v1, or /v1beta
@@ -475,8 +482,10 @@ pub struct LoraSpec {
     /// Dropout on the adapter input during training.
     #[serde(default = "default_dropout")]
     pub dropout: f64,
-    /// Linear layers that get adapters (Hugging Face names: q_proj, k_proj, v_proj, o_proj,
-    /// gate_proj, up_proj, down_proj).
+    /// Linear layers that get adapters: Hugging Face names (q_proj, k_proj, v_proj, o_proj,
+    /// gate_proj, up_proj, down_proj), or `all-linear` (PEFT's spelling) for every linear
+    /// layer of the decoder except the output head, the default: on small pretrained students
+    /// adapters on attention alone learn a new task far more slowly.
     #[serde(default = "default_target_modules")]
     pub target_modules: Vec<String>,
 }
@@ -491,8 +500,23 @@ fn default_dropout() -> f64 {
     0.05
 }
 fn default_target_modules() -> Vec<String> {
-    vec!["q_proj".into(), "v_proj".into()]
+    vec![ALL_LINEAR.into()]
 }
+
+/// PEFT's `target_modules` spelling for every linear layer but the output head.
+pub const ALL_LINEAR: &str = "all-linear";
+
+/// Linear layers of a Llama-family decoder that can carry an adapter (Hugging Face names):
+/// what `training.lora.targetModules` may name besides [`ALL_LINEAR`].
+pub const LORA_TARGET_MODULES: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
 
 impl Default for LoraSpec {
     fn default() -> Self {
@@ -509,7 +533,7 @@ impl Default for LoraSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.learningRate > 0.0", "message": "training.learningRate must be positive", "fieldPath": ".learningRate"},
+    {"rule": "!has(self.learningRate) || self.learningRate > 0.0", "message": "training.learningRate must be positive", "fieldPath": ".learningRate"},
     {"rule": "self.warmupRatio >= 0.0 && self.warmupRatio < 1.0", "message": "training.warmupRatio must be in [0, 1)", "fieldPath": ".warmupRatio"}
 ]))]
 pub struct TrainingSpec {
@@ -519,13 +543,30 @@ pub struct TrainingSpec {
     /// LoRA hyperparameters (method lora).
     #[serde(default)]
     pub lora: LoraSpec,
-    /// Passes over the training set.
+    /// Passes over the training set. Unset (the default): as many as it takes to reach
+    /// `minSteps` optimizer steps, at most `maxEpochs`, so the few hundred rows of round 1
+    /// get enough steps and the larger sets of later rounds are not over-trained.
     #[schemars(range(min = 1))]
-    #[serde(default = "default_epochs")]
-    pub epochs: u32,
-    /// Peak learning rate of AdamW (after warmup, then cosine decay).
-    #[serde(default = "default_lr")]
-    pub learning_rate: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<u32>,
+    /// With `epochs` unset: the fewest optimizer steps a round trains for.
+    #[schemars(range(min = 1))]
+    #[serde(default = "default_min_steps")]
+    pub min_steps: u32,
+    /// With `epochs` unset: the most epochs `minSteps` may ask for.
+    #[schemars(range(min = 1))]
+    #[serde(default = "default_max_epochs")]
+    pub max_epochs: u32,
+    /// Keep the weights of the epoch whose held-out loss was lowest instead of the last
+    /// epoch's (the held-out slice is a few percent of the training rows, never the test
+    /// set). The stage result and `status.rounds[]` say which epoch won.
+    #[serde(default = "default_true")]
+    pub select_best_epoch: bool,
+    /// Peak learning rate of AdamW (after warmup, then cosine decay). Unset: 1e-3 for LoRA,
+    /// 2e-5 for full fine-tuning of `student.baseModel`, 3e-3 for full training of a
+    /// `student.fromScratch` model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning_rate: Option<f64>,
     /// Share of the steps spent warming the learning rate up linearly.
     #[serde(default = "default_warmup")]
     pub warmup_ratio: f64,
@@ -571,12 +612,34 @@ pub struct TrainingSpec {
     pub image: Option<String>,
 }
 
-fn default_epochs() -> u32 {
-    3
+fn default_min_steps() -> u32 {
+    100
 }
-fn default_lr() -> f64 {
-    2e-4
+fn default_max_epochs() -> u32 {
+    10
 }
+
+/// The learning rate `training.learningRate` stands for when unset (see its docs).
+pub const DEFAULT_LORA_LEARNING_RATE: f64 = 1e-3;
+/// Unset `training.learningRate` with method full and a pretrained base.
+pub const DEFAULT_FULL_LEARNING_RATE: f64 = 2e-5;
+/// Unset `training.learningRate` with method full and a from-scratch student.
+pub const DEFAULT_FROM_SCRATCH_LEARNING_RATE: f64 = 3e-3;
+
+impl TrainingSpec {
+    /// The peak learning rate: `learningRate`, else the default for the method and student.
+    pub fn effective_learning_rate(&self, student: &StudentSpec) -> f64 {
+        match (self.learning_rate, self.method) {
+            (Some(lr), _) => lr,
+            (None, TrainingMethod::Lora) => DEFAULT_LORA_LEARNING_RATE,
+            (None, TrainingMethod::Full) if student.from_scratch.is_some() => {
+                DEFAULT_FROM_SCRATCH_LEARNING_RATE
+            }
+            (None, TrainingMethod::Full) => DEFAULT_FULL_LEARNING_RATE,
+        }
+    }
+}
+
 fn default_warmup() -> f64 {
     0.1
 }
@@ -598,8 +661,11 @@ impl Default for TrainingSpec {
         Self {
             method: TrainingMethod::default(),
             lora: LoraSpec::default(),
-            epochs: default_epochs(),
-            learning_rate: default_lr(),
+            epochs: None,
+            min_steps: default_min_steps(),
+            max_epochs: default_max_epochs(),
+            select_best_epoch: true,
+            learning_rate: None,
             warmup_ratio: default_warmup(),
             batch_size: default_batch(),
             gradient_accumulation: default_grad_accum(),
@@ -701,6 +767,12 @@ pub struct EvaluationSpec {
     /// performance-matching ratio (student score / teacher score).
     #[serde(default)]
     pub baseline: bool,
+    /// Evaluate the student before any training, as round 0 (judged like every round), so
+    /// status and report show where the migration started and what it bought. Costs one
+    /// round of judge calls. Unset: on for `student.baseModel`, off for `student.fromScratch`
+    /// (random weights score nothing worth paying a judge for; true is refused there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_student: Option<bool>,
     /// Sentence-embedding model for metric embedding (a local path or URL to an
     /// all-MiniLM-L6-v2 style directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -735,6 +807,7 @@ impl Default for EvaluationSpec {
             generation: EvalGeneration::default(),
             pass_score: default_pass_score(),
             baseline: false,
+            base_student: None,
             embedding_model: None,
             use_training_resources: false,
             resources: None,
@@ -912,7 +985,8 @@ pub struct LlamaDuoMigrationStatus {
     /// Pending, Synthesizing, Training, Evaluating, Succeeded, Failed or Suspended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
-    /// The current (or last) round, from 1.
+    /// The current (or last) round: 0 while the base student is evaluated
+    /// (`evaluation.baseStudent`), then from 1.
     #[serde(default)]
     pub round: u32,
     /// A human-readable account of the latest decision.
@@ -1068,6 +1142,9 @@ pub struct Scores {
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum RoundOutcome {
+    /// Round 0: the base student evaluated before any training (never promoted, never the
+    /// target round; the reference the trained rounds are compared with).
+    Baseline,
     /// The round reached the target.
     TargetReached,
     /// The round fell short; another round follows.
@@ -1107,7 +1184,8 @@ pub struct StageRecord {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RoundStatus {
-    /// Round number, from 1.
+    /// Round number: 0 is the base student before training (`evaluation.baseStudent`), the
+    /// trained rounds count from 1.
     pub round: u32,
     /// Synthetic samples added this round.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1119,6 +1197,12 @@ pub struct RoundStatus {
     /// Final training loss.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_loss: Option<f64>,
+    /// Loss on the training set's held-out slice of the published weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
+    /// The epoch (from 1) whose weights were published, when the held-out loss chose it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_epoch: Option<u32>,
     /// Evaluation scores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scores: Option<Scores>,
@@ -1163,5 +1247,14 @@ impl LlamaDuoMigrationSpec {
     /// The judge, which defaults to the teacher.
     pub fn judge(&self) -> &ProviderSpec {
         self.judge.as_ref().unwrap_or(&self.teacher)
+    }
+
+    /// Whether the migration starts with round 0, the base student judged before training
+    /// (`evaluation.baseStudent`, default on for a pretrained `student.baseModel`; never for a
+    /// from-scratch student, which has no weights before round 1 trains them).
+    pub fn evaluates_base_student(&self) -> bool {
+        self.student.from_scratch.is_none()
+            && self.student.base_model.is_some()
+            && self.evaluation.base_student.unwrap_or(true)
     }
 }

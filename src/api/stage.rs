@@ -187,9 +187,26 @@ pub struct TrainOutcome {
     pub final_loss: f64,
     /// Mean loss over the run.
     pub mean_loss: f64,
-    /// Loss on a held-out slice of the training set.
+    /// Loss on a held-out slice of the training set, of the published weights (the best
+    /// epoch's when `training.selectBestEpoch` chose one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_loss: Option<f64>,
+    /// Epochs the round trained for (`training.epochs`, or what `minSteps` asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<u32>,
+    /// The epoch (from 1) whose weights were published, when chosen by held-out loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_epoch: Option<u32>,
+    /// Held-out loss at the end of every epoch, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub epoch_eval_losses: Vec<f64>,
+    /// Peak learning rate used (`training.learningRate` or its default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning_rate: Option<f64>,
+    /// Things the user should know about this round's training (a dataset smaller than one
+    /// batch, most samples truncated, ...), each naming the setting to change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// Training throughput.
     pub tokens_per_second: f64,
     /// URI of round-{n}/model.

@@ -171,12 +171,20 @@ fn checked(run: &StageRun, mut result: StageResult, failed_exit: Option<&String>
 
 /// Stages round `round` runs, in order.
 fn stages_of_round(spec: &LlamaDuoMigrationSpec, round: u32) -> impl Iterator<Item = Stage> {
-    // Round 1 always synthesizes: besides new samples, it freezes coverage/train.jsonl and
-    // coverage/test.jsonl, which every later stage reads.
+    // The first round always synthesizes: besides new samples, it freezes
+    // coverage/train.jsonl and coverage/test.jsonl, which every later stage reads. Round 0
+    // (the base student) synthesizes nothing and trains nothing: it freezes the split and
+    // evaluates the untrained student on it.
     let skip_synthesis = round > 1 && samples_for_round(spec, round) == 0;
-    Stage::ALL
-        .into_iter()
-        .filter(move |s| !(skip_synthesis && *s == Stage::Synthesize))
+    let skip_training = round == 0;
+    Stage::ALL.into_iter().filter(move |s| {
+        !(skip_synthesis && *s == Stage::Synthesize || skip_training && *s == Stage::Train)
+    })
+}
+
+/// The first round of a migration: 0 when it evaluates the base student first, else 1.
+fn first_round(spec: &LlamaDuoMigrationSpec) -> u32 {
+    u32::from(!spec.evaluates_base_student())
 }
 
 fn first_run(spec: &LlamaDuoMigrationSpec, round: u32) -> Step {
@@ -222,7 +230,7 @@ fn progress(
     generation: Option<i64>,
 ) -> Step {
     let Some(last) = status.rounds.last() else {
-        return first_run(spec, 1);
+        return first_run(spec, first_round(spec));
     };
     // A round is over once it was evaluated and decided; one a failed stage or a stop rule
     // ended before its evaluation goes on where it stopped when the migration resumes.
@@ -276,6 +284,11 @@ fn decide_round(
     status: &LlamaDuoMigrationStatus,
     round: &RoundStatus,
 ) -> Step {
+    if round.round == 0 {
+        // The base student is the reference, not a candidate: it neither reaches the target
+        // nor counts as best (it has no trained model to promote).
+        return next_round(spec, status, 0);
+    }
     let Some(scores) = round.scores else {
         return Step::Finish(Finish::Failed(StopReason::StageFailed {
             round: round.round,

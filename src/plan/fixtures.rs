@@ -71,7 +71,18 @@ impl SpecBuilder {
         self
     }
     pub fn epochs(mut self, n: u32) -> Self {
-        self.0.training.epochs = n;
+        self.0.training.epochs = Some(n);
+        self
+    }
+    /// A pretrained student (`student.baseModel`): the migration starts with round 0 unless
+    /// `evaluation.baseStudent` is false.
+    pub fn pretrained(mut self) -> Self {
+        self.0.student.from_scratch = None;
+        self.0.student.base_model = Some("file:///models/smollm2".into());
+        self
+    }
+    pub fn base_student(mut self, on: bool) -> Self {
+        self.0.evaluation.base_student = Some(on);
         self
     }
     pub fn suspend(mut self, on: bool) -> Self {

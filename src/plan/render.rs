@@ -18,13 +18,14 @@ pub enum RenderError {
     StorageRequired,
 }
 
-/// Synthetic samples round `round` asks for: `synthesis.initialSamples` in round 1,
+/// Synthetic samples round `round` asks for: none in round 0 (the base student: its
+/// synthesize stage only freezes the coverage split), `synthesis.initialSamples` in round 1,
 /// `synthesis.samplesPerRound` later. Zero skips the synthesize stage after round 1.
 pub fn samples_for_round(spec: &LlamaDuoMigrationSpec, round: u32) -> u32 {
-    if round <= 1 {
-        spec.synthesis.initial_samples
-    } else {
-        spec.synthesis.samples_per_round
+    match round {
+        0 => 0,
+        1 => spec.synthesis.initial_samples,
+        _ => spec.synthesis.samples_per_round,
     }
 }
 

@@ -575,7 +575,7 @@ fn spec_change_mid_round_applies_from_the_next_run() {
     let StageConfig::Train(c) = *config else {
         panic!()
     };
-    assert_eq!(c.training.epochs, 7);
+    assert_eq!(c.training.epochs, Some(7));
 }
 
 #[test]
@@ -938,4 +938,84 @@ fn a_migration_the_budget_stopped_between_stages_stays_failed() {
     let mut b = b.respec(spec().budget(500).suspend(true).build());
     assert_eq!(b.step(missing()), Decision::Idle);
     assert_eq!(b.status.phase, Some(Phase::Failed));
+}
+
+#[test]
+fn a_pretrained_student_is_evaluated_untrained_as_round_0() {
+    let pretrained = spec().pretrained().build();
+    let mut b = status(&pretrained);
+    // Round 0: synthesize (no samples: it freezes the coverage split), then evaluate; no train.
+    let first = b.next_run();
+    assert_eq!((first.round, first.stage), (0, Stage::Synthesize));
+    match b.step(missing()) {
+        Decision::StartStage { config, .. } => match *config {
+            StageConfig::Synthesize(c) => assert_eq!(c.samples, 0, "round 0 asks for no samples"),
+            other => panic!("expected a synthesize config, got {other:?}"),
+        },
+        other => panic!("expected a start, got {other:?}"),
+    }
+    b = b.finished(result(Stage::Synthesize, 0).build());
+    assert_eq!(
+        b.next_run().stage,
+        Stage::Evaluate,
+        "round 0 trains nothing"
+    );
+    // The base student scores above the target: still no success, it is the reference.
+    b = b
+        .started()
+        .finished(result(Stage::Evaluate, 0).mean(95.0).build());
+    let r0 = &b.status.rounds[0];
+    assert_eq!(r0.round, 0);
+    assert_eq!(r0.scores.map(|s| s.mean), Some(95.0));
+    assert!(
+        b.status.best.is_none(),
+        "the untrained base is never the best model"
+    );
+    let next = b.next_run();
+    assert_eq!((next.round, next.stage), (1, Stage::Synthesize));
+    match b.step(missing()) {
+        Decision::StartStage { config, .. } => match *config {
+            StageConfig::Synthesize(c) => {
+                assert_eq!(c.samples, 100, "round 1 synthesizes initialSamples")
+            }
+            other => panic!("expected a synthesize config, got {other:?}"),
+        },
+        other => panic!("expected a start, got {other:?}"),
+    }
+    assert_eq!(b.status.rounds[0].outcome, Some(RoundOutcome::Baseline));
+    assert_eq!(b.status.round, 1);
+    // Round 1 below round 0's score: the plateau rule counts trained rounds only.
+    let spec2 = spec().pretrained().plateau(1).max_rounds(3).build();
+    let mut b = status(&spec2).round(90.0).round(40.0);
+    assert_eq!(b.status.best.as_ref().map(|x| x.round), Some(1));
+    assert_eq!(
+        want(&b.step(missing())),
+        Want::Start(2, Stage::Synthesize, 1)
+    );
+}
+
+#[test]
+fn round_0_is_skipped_when_opted_out_or_from_scratch() {
+    for s in [
+        spec().pretrained().base_student(false).build(),
+        spec().build(),
+        spec().base_student(true).build(),
+    ] {
+        let b = status(&s);
+        let first = b.next_run();
+        assert_eq!((first.round, first.stage), (1, Stage::Synthesize));
+    }
+}
+
+#[test]
+fn round_0_target_is_reached_only_by_a_trained_round() {
+    let s = spec().pretrained().target(60.0).build();
+    let mut b = status(&s).round(70.0);
+    assert_eq!(b.status.rounds.len(), 1);
+    assert_eq!(
+        want(&b.step(missing())),
+        Want::Start(1, Stage::Synthesize, 1)
+    );
+    let mut b = b.round(65.0);
+    assert_eq!(want(&b.step(missing())), Want::Succeed(1));
 }

@@ -158,6 +158,8 @@ pub fn apply_result(status: &mut LlamaDuoMigrationStatus, run: &StageRun, result
                 if let Some(t) = &result.train {
                     round.training_samples = Some(t.training_samples);
                     round.train_loss = Some(t.final_loss);
+                    round.eval_loss = t.eval_loss;
+                    round.best_epoch = t.best_epoch;
                     round.model_uri = Some(t.model_uri.clone());
                 }
             }
@@ -223,7 +225,11 @@ fn start(status: &mut LlamaDuoMigrationStatus, run: &StageRun) {
         // Earlier rounds were below target; one a stop rule had ended is so too once the
         // migration goes on.
         if r.round < run.round && matches!(r.outcome, None | Some(RoundOutcome::Stopped)) {
-            r.outcome = Some(RoundOutcome::BelowTarget);
+            r.outcome = Some(if r.round == 0 {
+                RoundOutcome::Baseline
+            } else {
+                RoundOutcome::BelowTarget
+            });
         }
     }
     // A round resumed after its stage failed is running again.
@@ -268,6 +274,7 @@ fn fail(status: &mut LlamaDuoMigrationStatus, reason: &StopReason) {
     {
         last.outcome = Some(match reason {
             StopReason::StageFailed { .. } => RoundOutcome::Failed,
+            _ if last.round == 0 && last.scores.is_some() => RoundOutcome::Baseline,
             _ => RoundOutcome::Stopped,
         });
     }

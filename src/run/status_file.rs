@@ -157,6 +157,8 @@ mod tests {
                 synthesized: Some(400),
                 training_samples: Some(454),
                 train_loss: Some(0.75),
+                eval_loss: Some(0.8),
+                best_epoch: Some(2),
                 scores: Some(Scores {
                     mean: 61.5,
                     pass_rate: 0.5,

@@ -7,15 +7,37 @@ use crate::api::{LlamaDuoMigrationStatus, RoundOutcome, RoundStatus, StageResult
 /// `  round 1 train       ok  402 steps, loss 0.412, 3100 tok/s  (41.2s)`.
 pub fn stage_line(run: &StageRun, result: &StageResult) -> String {
     let what = if result.succeeded {
-        let details = if let Some(s) = &result.synthesize {
+        let details = if result
+            .synthesize
+            .as_ref()
+            .is_some_and(|s| s.requested == 0 && s.produced == 0)
+        {
+            // Round 0: synthesis only freezes the coverage split the base student is judged on.
+            "coverage split frozen, no samples asked for".to_string()
+        } else if let Some(s) = &result.synthesize {
             format!(
                 "{} samples ({} malformed, {} duplicates, {} decontaminated dropped)",
                 s.produced, s.rejected_malformed, s.deduplicated, s.decontaminated
             )
         } else if let Some(t) = &result.train {
+            let epochs = match (t.epochs, t.best_epoch, t.eval_loss) {
+                (Some(e), Some(b), Some(l)) => {
+                    format!(" ({e} epochs, kept epoch {b}: held-out loss {})", loss(l))
+                }
+                (Some(e), _, _) => format!(" ({e} epochs)"),
+                _ => String::new(),
+            };
+            let warnings = if t.warnings.is_empty() {
+                String::new()
+            } else {
+                format!("; warning: {}", t.warnings.join("; "))
+            };
             format!(
-                "{} steps on {} samples, loss {:.3}, {:.0} tok/s",
-                t.steps, t.training_samples, t.final_loss, t.tokens_per_second
+                "{} steps{epochs} on {} samples, loss {}, {:.0} tok/s{warnings}",
+                t.steps,
+                t.training_samples,
+                loss(t.final_loss),
+                t.tokens_per_second
             )
         } else if let Some(e) = &result.evaluate {
             format!(
@@ -58,10 +80,20 @@ fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
     v.map(f).unwrap_or_else(|| "-".into())
 }
 
+/// A loss for people: three decimals, or two significant digits below 0.001 (a student that
+/// learned a deterministic task reaches 1e-5, which "0.000" would hide).
+fn loss(v: f64) -> String {
+    if v != 0.0 && v.abs() < 1e-3 {
+        format!("{v:.1e}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
 /// The table of rounds: samples, loss, scores, tokens, duration, outcome.
 pub fn rounds_table(status: &LlamaDuoMigrationStatus) -> String {
     let header = [
-        "round", "new", "trained", "loss", "mean", "pass", "tokens", "time", "outcome",
+        "round", "new", "trained", "loss", "epoch", "mean", "pass", "tokens", "time", "outcome",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for r in &status.rounds {
@@ -69,13 +101,15 @@ pub fn rounds_table(status: &LlamaDuoMigrationStatus) -> String {
             r.round.to_string(),
             opt(r.synthesized, |v| v.to_string()),
             opt(r.training_samples, |v| v.to_string()),
-            opt(r.train_loss, |v| format!("{v:.3}")),
+            opt(r.train_loss, loss),
+            opt(r.best_epoch, |v| v.to_string()),
             opt(r.scores, |s| format!("{:.1}", s.mean)),
             opt(r.scores, |s| format!("{:.0}%", s.pass_rate * 100.0)),
             r.service_tokens.total().to_string(),
             // abs: never print "-0s" for a round whose stages took no measurable time.
             format!("{:.0}s", round_seconds(r).max(0.0).abs()),
             match r.outcome {
+                Some(RoundOutcome::Baseline) => "base student",
                 Some(RoundOutcome::TargetReached) => "target reached",
                 Some(RoundOutcome::BelowTarget) => "below target",
                 Some(RoundOutcome::Stopped) => "stopped",
@@ -192,6 +226,12 @@ mod tests {
             output: 5,
         };
         let line = stage_line(&run, &r);
+        let mut round0 = r.clone();
+        round0.synthesize = Some(SynthesizeOutcome::default());
+        assert!(
+            stage_line(&run, &round0).contains("coverage split frozen, no samples asked for"),
+            "round 0 synthesis only freezes the coverage split"
+        );
         assert!(
             line.contains("ok    40 samples") && line.contains("15 service tokens"),
             "{line}"
@@ -203,5 +243,8 @@ mod tests {
             ..TrainOutcome::default()
         });
         assert!(stage_line(&run, &r).contains("7 steps"));
+        assert_eq!(loss(0.0412), "0.041");
+        assert_eq!(loss(0.000_021_4), "2.1e-5");
+        assert_eq!(loss(0.0), "0.000");
     }
 }

@@ -39,7 +39,7 @@ enum Command {
     /// Score the round's model on the frozen test set.
     Evaluate(StageArgs),
     /// Serve an OpenAI-compatible stand-in for a service LLM that knows a few task families
-    /// (arithmetic, reverse, sort, triage), for trials and tests without API keys. Prints
+    /// (arithmetic, reverse, sort, triage, dates, updates), for trials and tests without API keys. Prints
     /// `{"baseUrl": ...}` on stdout once it listens; stops on Ctrl-C or SIGTERM.
     SimulateTeacher(llamaduo_service_llm::simulate::SimulateOptions),
     /// Serve a trained model (full weights or base + LoRA adapter) behind an OpenAI-compatible
@@ -48,7 +48,7 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Write a coverage dataset of a simulated task family as JSONL on stdout.
     SampleDataset {
-        /// Task family: arithmetic, reverse, sort or triage.
+        /// Task family: arithmetic, reverse, sort, triage, dates or updates.
         #[arg(long)]
         family: String,
         /// Number of rows.

@@ -199,12 +199,7 @@ fn fit(
     let template = hub.chat_template(&tokenizer, config.student.chat_template.as_deref())?;
     let trainable = match training.method {
         TrainingMethod::Full => Trainable::Full,
-        TrainingMethod::Lora => Trainable::Lora(LoraConfig {
-            rank: training.lora.rank as usize,
-            alpha: training.lora.alpha,
-            dropout: training.lora.dropout,
-            target_modules: training.lora.target_modules.clone(),
-        }),
+        TrainingMethod::Lora => Trainable::Lora(LoraConfig::from(&training.lora)),
     };
     let model = CausalLm::load(
         &cfg,
@@ -215,7 +210,7 @@ fn fit(
             seed: training.seed,
         },
     )?;
-    let mut opts = TrainOptions::from_spec(training);
+    let mut opts = TrainOptions::from_spec(training, &config.student);
     opts.pad_id = tokenizer.pad_id();
     opts.checkpoint_dir = Some(checkpoints.to_path_buf());
     std::fs::create_dir_all(checkpoints)?;
@@ -318,5 +313,74 @@ mod tests {
             "the model's template must travel with it"
         );
         assert!(!dest.join("model.safetensors").exists());
+    }
+
+    fn row(id: &str) -> DatasetRow {
+        serde_json::from_value(serde_json::json!({
+            "messages": [
+                {"role": "user", "content": format!("question {id}")},
+                {"role": "assistant", "content": format!("answer {id}")}
+            ],
+            "id": id,
+        }))
+        .expect("row")
+    }
+
+    fn ids(rows: &[DatasetRow]) -> Vec<String> {
+        rows.iter()
+            .map(|r| r.id.clone().unwrap_or_default())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn round_n_trains_on_coverage_train_and_the_synthetic_samples_of_rounds_1_to_n() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = Store::open(&format!("file://{}", tmp.path().display())).expect("store");
+        llamaduo_store::write_jsonl(
+            &store,
+            ArtifactLayout::COVERAGE_TRAIN,
+            &[row("c1"), row("c2")],
+        )
+        .await
+        .expect("coverage");
+        for r in 1..=3 {
+            let rows = [row(&format!("s{r}a")), row(&format!("s{r}b"))];
+            llamaduo_store::write_jsonl(&store, &ArtifactLayout::synthetic(r), &rows)
+                .await
+                .expect("synthetic");
+        }
+        // Round 4's synthesis committed a part but never finished: not training data.
+        store
+            .put(
+                &format!(
+                    "{}.parts/part-00000.jsonl",
+                    ArtifactLayout::synthetic(4).trim_end_matches(".jsonl")
+                ),
+                serde_json::to_vec(&row("s4a")).expect("json"),
+            )
+            .await
+            .expect("part");
+
+        let round = |n| {
+            let store = &store;
+            async move { ids(&training_rows(store, n).await.expect("rows")) }
+        };
+        assert_eq!(round(1).await, ["c1", "c2", "s1a", "s1b"]);
+        assert_eq!(
+            round(2).await,
+            ["c1", "c2", "s1a", "s1b", "s2a", "s2b"],
+            "round 2 keeps round 1's samples: every round retrains on all of them"
+        );
+        assert_eq!(
+            round(3).await,
+            ["c1", "c2", "s1a", "s1b", "s2a", "s2b", "s3a", "s3b"]
+        );
+        assert_eq!(
+            round(4).await.len(),
+            8,
+            "an unfinished synthesis adds nothing"
+        );
+        // Round 0 (the base student) trains on nothing but would read coverage only.
+        assert_eq!(round(0).await, ["c1", "c2"]);
     }
 }

@@ -133,7 +133,7 @@ fn main() -> anyhow::Result<()> {
         dropped: 0,
     };
     let topts = TrainOptions {
-        epochs: 1,
+        epochs: llamaduo_model::train::Epochs::Fixed(1),
         learning_rate: 1e-4,
         warmup_ratio: 0.0,
         batch_size: batch,

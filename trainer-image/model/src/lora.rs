@@ -4,32 +4,24 @@
 //! [`Var`]s (master weights also under bf16 compute) and are the only trained tensors.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
-use llamaduo::api::LoraSpec;
+use llamaduo::api::{ALL_LINEAR, LoraSpec};
 
 use crate::rng::{SplitMix, derive_str};
 
 /// Linear layers of a Llama-family decoder that can carry an adapter (Hugging Face names).
-pub const TARGET_MODULES: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
+pub use llamaduo::api::LORA_TARGET_MODULES as TARGET_MODULES;
 
 /// Bad LoRA settings.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum LoraError {
     /// A target module that the model does not have.
-    #[error("lora.targetModules: unknown module(s) {unknown:?}; valid are {valid:?}", valid = TARGET_MODULES)]
+    #[error("training.lora.targetModules: unknown module(s) {unknown:?}; valid are {valid:?} or \"all-linear\"", valid = TARGET_MODULES)]
     UnknownModules {
         /// The names not found.
         unknown: Vec<String>,
     },
     /// No target module at all.
-    #[error("lora.targetModules is empty; name at least one of {valid:?}", valid = TARGET_MODULES)]
+    #[error("training.lora.targetModules is empty; name at least one of {valid:?}, or \"all-linear\"", valid = TARGET_MODULES)]
     NoModules,
     /// Rank zero, negative alpha or dropout outside [0, 1).
     #[error("invalid LoRA hyperparameters: {0}")]
@@ -45,8 +37,28 @@ pub struct LoraConfig {
     pub alpha: f64,
     /// Dropout on the adapter input during training.
     pub dropout: f64,
-    /// Module names (see [`TARGET_MODULES`]).
+    /// Module names (see [`TARGET_MODULES`]); `all-linear` stands for all of them.
     pub target_modules: Vec<String>,
+}
+
+/// `names` with `all-linear` replaced by every module of [`TARGET_MODULES`], in that order,
+/// without repeats: PEFT's spelling, resolved as PEFT resolves it for a decoder (every linear
+/// layer but the output head).
+pub fn expand_targets(names: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        let group: Vec<String> = if name == ALL_LINEAR {
+            TARGET_MODULES.iter().map(|m| m.to_string()).collect()
+        } else {
+            vec![name.clone()]
+        };
+        for m in group {
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+    }
+    out
 }
 
 impl LoraConfig {
@@ -67,7 +79,7 @@ impl LoraConfig {
         let unknown: Vec<String> = self
             .target_modules
             .iter()
-            .filter(|m| !TARGET_MODULES.contains(&m.as_str()))
+            .filter(|m| !TARGET_MODULES.contains(&m.as_str()) && m.as_str() != ALL_LINEAR)
             .cloned()
             .collect();
         if unknown.is_empty() {
@@ -84,7 +96,17 @@ impl LoraConfig {
 
     /// Whether a module (by its short name, e.g. `q_proj`) gets an adapter.
     pub fn targets(&self, module: &str) -> bool {
-        self.target_modules.iter().any(|m| m == module)
+        self.target_modules
+            .iter()
+            .any(|m| m == module || (m == ALL_LINEAR && TARGET_MODULES.contains(&module)))
+    }
+
+    /// The same settings with `all-linear` spelled out (what adapter_config.json records).
+    pub fn resolved(&self) -> Self {
+        Self {
+            target_modules: expand_targets(&self.target_modules),
+            ..self.clone()
+        }
     }
 }
 
@@ -94,7 +116,7 @@ impl From<&LoraSpec> for LoraConfig {
             rank: s.rank as usize,
             alpha: s.alpha,
             dropout: s.dropout,
-            target_modules: s.target_modules.clone(),
+            target_modules: expand_targets(&s.target_modules),
         }
     }
 }
@@ -185,6 +207,33 @@ mod tests {
         );
         assert_eq!(cfg(&[]).validate(), Err(LoraError::NoModules));
         cfg(&["q_proj", "down_proj"]).validate().expect("valid");
+    }
+
+    #[test]
+    fn all_linear_stands_for_every_decoder_projection() {
+        let c = cfg(&["all-linear"]);
+        c.validate().expect("PEFT's spelling is accepted");
+        assert!(TARGET_MODULES.iter().all(|m| c.targets(m)));
+        assert!(!c.targets("lm_head"));
+        assert_eq!(c.resolved().target_modules, TARGET_MODULES.to_vec());
+        assert_eq!(
+            expand_targets(&["v_proj".into(), "all-linear".into()]),
+            [
+                "v_proj",
+                "q_proj",
+                "k_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj"
+            ]
+        );
+        let spec = LoraSpec::default();
+        assert_eq!(
+            LoraConfig::from(&spec).target_modules,
+            TARGET_MODULES.to_vec(),
+            "the default adapts every linear layer"
+        );
     }
 
     #[test]

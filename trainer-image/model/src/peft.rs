@@ -115,7 +115,7 @@ impl AdapterConfig {
         ] {
             extra.insert(k.into(), v);
         }
-        let mut targets = cfg.target_modules.clone();
+        let mut targets = crate::lora::expand_targets(&cfg.target_modules);
         targets.sort();
         Self {
             peft_type: "LORA".into(),
@@ -151,9 +151,13 @@ impl AdapterConfig {
                     .into(),
             ));
         }
-        let targets: Vec<String> = serde_json::from_value(self.target_modules.clone()).map_err(|_| {
-            bad("target_modules must be a list of module names (regex strings are not supported)".into())
-        })?;
+        // PEFT accepts "all-linear" as a plain string; any other string is a regex.
+        let targets: Vec<String> = match &self.target_modules {
+            serde_json::Value::String(s) if s == llamaduo::api::ALL_LINEAR => vec![s.clone()],
+            other => serde_json::from_value(other.clone()).map_err(|_| {
+                bad("target_modules must be a list of module names or \"all-linear\" (regex strings are not supported)".into())
+            })?,
+        };
         let cfg = LoraConfig {
             rank: self.r,
             alpha: self.lora_alpha,

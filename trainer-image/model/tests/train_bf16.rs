@@ -15,7 +15,7 @@ use llamaduo_model::config::ModelConfig;
 use llamaduo_model::models::init::random_weights;
 use llamaduo_model::models::{CausalLm, LoadOptions, Trainable};
 use llamaduo_model::rng::SplitMix;
-use llamaduo_model::train::{Dataset, TrainOptions, data::prepare, train};
+use llamaduo_model::train::{Dataset, Epochs, TrainOptions, data::prepare, train};
 
 fn model(cfg: &ModelConfig, dtype: DType, trainable: Trainable) -> CausalLm {
     // The same f32 draws for both dtypes; bf16 models round them on load, as from a checkpoint.
@@ -42,7 +42,7 @@ fn data() -> Dataset {
 
 fn opts(learning_rate: f64) -> TrainOptions {
     TrainOptions {
-        epochs: 10,
+        epochs: Epochs::Fixed(10),
         learning_rate,
         warmup_ratio: 0.1,
         batch_size: 16,

@@ -11,7 +11,7 @@ use llamaduo::api::Architecture;
 use llamaduo_model::config::ModelConfig;
 use llamaduo_model::models::Trainable;
 use llamaduo_model::rng::SplitMix;
-use llamaduo_model::train::{TrainOptions, data::prepare, train};
+use llamaduo_model::train::{Epochs, TrainOptions, data::prepare, train};
 
 #[test]
 fn two_layer_model_learns_to_reverse_digits() {
@@ -24,7 +24,7 @@ fn two_layer_model_learns_to_reverse_digits() {
         .collect();
     let data = prepare(train_rows, 64);
     let opts = TrainOptions {
-        epochs: 4,
+        epochs: Epochs::Fixed(4),
         learning_rate: 3e-3,
         warmup_ratio: 0.05,
         batch_size: 32,

@@ -11,7 +11,7 @@ use common::*;
 use llamaduo::api::Architecture;
 use llamaduo_model::models::{CausalLm, Trainable};
 use llamaduo_model::rng::SplitMix;
-use llamaduo_model::train::{Dataset, TrainOptions, checkpoint, data::prepare, train};
+use llamaduo_model::train::{Dataset, Epochs, TrainOptions, checkpoint, data::prepare, train};
 
 fn digits_data(n: usize) -> Dataset {
     let mut rng = SplitMix::new(3);
@@ -51,7 +51,7 @@ fn snapshot(model: &CausalLm) -> HashMap<String, Vec<f32>> {
 
 fn opts(dir: &std::path::Path) -> TrainOptions {
     TrainOptions {
-        epochs: 2,
+        epochs: Epochs::Fixed(2),
         learning_rate: 1e-2,
         warmup_ratio: 0.2,
         batch_size: 4,

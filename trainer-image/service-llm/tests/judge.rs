@@ -90,7 +90,17 @@ async fn models_and_unknown_model_errors() {
         .iter()
         .filter_map(|m| m["id"].as_str())
         .collect();
-    assert_eq!(ids, ["arithmetic", "reverse", "sort", "triage"]);
+    assert_eq!(
+        ids,
+        [
+            "arithmetic",
+            "reverse",
+            "sort",
+            "triage",
+            "dates",
+            "updates"
+        ]
+    );
 
     let err = client
         .chat(&answer_request(

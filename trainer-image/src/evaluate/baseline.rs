@@ -89,7 +89,8 @@ pub async fn reuse(
     judgements: &mut Ledger<JudgementRecord, JudgementKey>,
 ) -> Result<Option<u32>, StoreError> {
     let wanted = fingerprint(config);
-    for round in (1..config.context.round).rev() {
+    // Round 0 (the base student) judges the same baseline: it may be reused as well.
+    for round in (0..config.context.round).rev() {
         let dir = ArtifactLayout::eval_dir(round);
         let key = format!("{dir}/{BASELINE_FILE}");
         if !store.exists(&key).await? {

@@ -33,6 +33,13 @@ pub struct CheckpointState {
     /// The RNG state: every draw derives from (seed, step), so this is the seed; the step
     /// above is the counter.
     pub seed: u64,
+    /// Held-out loss after each finished epoch (best-epoch selection).
+    #[serde(default)]
+    pub epoch_eval_losses: Vec<f64>,
+    /// The epoch (from 1) with the lowest held-out loss so far; its weights are in
+    /// `best-epoch-N/` next to the checkpoints.
+    #[serde(default)]
+    pub best_epoch: Option<u32>,
 }
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> TrainError {
@@ -122,6 +129,58 @@ fn sync_dir(dir: &Path) {
     if let Ok(f) = std::fs::File::open(dir) {
         let _ = f.sync_all();
     }
+}
+
+fn best_dir_name(epoch: u32) -> String {
+    format!("best-epoch-{epoch:04}")
+}
+
+/// Keeps the trained tensors of the best epoch so far (`best-epoch-N/`, written atomically;
+/// other epochs' copies are removed), so a resumed run can still publish them.
+pub fn save_best(
+    dir: &Path,
+    epoch: u32,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<(), TrainError> {
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    let name = best_dir_name(epoch);
+    let tmp = dir.join(format!("{TMP_PREFIX}{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+    candle_core::safetensors::save(tensors, tmp.join(TRAINABLE))?;
+    sync_dir(&tmp);
+    let final_dir = dir.join(&name);
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir)
+            .map_err(io(format!("replacing {}", final_dir.display())))?;
+    }
+    std::fs::rename(&tmp, &final_dir)
+        .map_err(io(format!("renaming into {}", final_dir.display())))?;
+    for entry in std::fs::read_dir(dir).map_err(io(format!("listing {}", dir.display())))? {
+        let entry = entry.map_err(io(format!("listing {}", dir.display())))?;
+        let n = entry.file_name().to_string_lossy().to_string();
+        if n.starts_with("best-epoch-") && n != name {
+            std::fs::remove_dir_all(entry.path())
+                .map_err(io(format!("removing {}", entry.path().display())))?;
+        }
+    }
+    sync_dir(dir);
+    Ok(())
+}
+
+/// The tensors [`save_best`] kept for `epoch`.
+pub fn load_best(
+    dir: &Path,
+    epoch: u32,
+    device: &candle_core::Device,
+) -> Result<HashMap<String, Tensor>, TrainError> {
+    let path = dir.join(best_dir_name(epoch)).join(TRAINABLE);
+    candle_core::safetensors::load(&path, device).map_err(|e| {
+        TrainError::Checkpoint(format!(
+            "{}: the weights of best epoch {epoch} cannot be read ({e}); delete {} to start the round over",
+            path.display(),
+            dir.display()
+        ))
+    })
 }
 
 /// Deletes temporary directories of interrupted writes.

@@ -99,12 +99,21 @@ pub fn tokenize_rows(
 }
 
 /// The seeded split: (training indices, held-out indices). Holds out
-/// `round(n · fraction)` samples (at least 1 when the fraction is > 0 and n >= 10, at most
-/// `max_eval`), never when fewer than 10 samples exist.
-pub fn split(n: usize, fraction: f64, max_eval: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
+/// `round(n · fraction)` samples, raised to `min_eval` (but never more than a fifth of the
+/// samples) so the held-out loss that picks the best epoch is not decided by a handful of
+/// rows, at most `max_eval`; none when the fraction is 0 or fewer than 10 samples exist.
+pub fn split(
+    n: usize,
+    fraction: f64,
+    min_eval: usize,
+    max_eval: usize,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
     let mut idx: Vec<usize> = (0..n).collect();
     let eval_n = if n >= 10 && fraction > 0.0 {
-        ((n as f64 * fraction).round() as usize).clamp(1, max_eval.max(1))
+        ((n as f64 * fraction).round() as usize)
+            .max(min_eval.min(n / 5))
+            .clamp(1, max_eval.max(1))
     } else {
         0
     };
@@ -247,12 +256,16 @@ mod tests {
 
     #[test]
     fn split_and_order_are_seeded() {
-        let (t1, e1) = split(100, 0.05, 200, 7);
-        let (t2, e2) = split(100, 0.05, 200, 7);
+        let (t1, e1) = split(100, 0.05, 0, 200, 7);
+        let (t2, e2) = split(100, 0.05, 0, 200, 7);
         assert_eq!((t1.len(), e1.len()), (95, 5));
         assert_eq!((&t1, &e1), (&t2, &e2));
         assert!(e1.iter().all(|i| !t1.contains(i)));
-        assert_eq!(split(9, 0.5, 200, 7).1.len(), 0);
+        assert_eq!(split(9, 0.5, 0, 200, 7).1.len(), 0);
+        // The floor for best-epoch selection, capped at a fifth of small datasets.
+        assert_eq!(split(200, 0.05, 16, 200, 7).1.len(), 16);
+        assert_eq!(split(40, 0.05, 16, 200, 7).1.len(), 8);
+        assert_eq!(split(1000, 0.05, 16, 200, 7).1.len(), 50);
         assert_eq!(epoch_order(20, 1, 0), epoch_order(20, 1, 0));
         assert_ne!(epoch_order(20, 1, 0), epoch_order(20, 1, 1));
     }

@@ -24,7 +24,7 @@ pub use trainer::{Progress, TrainReport, train};
 
 use std::path::PathBuf;
 
-use llamaduo::api::TrainingSpec;
+use llamaduo::api::{StudentSpec, TrainingSpec};
 
 /// Why training failed.
 #[derive(Debug, thiserror::Error)]
@@ -62,9 +62,12 @@ pub enum TrainError {
     /// The loss or the gradient norm stopped being a finite number: the optimizer step would
     /// write NaN into the weights.
     #[error(
-        "training diverged at step {step}: loss {loss}, gradient norm {grad_norm}; lower training.learningRate (or use precision: f32); no checkpoint or model was written from this step"
+        "training diverged at step {step}: loss {loss}, gradient norm {grad_norm}; training.learningRate {learning_rate} is too high for this student: set it lower (e.g. {half}), or use precision: f32; no checkpoint or model was written from this step",
+        half = learning_rate / 2.0
     )]
     Diverged {
+        /// The peak learning rate of the run.
+        learning_rate: f64,
         /// The step (from 1) whose loss or gradients were not finite.
         step: u64,
         /// Its mean loss.
@@ -74,11 +77,42 @@ pub enum TrainError {
     },
 }
 
+/// How many epochs a run trains for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epochs {
+    /// Exactly this many (`training.epochs`).
+    Fixed(usize),
+    /// As many as reach `min_steps` optimizer steps, between 1 and `max_epochs`
+    /// (`training.epochs` unset).
+    MinSteps {
+        /// Fewest optimizer steps.
+        min_steps: u64,
+        /// Most epochs.
+        max_epochs: usize,
+    },
+}
+
+impl Epochs {
+    /// The epoch count for epochs of `steps_per_epoch` optimizer steps.
+    pub fn resolve(self, steps_per_epoch: u64) -> usize {
+        match self {
+            Self::Fixed(n) => n.max(1),
+            Self::MinSteps {
+                min_steps,
+                max_epochs,
+            } => (min_steps.div_ceil(steps_per_epoch.max(1)) as usize).clamp(1, max_epochs.max(1)),
+        }
+    }
+}
+
 /// Training options (the trainer-side view of the CRD's `TrainingSpec`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainOptions {
-    /// Passes over the training set.
-    pub epochs: usize,
+    /// How many passes over the training set.
+    pub epochs: Epochs,
+    /// Evaluate the held-out slice after every epoch and keep the weights of the epoch with
+    /// the lowest loss (needs `eval_fraction > 0`).
+    pub select_best_epoch: bool,
     /// Peak learning rate.
     pub learning_rate: f64,
     /// Share of steps spent in linear warmup.
@@ -97,6 +131,8 @@ pub struct TrainOptions {
     pub max_grad_norm: f64,
     /// Share of samples held out for the eval loss (0: none).
     pub eval_fraction: f64,
+    /// At least this many held-out samples (but never more than a fifth of the data).
+    pub min_eval_samples: usize,
     /// At most this many held-out samples.
     pub max_eval_samples: usize,
     /// Token id written into pad positions (masked from the loss either way).
@@ -114,7 +150,8 @@ pub struct TrainOptions {
 impl Default for TrainOptions {
     fn default() -> Self {
         Self {
-            epochs: 3,
+            epochs: Epochs::Fixed(3),
+            select_best_epoch: false,
             learning_rate: 2e-4,
             warmup_ratio: 0.1,
             batch_size: 4,
@@ -124,6 +161,7 @@ impl Default for TrainOptions {
             weight_decay: 0.0,
             max_grad_norm: 1.0,
             eval_fraction: 0.05,
+            min_eval_samples: 16,
             max_eval_samples: 200,
             pad_id: 0,
             checkpoint_every: 50,
@@ -135,11 +173,19 @@ impl Default for TrainOptions {
 }
 
 impl TrainOptions {
-    /// Options from the CRD's training spec (checkpoint dir and pad id are the caller's).
-    pub fn from_spec(spec: &TrainingSpec) -> Self {
+    /// Options from the CRD's training spec (checkpoint dir and pad id are the caller's);
+    /// the student decides the default learning rate.
+    pub fn from_spec(spec: &TrainingSpec, student: &StudentSpec) -> Self {
         Self {
-            epochs: spec.epochs as usize,
-            learning_rate: spec.learning_rate,
+            epochs: match spec.epochs {
+                Some(n) => Epochs::Fixed(n as usize),
+                None => Epochs::MinSteps {
+                    min_steps: u64::from(spec.min_steps),
+                    max_epochs: spec.max_epochs as usize,
+                },
+            },
+            select_best_epoch: spec.select_best_epoch,
+            learning_rate: spec.effective_learning_rate(student),
             warmup_ratio: spec.warmup_ratio,
             batch_size: spec.batch_size as usize,
             gradient_accumulation: spec.gradient_accumulation as usize,
@@ -153,8 +199,13 @@ impl TrainOptions {
     /// Checks the numbers.
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |m: &str| Err(TrainError::Options(m.to_string()));
-        if self.epochs == 0 {
-            return bad("epochs must be >= 1");
+        match self.epochs {
+            Epochs::Fixed(0) => return bad("training.epochs must be >= 1"),
+            Epochs::MinSteps { min_steps: 0, .. } => return bad("training.minSteps must be >= 1"),
+            Epochs::MinSteps { max_epochs: 0, .. } => {
+                return bad("training.maxEpochs must be >= 1");
+            }
+            _ => {}
         }
         if self.batch_size == 0 || self.gradient_accumulation == 0 {
             return bad("batchSize and gradientAccumulation must be >= 1");

@@ -68,8 +68,20 @@ pub struct TrainReport {
     pub final_loss: f64,
     /// Mean loss over all steps.
     pub mean_loss: f64,
-    /// Loss per token on the held-out slice.
+    /// Loss per token on the held-out slice, of the weights the model holds at the end (the
+    /// best epoch's under best-epoch selection).
     pub eval_loss: Option<f64>,
+    /// Epochs trained for.
+    pub epochs: u64,
+    /// The epoch (from 1) whose weights the model holds at the end, when best-epoch
+    /// selection chose it.
+    pub best_epoch: Option<u32>,
+    /// Held-out loss after each epoch (best-epoch selection).
+    pub epoch_eval_losses: Vec<f64>,
+    /// Peak learning rate.
+    pub learning_rate: f64,
+    /// Advice about the data or settings, each naming the setting to change.
+    pub warnings: Vec<String>,
     /// Training tokens per second in this process.
     pub tokens_per_second: f64,
     /// Seconds spent in this process.
@@ -90,6 +102,11 @@ impl TrainReport {
             final_loss: self.final_loss,
             mean_loss: self.mean_loss,
             eval_loss: self.eval_loss,
+            epochs: Some(self.epochs as u32),
+            best_epoch: self.best_epoch,
+            epoch_eval_losses: self.epoch_eval_losses.clone(),
+            learning_rate: Some(self.learning_rate),
+            warnings: self.warnings.clone(),
             tokens_per_second: self.tokens_per_second,
             model_uri: model_uri.into(),
         }
@@ -162,14 +179,26 @@ pub fn train(
     let (train_idx, eval_idx) = split(
         data.samples.len(),
         opts.eval_fraction,
+        if opts.select_best_epoch {
+            opts.min_eval_samples
+        } else {
+            0
+        },
         opts.max_eval_samples,
         opts.seed,
     );
     let n = train_idx.len();
     let batches_per_epoch = n.div_ceil(opts.batch_size) as u64;
-    let micro_total = batches_per_epoch * opts.epochs as u64;
     let accum = opts.gradient_accumulation as u64;
+    let epochs = opts
+        .epochs
+        .resolve((batches_per_epoch as f64 / accum as f64).ceil() as u64) as u64;
+    let micro_total = batches_per_epoch * epochs;
     let total_steps = micro_total.div_ceil(accum);
+    let warnings = advice(opts, n, &data, total_steps);
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
     let schedule = CosineSchedule::with_ratio(opts.learning_rate, opts.warmup_ratio, total_steps);
     let params = model.trainable().to_vec();
     let mut opt = AdamW::new(
@@ -181,14 +210,18 @@ pub fn train(
     )?;
     let fp = fingerprint(model, &data, opts, total_steps);
     let mut step_losses: Vec<f64> = Vec::new();
+    let mut best = BestEpoch::default();
     let mut resumed_from = None;
     if let Some(dir) = &opts.checkpoint_dir {
         checkpoint::remove_leftovers(dir)?;
         if let Some(state) = checkpoint::restore_latest(dir, &fp, model, &mut opt)? {
             resumed_from = Some(state.step);
             step_losses = state.step_losses;
+            best.losses = state.epoch_eval_losses;
+            best.epoch = state.best_epoch;
         }
     }
+    let selecting = opts.select_best_epoch && !eval_idx.is_empty();
     let first_step = opt.step_count();
     let mut tokens_this_run = 0usize;
     let mut order_epoch = u64::MAX;
@@ -237,12 +270,19 @@ pub fn train(
                 step: step + 1,
                 loss,
                 grad_norm,
+                learning_rate: opts.learning_rate,
             });
         }
         let lr = schedule.lr(step);
         opt.step(&grads, lr)?;
         step_losses.push(loss);
         let done = step + 1;
+        // Epochs this step finished (several only when one step spans more than an epoch).
+        let epochs_done = micro_end / batches_per_epoch;
+        if selecting && epochs_done > best.losses.len() as u64 {
+            let held_out = eval_loss(model, &data, &eval_idx, opts)?;
+            best.record(model, epochs_done, held_out, opts.checkpoint_dir.as_deref())?;
+        }
         let mut saved = false;
         if let Some(dir) = &opts.checkpoint_dir
             && opts.checkpoint_every > 0
@@ -254,6 +294,8 @@ pub fn train(
                 fingerprint: fp.clone(),
                 step_losses: step_losses.clone(),
                 seed: opts.seed,
+                epoch_eval_losses: best.losses.clone(),
+                best_epoch: best.epoch,
             };
             checkpoint::save(dir, model, &opt, &state, opts.keep_checkpoints)?;
             saved = true;
@@ -279,10 +321,13 @@ pub fn train(
         }
     }
     let train_secs = train_started.elapsed().as_secs_f64().max(1e-9);
-    let eval_loss = if eval_idx.is_empty() || stopped_early {
-        None
+    let (eval_loss, best_epoch) = if eval_idx.is_empty() || stopped_early {
+        (None, None)
+    } else if selecting && let Some(epoch) = best.epoch {
+        best.restore(model, epoch, opts.checkpoint_dir.as_deref())?;
+        (best.losses.get(epoch as usize - 1).copied(), Some(epoch))
     } else {
-        Some(eval_loss(model, &data, &eval_idx, opts)?)
+        (Some(eval_loss(model, &data, &eval_idx, opts)?), None)
     };
     let last = &step_losses[step_losses.len().saturating_sub(10)..];
     Ok(TrainReport {
@@ -295,11 +340,136 @@ pub fn train(
         final_loss: mean(last),
         mean_loss: mean(&step_losses),
         eval_loss,
+        epochs,
+        best_epoch,
+        epoch_eval_losses: best.losses,
+        learning_rate: opts.learning_rate,
+        warnings,
         tokens_per_second: tokens_this_run as f64 / train_secs,
         duration_seconds: started.elapsed().as_secs_f64(),
         resumed_from,
         stopped_early,
     })
+}
+
+/// The epoch with the lowest held-out loss so far and a copy of its trained tensors.
+#[derive(Default)]
+struct BestEpoch {
+    /// Held-out loss after each finished epoch.
+    losses: Vec<f64>,
+    /// The best epoch (from 1).
+    epoch: Option<u32>,
+    /// Its tensors, in `trainable()` order (None after a resume: on disk only).
+    tensors: Option<Vec<Tensor>>,
+}
+
+impl BestEpoch {
+    /// Records the held-out loss measured once `epochs_done` epochs are finished; a new best
+    /// copies the trained tensors (and keeps them next to the checkpoints, for a resume).
+    fn record(
+        &mut self,
+        model: &CausalLm,
+        epochs_done: u64,
+        loss: f64,
+        dir: Option<&std::path::Path>,
+    ) -> Result<(), TrainError> {
+        while (self.losses.len() as u64) < epochs_done {
+            self.losses.push(loss);
+        }
+        let best_so_far = self
+            .epoch
+            .and_then(|e| self.losses.get(e as usize - 1))
+            .copied();
+        if best_so_far.is_some_and(|b| b <= loss) {
+            return Ok(());
+        }
+        let epoch = epochs_done as u32;
+        let tensors: Vec<Tensor> = model
+            .trainable()
+            .iter()
+            .map(|(_, v)| v.as_tensor().copy())
+            .collect::<candle_core::Result<_>>()?;
+        if let Some(dir) = dir {
+            let named = model
+                .trainable()
+                .iter()
+                .zip(&tensors)
+                .map(|((n, _), t)| (n.clone(), t.clone()))
+                .collect();
+            checkpoint::save_best(dir, epoch, &named)?;
+        }
+        self.epoch = Some(epoch);
+        self.tensors = Some(tensors);
+        Ok(())
+    }
+
+    /// Puts the best epoch's tensors back into the model.
+    fn restore(
+        &mut self,
+        model: &CausalLm,
+        epoch: u32,
+        dir: Option<&std::path::Path>,
+    ) -> Result<(), TrainError> {
+        if self.losses.len() == epoch as usize {
+            // The last epoch won: the model already holds its weights.
+            return Ok(());
+        }
+        let tensors = match self.tensors.take() {
+            Some(t) => t,
+            None => {
+                let dir = dir.ok_or_else(|| {
+                    TrainError::Checkpoint(format!("the weights of best epoch {epoch} are gone"))
+                })?;
+                let mut named = checkpoint::load_best(dir, epoch, model.device())?;
+                model
+                    .trainable()
+                    .iter()
+                    .map(|(n, _)| {
+                        named.remove(n).ok_or_else(|| {
+                            TrainError::Checkpoint(format!(
+                                "best epoch {epoch} in {} lacks tensor {n}",
+                                dir.display()
+                            ))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+        };
+        for ((_, var), t) in model.trainable().iter().zip(&tensors) {
+            var.set(&t.to_dtype(var.dtype())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Warnings about a run's data and settings that training goes on with.
+fn advice(opts: &TrainOptions, n: usize, data: &Dataset, total_steps: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    if n < opts.batch_size {
+        out.push(format!(
+            "the training set has {n} samples, fewer than one batch (training.batchSize {}): every step sees all of them; add coverage rows or synthetic samples, or lower training.batchSize",
+            opts.batch_size
+        ));
+    }
+    let all = data.samples.len() as u64 + data.dropped;
+    if all > 0 && data.truncated * 4 > all {
+        out.push(format!(
+            "{} of {all} samples were cut to training.maxSeqLen {} tokens: the student learns truncated answers; raise training.maxSeqLen",
+            data.truncated, opts.max_seq_len
+        ));
+    }
+    if data.dropped > 0 {
+        out.push(format!(
+            "{} samples had no answer token left after truncation to training.maxSeqLen {} and were dropped; raise training.maxSeqLen",
+            data.dropped, opts.max_seq_len
+        ));
+    }
+    if total_steps < 20 {
+        out.push(format!(
+            "only {total_steps} optimizer steps: too few for most students to learn a task; raise training.minSteps (or training.epochs), or lower training.batchSize or training.gradientAccumulation"
+        ));
+    }
+    out
 }
 
 fn mean(xs: &[f64]) -> f64 {

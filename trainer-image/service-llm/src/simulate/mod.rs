@@ -1,6 +1,6 @@
 //! `simulate-teacher`: an offline stand-in for a service LLM, for trials and tests only (it is
 //! not a provider to deploy). It speaks OpenAI chat completions for the built-in task families
-//! ([`tasks::Family`]: arithmetic, reverse, sort, triage; the request's `model` picks one), writes
+//! ([`tasks::Family`]: arithmetic, reverse, sort, triage, dates, updates; the request's `model` picks one), writes
 //! synthetic pairs for synthesis prompts, judges answers for judge prompts, and answers plain
 //! instructions correctly. It can inject faults at set rates (429 with Retry-After, 500,
 //! delays beyond the client's timeout, malformed JSON, truncated bodies) and add latency; all

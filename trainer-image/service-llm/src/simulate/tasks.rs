@@ -7,6 +7,9 @@ use llamaduo::api::{DatasetRow, RowSource};
 use rand::Rng;
 use rand::seq::IndexedRandom;
 
+mod dates;
+mod updates;
+
 /// A built-in task family, selected by the request's `model` field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
@@ -23,6 +26,17 @@ pub enum Family {
     /// answers a test message right once its training data has covered that keyword: more
     /// synthetic data, higher score, as in the LlamaDuo rounds. The quickstart's task.
     Triage,
+    /// A short transform: "Write this date in ISO 8601 format: March 5, 2021" →
+    /// "2021-03-05", from six written forms (month names, abbreviations, ordinals,
+    /// day/month/year with slashes). Pretrained students know dates but not the exact output
+    /// form; partial credit per correct year, month and day.
+    Dates,
+    /// A sentence or two: a customer update written from an order record, "Write the
+    /// customer update for order 4821: item blue lamp, status delayed, new date Monday" →
+    /// "We are sorry: your blue lamp (order 4821) is delayed. It should now arrive on
+    /// Monday." Four statuses, each with its own fixed wording the student has to learn, and
+    /// fields it has to copy.
+    Updates,
 }
 
 /// The names `model` may take (the API's list, which `llamaduo validate` checks against).
@@ -181,6 +195,8 @@ impl Family {
             "reverse" => Some(Self::Reverse),
             "sort" => Some(Self::Sort),
             "triage" => Some(Self::Triage),
+            "dates" => Some(Self::Dates),
+            "updates" => Some(Self::Updates),
             _ => None,
         }
     }
@@ -192,6 +208,8 @@ impl Family {
             Self::Reverse => "reverse",
             Self::Sort => "sort",
             Self::Triage => "triage",
+            Self::Dates => "dates",
+            Self::Updates => "updates",
         }
     }
 
@@ -209,6 +227,12 @@ impl Family {
             }
             Self::Triage => {
                 "Route the customer message to one team: billing, shipping, account, returns or technical. Reply with the team name only."
+            }
+            Self::Dates => {
+                "Rewrite the given date in ISO 8601 form (YYYY-MM-DD) and reply with the date only."
+            }
+            Self::Updates => {
+                "Write the one- or two-sentence customer update for the given order record, in the house style for its status."
             }
         }
     }
@@ -290,6 +314,8 @@ impl Family {
                     .unwrap_or(TRIAGE_TEMPLATES[0]);
                 (template.replace("{k}", keyword), team.to_string())
             }
+            Self::Dates => dates::generate(rng),
+            Self::Updates => updates::generate(rng),
         }
     }
 
@@ -326,6 +352,8 @@ impl Family {
                 Some(join_nums(&nums))
             }
             Self::Triage => triage_team(instruction).map(str::to_string),
+            Self::Dates => dates::solve(instruction),
+            Self::Updates => updates::solve(instruction),
         }
     }
 
@@ -340,6 +368,7 @@ impl Family {
             return (80.0, 75.0);
         }
         let r = match self {
+            Self::Dates => return dates::grade(candidate, correct),
             Self::Arithmetic => lcs_ratio(
                 &c.chars().collect::<Vec<_>>(),
                 &k.chars().collect::<Vec<_>>(),
@@ -436,7 +465,7 @@ fn read_int(chars: &[char], start: usize) -> (i64, usize) {
 }
 
 /// Lower-case, punctuation other than `-` and `,` dropped, whitespace collapsed.
-fn normalize(s: &str) -> String {
+pub(crate) fn normalize(s: &str) -> String {
     let kept: String = s
         .chars()
         .map(|c| {
@@ -453,7 +482,7 @@ fn normalize(s: &str) -> String {
         .join(" ")
 }
 
-fn tokens(s: &str) -> Vec<String> {
+pub(crate) fn tokens(s: &str) -> Vec<String> {
     s.split_whitespace()
         .filter(|t| *t != ",")
         .map(str::to_string)
@@ -466,7 +495,7 @@ fn contains_answer(candidate: &str, correct: &str) -> bool {
 }
 
 /// 2·LCS / (|a| + |b|).
-fn lcs_ratio<T: PartialEq>(a: &[T], b: &[T]) -> f64 {
+pub(crate) fn lcs_ratio<T: PartialEq>(a: &[T], b: &[T]) -> f64 {
     if a.is_empty() || b.is_empty() {
         return 0.0;
     }
@@ -498,6 +527,8 @@ mod tests {
             Family::Reverse,
             Family::Sort,
             Family::Triage,
+            Family::Dates,
+            Family::Updates,
         ] {
             for _ in 0..200 {
                 let (i, a) = family.generate(&mut rng);
