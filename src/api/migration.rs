@@ -559,9 +559,11 @@ pub struct TrainingSpec {
     pub max_epochs: u32,
     /// Keep the weights of the epoch whose held-out loss was lowest instead of the last
     /// epoch's (the held-out slice is a few percent of the training rows, never the test
-    /// set). The stage result and `status.rounds[]` say which epoch won.
-    #[serde(default = "default_true")]
-    pub select_best_epoch: bool,
+    /// set). The stage result and `status.rounds[]` say which epoch won. Unset: on for
+    /// `student.baseModel`, off for `student.fromScratch`, whose held-out loss bottoms out
+    /// epochs before its answers are right (docs/training-defaults.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select_best_epoch: Option<bool>,
     /// Peak learning rate of AdamW (after warmup, then cosine decay). Unset: 1e-3 for LoRA,
     /// 2e-5 for full fine-tuning of `student.baseModel`, 3e-3 for full training of a
     /// `student.fromScratch` model.
@@ -627,6 +629,13 @@ pub const DEFAULT_FULL_LEARNING_RATE: f64 = 2e-5;
 pub const DEFAULT_FROM_SCRATCH_LEARNING_RATE: f64 = 3e-3;
 
 impl TrainingSpec {
+    /// Whether the held-out loss picks the published epoch: `selectBestEpoch`, else on for a
+    /// pretrained base and off for a from-scratch student (see its docs).
+    pub fn selects_best_epoch(&self, student: &StudentSpec) -> bool {
+        self.select_best_epoch
+            .unwrap_or(student.from_scratch.is_none())
+    }
+
     /// The peak learning rate: `learningRate`, else the default for the method and student.
     pub fn effective_learning_rate(&self, student: &StudentSpec) -> f64 {
         match (self.learning_rate, self.method) {
@@ -664,7 +673,7 @@ impl Default for TrainingSpec {
             epochs: None,
             min_steps: default_min_steps(),
             max_epochs: default_max_epochs(),
-            select_best_epoch: true,
+            select_best_epoch: None,
             learning_rate: None,
             warmup_ratio: default_warmup(),
             batch_size: default_batch(),

@@ -184,7 +184,7 @@ impl TrainOptions {
                     max_epochs: spec.max_epochs as usize,
                 },
             },
-            select_best_epoch: spec.select_best_epoch,
+            select_best_epoch: spec.selects_best_epoch(student),
             learning_rate: spec.effective_learning_rate(student),
             warmup_ratio: spec.warmup_ratio,
             batch_size: spec.batch_size as usize,
@@ -223,5 +223,51 @@ impl TrainOptions {
             return bad("eval fraction must be in [0, 1)");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(v: serde_json::Value) -> TrainingSpec {
+        serde_json::from_value(v).expect("training spec")
+    }
+
+    fn student(v: serde_json::Value) -> StudentSpec {
+        serde_json::from_value(v).expect("student spec")
+    }
+
+    #[test]
+    fn unset_fields_take_the_measured_defaults_for_the_student() {
+        let pretrained = student(serde_json::json!({"baseModel": "file:///m.gguf"}));
+        let scratch = student(serde_json::json!({"fromScratch": {}}));
+        let lora = TrainOptions::from_spec(&spec(serde_json::json!({})), &pretrained);
+        assert_eq!(lora.learning_rate, 1e-3);
+        assert_eq!(
+            lora.epochs,
+            Epochs::MinSteps {
+                min_steps: 100,
+                max_epochs: 10
+            }
+        );
+        assert!(lora.select_best_epoch);
+        let full =
+            TrainOptions::from_spec(&spec(serde_json::json!({"method": "full"})), &pretrained);
+        assert_eq!(full.learning_rate, 2e-5);
+        let toy = TrainOptions::from_spec(&spec(serde_json::json!({"method": "full"})), &scratch);
+        assert_eq!(toy.learning_rate, 3e-3);
+        assert!(
+            !toy.select_best_epoch,
+            "a from-scratch student keeps its last epoch unless told otherwise"
+        );
+        let set = TrainOptions::from_spec(
+            &spec(serde_json::json!({"epochs": 2, "learningRate": 5e-4, "selectBestEpoch": true})),
+            &scratch,
+        );
+        assert_eq!(
+            (set.epochs, set.learning_rate, set.select_best_epoch),
+            (Epochs::Fixed(2), 5e-4, true)
+        );
     }
 }
