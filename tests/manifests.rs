@@ -30,8 +30,12 @@ fn every_example_is_valid() {
     assert!(!files.is_empty());
     let mut checked = 0;
     for file in files {
-        // examples/quickstart runs with `llamaduo run`, where storage defaults to the work dir.
-        let target = if file.components().any(|c| c.as_os_str() == "quickstart") {
+        // examples/quickstart and examples/smollm2 run with `llamaduo run`, where storage
+        // defaults to the work dir.
+        let target = if file
+            .components()
+            .any(|c| c.as_os_str() == "quickstart" || c.as_os_str() == "smollm2")
+        {
             Target::Local
         } else {
             Target::Cluster
