@@ -27,6 +27,10 @@ def main():
     threads = int(os.environ.get("BENCH_THREADS", "2"))
     torch.set_num_threads(threads)
     torch.manual_seed(1)
+    if not torch.cuda.is_available():
+        # transformers' SDPA mask asks whether a CUDA graph is being captured; with the CUDA
+        # link stubs (torch_cpu_stubs.py) that call would reach a stub. On the CPU it is never.
+        torch.cuda.is_current_stream_capturing = lambda: False
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
