@@ -166,7 +166,11 @@ fn a_diverging_run_stops_before_writing_nan_into_the_weights() {
         };
         assert!(*step >= 1 && *step <= 5, "{dtype:?}: step {step}");
         assert_eq!(steps as u64, step - 1, "every reported step was finite");
-        assert!(err.to_string().contains("training.learningRate"), "{err}");
+        assert!(
+            err.to_string().contains("training.learningRate")
+                && err.to_string().contains("set it lower"),
+            "the error names the setting and what to do: {err}"
+        );
         let _ = loss;
         for (name, v) in m.trainable() {
             let max = v

@@ -97,6 +97,20 @@ fn unset_epochs_train_at_least_min_steps_within_max_epochs() {
         "18 steps are too few and the result says which setting to raise: {:?}",
         r.warnings
     );
+    // Fewer rows than one batch: trained, with a warning naming the settings to change.
+    let m = build(&cfg, Trainable::Lora(lora_all(4, 0.0)), 1);
+    let tiny = TrainOptions {
+        batch_size: 16,
+        ..opts(30, 10)
+    };
+    let r = train(&m, digits_data(9), &tiny, &mut no_progress).expect("trains");
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("fewer than one batch") && w.contains("training.batchSize")),
+        "{:?}",
+        r.warnings
+    );
     // A large set reaches the minimum within one epoch.
     let m = build(&cfg, Trainable::Lora(lora_all(4, 0.0)), 1);
     let r = train(&m, digits_data(200), &opts(30, 10), &mut no_progress).expect("trains");
