@@ -149,9 +149,11 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let smol: PathBuf = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(
-            ".cache/llamaduo/models/smollm2-b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53/hf",
-        )
+        // Where the tests' support converts the fetched GGUF (gguf::cached_hf_dir's naming).
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(format!(
+            ".cache/llamaduo/models/smollm2-b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53/hf/b179c9523d0e6a0f-v{}",
+            llamaduo_model::gguf::CONVERSION_VERSION
+        ))
     });
     if smol.join("config.json").exists() {
         bench("smollm2-135m", &smol, &questions, 64, false)?;

@@ -27,18 +27,6 @@ use llamaduo_model::models::{CausalLm, LoadOptions, Trainable};
 use llamaduo_model::rng::SplitMix;
 use llamaduo_model::train::{Dataset, Sample, TrainOptions, train};
 
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// A positive integer from the environment variable `name`, or `default` when it is unset.
 fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
     match std::env::var(name) {
@@ -172,7 +160,7 @@ fn main() -> anyhow::Result<()> {
             "kernel_pool": format!("{:?}", llamaduo_model::kernels::cpu_pool()),
             "steps_timed": steps,
             "tokens_per_second": (tokens / secs).round(),
-            "peak_rss_mib": peak_rss_mib().round(),
+            "peak_rss_mib": llamaduo_model::alloc::peak_rss_mib().round(),
             "final_loss": last_loss,
             "steps": report.steps,
         })

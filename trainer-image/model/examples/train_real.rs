@@ -25,18 +25,6 @@ use llamaduo_model::models::{CausalLm, LoadOptions, Trainable};
 use llamaduo_model::train::data::{epoch_order, tokenize_rows};
 use llamaduo_model::train::{Dataset, Epochs, TrainOptions, train};
 
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 fn main() -> anyhow::Result<()> {
     // SAFETY: first statement of main; no other thread exists yet.
     unsafe { llamaduo_model::threads::use_one_pool() };
@@ -155,7 +143,7 @@ fn main() -> anyhow::Result<()> {
             "threads": std::env::var("RAYON_NUM_THREADS").unwrap_or_default(),
             "tokens_per_second": (timed_tokens as f64 / secs).round(),
             "step_seconds": secs / steps as f64,
-            "peak_rss_mib": peak_rss_mib().round(),
+            "peak_rss_mib": llamaduo_model::alloc::peak_rss_mib().round(),
             "final_loss": last_loss,
         })
     );

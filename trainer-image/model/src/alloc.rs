@@ -10,6 +10,20 @@ pub const TRIM_THRESHOLD: i32 = 256 << 20;
 /// Extra memory requested whenever the heap grows.
 pub const TOP_PAD: i32 = 64 << 20;
 
+/// This process's peak resident memory (VmHWM) in MiB, for benchmarks; 0 where
+/// /proc/self/status is unreadable (not Linux).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 /// Applies the tuning; returns whether glibc accepted all three settings (false on other C
 /// libraries, where it does nothing).
 pub fn tune_malloc() -> bool {

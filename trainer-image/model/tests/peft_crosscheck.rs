@@ -27,32 +27,7 @@ use llamaduo_model::peft;
 /// The venv's Python with torch, transformers and peft, or None (after saying why) when it is
 /// absent and the caller did not require it.
 fn python() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let py = root.join(".venv/bin/python");
-    let ok = py.is_file()
-        && Command::new(&py)
-            // find_spec, not import: importing torch costs seconds on every run.
-            .args([
-                "-c",
-                "import importlib.util as u, sys; \
-                 sys.exit(any(u.find_spec(m) is None for m in ('torch', 'transformers', 'peft')))",
-            ])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-    if ok {
-        return Some(py);
-    }
-    let msg = format!(
-        "{} lacks torch, transformers or peft: run scripts/test.sh (it installs \
-         requirements-torch.txt into .venv)",
-        py.display()
-    );
-    if std::env::var_os("LLAMADUO_REQUIRE_PEFT").is_some() {
-        panic!("{msg}");
-    }
-    eprintln!("SKIPPED PEFT cross-check: {msg}");
-    None
+    support::python::venv_python("PEFT cross-check", &["torch", "transformers", "peft"])
 }
 
 /// Loads config.json + model.safetensors of a model directory (f32, CPU), as the trainer and

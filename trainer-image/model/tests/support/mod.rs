@@ -64,35 +64,17 @@ pub fn minilm_dir() -> PathBuf {
     fetch("minilm")
 }
 
-/// SmolLM2 converted to a Hugging Face directory, once per cache (next to the GGUF). Test
-/// binaries may race: each converts into its own temporary directory and renames it into
-/// place; the loser's rename fails harmlessly.
+/// SmolLM2 converted to a Hugging Face directory, once per cache (next to the GGUF; see
+/// [`converted`]).
 pub fn smollm2_hf_dir() -> PathBuf {
     converted(&smollm2_gguf())
 }
 
-/// `gguf` converted into `hf-v{CONVERSION_VERSION}/` beside it, once (see
-/// [`smollm2_hf_dir`]); a converter that writes something else gets a new directory.
+/// `gguf` converted once into `hf/` beside it, through the cache the stages use
+/// (`gguf::cached_hf_dir`: keyed by content and converter version, written atomically, so
+/// test binaries converting at the same time cannot see a partial directory).
 fn converted(gguf: &Path) -> PathBuf {
-    let cache = gguf.parent().expect("gguf has a parent").to_owned();
-    let dir = cache.join(format!("hf-v{}", llamaduo_model::gguf::CONVERSION_VERSION));
-    if dir.join("config.json").exists() {
-        return dir;
-    }
-    // Unique per process and call: two tests of one binary may convert at the same time.
-    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = cache.join(format!("hf.tmp-{}-{call}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    llamaduo_model::gguf::convert_to_hf_dir(gguf, &tmp)
-        .unwrap_or_else(|e| panic!("converting {}: {e}", gguf.display()));
-    if std::fs::rename(&tmp, &dir).is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    assert!(
-        dir.join("config.json").exists(),
-        "conversion left no {}",
-        dir.display()
-    );
-    dir
+    let cache = gguf.parent().expect("gguf has a parent").join("hf");
+    llamaduo_model::gguf::cached_hf_dir(gguf, &cache)
+        .unwrap_or_else(|e| panic!("converting {}: {e}", gguf.display()))
 }
