@@ -215,8 +215,9 @@ impl LocalExecutor {
 
 /// Blocked when a local file the run reads does not exist, as the operator blocks on a
 /// missing Secret: a wrong path is then one clear message instead of a stage failing its
-/// retries. Coverage is read (and frozen into the artifacts) in the first round only (0 or 1), so later rounds
-/// do not need the source any more; a local base model is read by every train and evaluate.
+/// retries. Coverage is read (and frozen into the artifacts) in the first round only (0 or
+/// 1), so later rounds do not need the source any more; a local base model is read by every
+/// train and evaluate.
 fn missing_local_input(
     spec: &crate::api::LlamaDuoMigrationSpec,
     run: &StageRun,
