@@ -398,6 +398,38 @@ fn check_scheme(url: &str, schemes: &[&str], path: &str, problems: &mut Vec<Prob
     }
 }
 
+/// The largest config.json read to check a local base's family (real ones are a few KB).
+const MAX_CONFIG_JSON_BYTES: u64 = 1 << 20;
+
+/// A `file://` base directory whose config.json names a model family the trainer does not
+/// implement, known offline, so the migration is refused before a train stage pulls the
+/// weights. A path that does not exist here (a volume of the cluster), a GGUF file, or an
+/// unreadable config are left to the train stage, which names them.
+fn local_base_family_problem(url: &str) -> Option<Problem> {
+    let dir = std::path::Path::new(url.strip_prefix("file://")?);
+    let config = dir.join("config.json");
+    let meta = std::fs::metadata(&config).ok()?;
+    if !meta.is_file() || meta.len() > MAX_CONFIG_JSON_BYTES {
+        return None;
+    }
+    let json: Value = serde_json::from_slice(&std::fs::read(&config).ok()?).ok()?;
+    let class = json
+        .get("architectures")
+        .and_then(|a| a.get(0))
+        .and_then(Value::as_str);
+    let model_type = json.get("model_type").and_then(Value::as_str);
+    let found = crate::api::Architecture::from_hf(class, model_type).err()?;
+    Some(problem(
+        "spec.student.baseModel",
+        format!(
+            "{} names the model family {found:?}, which the trainer does not implement: \
+             supported are {}",
+            config.display(),
+            crate::api::Architecture::supported_list()
+        ),
+    ))
+}
+
 fn semantic_checks(m: &LlamaDuoMigration, target: Target, problems: &mut Vec<Problem>) {
     let spec = &m.spec;
     check_scheme(
@@ -411,6 +443,9 @@ fn semantic_checks(m: &LlamaDuoMigration, target: Target, problems: &mut Vec<Pro
     }
     if let Some(b) = &spec.student.base_model {
         check_scheme(b, &MODEL_SCHEMES, "spec.student.baseModel", problems);
+        if let Some(p) = local_base_family_problem(b) {
+            problems.push(p);
+        }
     }
     for (path, provider) in [
         ("spec.teacher", Some(&spec.teacher)),
@@ -706,6 +741,51 @@ spec:
         assert_eq!(cluster.len(), 1, "{cluster:?}");
         assert_eq!(cluster[0].path, "spec.storage");
         assert!(problems_of(&yaml, Target::Local).is_empty());
+    }
+
+    #[test]
+    fn a_local_base_of_an_unsupported_family_is_refused_naming_the_supported_ones() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let base = |config: &str| {
+            std::fs::write(dir.path().join("config.json"), config).expect("config");
+            with(
+                "    fromScratch:\n      hiddenSize: 64",
+                &format!("    baseModel: file://{}", dir.path().display()),
+            )
+        };
+        let problems = problems_of(
+            &base(r#"{"architectures": ["Phi3ForCausalLM"], "model_type": "phi3"}"#),
+            Target::Cluster,
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].path, "spec.student.baseModel");
+        assert!(
+            problems[0].message.contains("\"Phi3ForCausalLM\"")
+                && problems[0].message.contains("Qwen3ForCausalLM"),
+            "{}",
+            problems[0].message
+        );
+        // model_type alone is read too.
+        let problems = problems_of(&base(r#"{"model_type": "gpt2"}"#), Target::Cluster);
+        assert!(problems[0].message.contains("\"gpt2\""), "{problems:?}");
+        // A supported family, and a path that is not on this machine, are no problem.
+        assert_eq!(
+            problems_of(
+                &base(r#"{"architectures": ["Qwen3ForCausalLM"]}"#),
+                Target::Cluster
+            ),
+            vec![]
+        );
+        assert_eq!(
+            problems_of(
+                &with(
+                    "    fromScratch:\n      hiddenSize: 64",
+                    "    baseModel: file:///models/not-here"
+                ),
+                Target::Cluster
+            ),
+            vec![]
+        );
     }
 
     #[test]

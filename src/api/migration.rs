@@ -299,6 +299,9 @@ pub enum Architecture {
     Llama,
     /// Qwen2 and Qwen2.5 (biases on q, k, v projections).
     Qwen2,
+    /// Qwen3 dense models (Qwen3ForCausalLM, e.g. Qwen3-0.6B): Llama's layout plus an RMSNorm
+    /// over each query and key head, no biases.
+    Qwen3,
     /// Mistral.
     Mistral,
     /// Gemma (scaled embeddings, (1 + weight) RMSNorm, GELU MLP).

@@ -7,6 +7,7 @@
 
 pub mod artifacts;
 pub mod dataset;
+mod families;
 pub mod migration;
 pub mod progress;
 pub mod stage;

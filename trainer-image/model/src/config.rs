@@ -1,5 +1,5 @@
 //! `ModelConfig`: a Hugging Face `config.json` of a Llama-family decoder (Llama, Qwen2,
-//! Mistral, Gemma, Gemma 3), read as it is written by `save_pretrained`, with the defaults
+//! Qwen3, Mistral, Gemma, Gemma 3), read as it is written by `save_pretrained`, with the defaults
 //! transformers applies to missing fields. Gemma 3's own fields are read in [`gemma3`].
 
 use std::path::Path;
@@ -30,9 +30,8 @@ pub enum ConfigError {
     },
     /// `architectures` / `model_type` names a model family this crate does not implement.
     #[error(
-        "unsupported architecture {found:?}: supported are LlamaForCausalLM, Qwen2ForCausalLM, \
-         MistralForCausalLM, GemmaForCausalLM and Gemma3ForCausalLM (model_type llama, qwen2, \
-         mistral, gemma, gemma3_text)"
+        "unsupported architecture {found:?}: supported are {}",
+        Architecture::supported_list()
     )]
     UnknownArchitecture {
         /// What the config says.
@@ -96,7 +95,7 @@ pub struct ModelConfig {
     /// Class names, e.g. `["LlamaForCausalLM"]`.
     #[serde(default)]
     pub architectures: Vec<String>,
-    /// `llama`, `qwen2`, `mistral`, `gemma` or `gemma3_text`.
+    /// `llama`, `qwen2`, `qwen3`, `mistral`, `gemma` or `gemma3_text`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_type: Option<String>,
     /// Width of the residual stream.
@@ -110,8 +109,8 @@ pub struct ModelConfig {
     /// Key/value heads (GQA); missing means `num_attention_heads`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_key_value_heads: Option<usize>,
-    /// Per-head width; missing means 256 for Gemma and Gemma 3 (transformers' defaults) and
-    /// `hidden_size / num_attention_heads` for the other families.
+    /// Per-head width; missing means 256 for Gemma and Gemma 3 and 128 for Qwen3
+    /// (transformers' defaults) and `hidden_size / num_attention_heads` for the other families.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_dim: Option<usize>,
     /// RMSNorm epsilon.
@@ -355,14 +354,9 @@ impl ModelConfig {
         intermediate_size: usize,
         max_position_embeddings: usize,
     ) -> Self {
-        let (class, model_type, act) = match arch {
-            Architecture::Llama => ("LlamaForCausalLM", "llama", "silu"),
-            Architecture::Qwen2 => ("Qwen2ForCausalLM", "qwen2", "silu"),
-            Architecture::Mistral => ("MistralForCausalLM", "mistral", "silu"),
-            Architecture::Gemma => ("GemmaForCausalLM", "gemma", "gelu_pytorch_tanh"),
-            Architecture::Gemma3 => ("Gemma3ForCausalLM", "gemma3_text", "gelu_pytorch_tanh"),
-        };
+        let (class, model_type) = (arch.hf_class(), arch.hf_model_type());
         let gemma = matches!(arch, Architecture::Gemma | Architecture::Gemma3);
+        let act = if gemma { "gelu_pytorch_tanh" } else { "silu" };
         let mut cfg = Self {
             architectures: vec![class.to_string()],
             model_type: Some(model_type.to_string()),
@@ -399,30 +393,11 @@ impl ModelConfig {
 
     /// The model family, from `architectures[0]` or else `model_type`.
     pub fn architecture(&self) -> Result<Architecture, ConfigError> {
-        if let Some(class) = self.architectures.first() {
-            return match class.as_str() {
-                "LlamaForCausalLM" => Ok(Architecture::Llama),
-                "Qwen2ForCausalLM" => Ok(Architecture::Qwen2),
-                "MistralForCausalLM" => Ok(Architecture::Mistral),
-                "GemmaForCausalLM" => Ok(Architecture::Gemma),
-                "Gemma3ForCausalLM" => Ok(Architecture::Gemma3),
-                other => Err(ConfigError::UnknownArchitecture {
-                    found: other.to_string(),
-                }),
-            };
-        }
-        match self.model_type.as_deref() {
-            Some("llama") => Ok(Architecture::Llama),
-            Some("qwen2") => Ok(Architecture::Qwen2),
-            Some("mistral") => Ok(Architecture::Mistral),
-            Some("gemma") => Ok(Architecture::Gemma),
-            Some("gemma3_text") => Ok(Architecture::Gemma3),
-            other => Err(ConfigError::UnknownArchitecture {
-                found: other
-                    .unwrap_or("<no architectures and no model_type>")
-                    .to_string(),
-            }),
-        }
+        Architecture::from_hf(
+            self.architectures.first().map(String::as_str),
+            self.model_type.as_deref(),
+        )
+        .map_err(|found| ConfigError::UnknownArchitecture { found })
     }
 
     /// Key/value heads.
@@ -440,6 +415,9 @@ impl ModelConfig {
             ) =>
             {
                 GEMMA_DEFAULT_HEAD_DIM
+            }
+            None if matches!(self.architecture(), Ok(Architecture::Qwen3)) => {
+                crate::models::qwen3::DEFAULT_HEAD_DIM
             }
             None => self.hidden_size / self.num_attention_heads.max(1),
         }
@@ -587,7 +565,10 @@ impl ModelConfig {
             ));
         }
         if self.head_dim.is_none()
-            && !matches!(arch, Architecture::Gemma | Architecture::Gemma3)
+            && !matches!(
+                arch,
+                Architecture::Gemma | Architecture::Gemma3 | Architecture::Qwen3
+            )
             && !self.hidden_size.is_multiple_of(self.num_attention_heads)
         {
             return bad(format!(
@@ -605,10 +586,10 @@ impl ModelConfig {
         if arch == Architecture::Gemma3 {
             gemma3::validate(self)?;
         }
-        if arch == Architecture::Qwen2
+        if matches!(arch, Architecture::Qwen2 | Architecture::Qwen3)
             && let Some(types) = self.extra.get("layer_types")
         {
-            // Qwen2's per-layer attention kinds decide which layers get the sliding window.
+            // Qwen2's and Qwen3's per-layer attention kinds decide which layers get the sliding window.
             let ok = types.as_array().is_some_and(|a| {
                 a.len() == self.num_hidden_layers
                     && a.iter()
@@ -702,6 +683,7 @@ mod tests {
         for arch in [
             Architecture::Llama,
             Architecture::Qwen2,
+            Architecture::Qwen3,
             Architecture::Mistral,
             Architecture::Gemma,
             Architecture::Gemma3,
@@ -905,6 +887,55 @@ mod tests {
             (v4.torch_dtype.as_deref(), v4.dtype.as_deref()),
             (Some("float32"), Some("float32"))
         );
+    }
+
+    /// Qwen3-0.6B's config.json.
+    const QWEN3_06B: &str = r#"{"architectures":["Qwen3ForCausalLM"],"attention_bias":false,
+      "attention_dropout":0.0,"bos_token_id":151643,"eos_token_id":151645,"head_dim":128,
+      "hidden_act":"silu","hidden_size":1024,"initializer_range":0.02,"intermediate_size":3072,
+      "max_position_embeddings":40960,"max_window_layers":28,"model_type":"qwen3",
+      "num_attention_heads":16,"num_hidden_layers":28,"num_key_value_heads":8,
+      "rms_norm_eps":1e-06,"rope_scaling":null,"rope_theta":1000000,"sliding_window":null,
+      "tie_word_embeddings":true,"torch_dtype":"bfloat16","use_cache":true,
+      "use_sliding_window":false,"vocab_size":151936}"#;
+
+    #[test]
+    fn reads_qwen3_config_with_head_norms_and_wide_heads() {
+        let c = ModelConfig::from_json(QWEN3_06B).expect("parses");
+        assert_eq!(c.architecture().expect("arch"), Architecture::Qwen3);
+        // 16 heads of 128 on a 1024-wide stream: head_dim is not hidden / heads.
+        assert_eq!((c.head_dim(), c.num_kv_heads()), (128, 8));
+        assert!(c.tied_embeddings());
+        assert_eq!(c.rope_theta(), 1_000_000.0);
+        let f = crate::models::Flavor::of(&c).expect("flavor");
+        assert!(f.qk_norm && !f.qkv_bias && !f.o_bias && !f.gemma_norm);
+        assert_eq!(f.any_window(), None, "use_sliding_window is false");
+        // Without head_dim, Qwen3Config's default 128 (not 1024 / 16 = 64).
+        let no_hd = QWEN3_06B.replace("\"head_dim\":128,", "");
+        assert_eq!(
+            ModelConfig::from_json(&no_hd).expect("parses").head_dim(),
+            128
+        );
+        // model_type alone names the family too.
+        let by_type = QWEN3_06B.replace("\"architectures\":[\"Qwen3ForCausalLM\"],", "");
+        assert_eq!(
+            ModelConfig::from_json(&by_type)
+                .expect("parses")
+                .architecture()
+                .expect("arch"),
+            Architecture::Qwen3
+        );
+        // Sliding windows follow Qwen2's rule: from max_window_layers on, when enabled.
+        let windowed = QWEN3_06B
+            .replace(
+                "\"use_sliding_window\":false",
+                "\"use_sliding_window\":true",
+            )
+            .replace("\"sliding_window\":null", "\"sliding_window\":4096")
+            .replace("\"max_window_layers\":28", "\"max_window_layers\":20");
+        let f = crate::models::Flavor::of(&ModelConfig::from_json(&windowed).expect("parses"))
+            .expect("flavor");
+        assert_eq!((f.window(19), f.window(20)), (None, Some(4096)));
     }
 
     #[test]

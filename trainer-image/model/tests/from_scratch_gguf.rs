@@ -66,6 +66,7 @@ fn every_family_builds_and_loads_through_the_hf_path() {
     for arch in [
         Architecture::Llama,
         Architecture::Qwen2,
+        Architecture::Qwen3,
         Architecture::Mistral,
         Architecture::Gemma,
         Architecture::Gemma3,

@@ -327,7 +327,7 @@ fn converted_checkpoint_matches_transformers() {
     // 0: transformers on our converted directory; 1: transformers converting the GGUF itself.
     let said = support::python::run_script(
         &py,
-        "gemma3_reference.py",
+        "hf_reference.py",
         &[Path::new("run"), &ids_json, &out, &dir, &gguf],
     );
     eprintln!("{} ({:.1} s)", said.trim(), t0.elapsed().as_secs_f64());

@@ -83,11 +83,17 @@ fn loss_and_every_gradient_match_autograd() {
         (Architecture::Mistral, tiny_config(Architecture::Mistral)),
         (Architecture::Llama, llama_bias),
         (Architecture::Qwen2, qwen_window),
+        (Architecture::Qwen3, tiny_config(Architecture::Qwen3)),
         (Architecture::Gemma, tiny_config(Architecture::Gemma)),
         (Architecture::Gemma3, tiny_config(Architecture::Gemma3)),
     ] {
         for trainable in [Trainable::Full, Trainable::Lora(lora_all(4, 0.1))] {
-            let model = if matches!(arch, Architecture::Gemma | Architecture::Gemma3) {
+            // Random norm weights where the family has head norms or (1 + w) norms, so a norm
+            // applied wrongly in either pass shows.
+            let model = if matches!(
+                arch,
+                Architecture::Gemma | Architecture::Gemma3 | Architecture::Qwen3
+            ) {
                 build_random_norms(&cfg, trainable.clone(), 5)
             } else {
                 build(&cfg, trainable.clone(), 5)

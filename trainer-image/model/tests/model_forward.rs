@@ -46,10 +46,11 @@ fn every_trainable_tensor_gets_a_nonzero_gradient() {
             let grads = loss_of(&model).backward().expect("backward");
             let expected = match &trainable {
                 Trainable::Full => {
-                    // 9 weights per layer (+3 q/k/v biases for Qwen2, +2 head norms and 2
+                    // 9 weights per layer (+3 q/k/v biases for Qwen2, +2 head norms for Qwen3, +2 head norms and 2
                     // layer norms for Gemma 3), embed, norm, lm_head.
                     let per_layer = match arch {
                         llamaduo::api::Architecture::Qwen2 => 12,
+                        llamaduo::api::Architecture::Qwen3 => 11,
                         llamaduo::api::Architecture::Gemma3 => 13,
                         _ => 9,
                     };

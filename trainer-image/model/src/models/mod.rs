@@ -1,4 +1,4 @@
-//! Trainable Llama-family decoders (Llama, Qwen2, Mistral, Gemma, Gemma 3) sharing one
+//! Trainable Llama-family decoders (Llama, Qwen2, Qwen3, Mistral, Gemma, Gemma 3) sharing one
 //! implementation, [`CausalLm`]; the per-family files say what differs.
 //!
 //! # API (stable; generation builds on it)
@@ -40,6 +40,7 @@ pub mod llama;
 pub mod mistral;
 pub mod ops;
 pub mod qwen2;
+pub mod qwen3;
 
 pub use decoder::{CausalLm, HandBatch};
 pub use kv_cache::KvCache;
@@ -113,7 +114,7 @@ pub struct Flavor {
     /// only some layers, so this is per layer.
     pub layer_windows: Vec<Option<usize>>,
     /// An RMSNorm over each query and key head (`self_attn.q_norm` / `self_attn.k_norm`,
-    /// weight of width head_dim) before RoPE (Gemma 3).
+    /// weight of width head_dim) before RoPE (Qwen3, Gemma 3).
     pub qk_norm: bool,
     /// Norms on the attention output and on the MLP output before their residual adds
     /// (`post_attention_layernorm`, `post_feedforward_layernorm`); the MLP's input norm is then
@@ -136,6 +137,7 @@ impl Flavor {
         Ok(match cfg.architecture()? {
             Architecture::Llama => llama::flavor(cfg),
             Architecture::Qwen2 => qwen2::flavor(cfg),
+            Architecture::Qwen3 => qwen3::flavor(cfg),
             Architecture::Mistral => mistral::flavor(cfg),
             Architecture::Gemma => gemma::flavor(cfg),
             Architecture::Gemma3 => gemma3::flavor(cfg)?,

@@ -11,9 +11,10 @@ use llamaduo_model::models::{CausalLm, KvCache, LoadOptions, Trainable};
 use llamaduo_model::rng::SplitMix;
 use llamaduo_model::train::Sample;
 
-pub const FAMILIES: [Architecture; 5] = [
+pub const FAMILIES: [Architecture; 6] = [
     Architecture::Llama,
     Architecture::Qwen2,
+    Architecture::Qwen3,
     Architecture::Mistral,
     Architecture::Gemma,
     Architecture::Gemma3,
@@ -27,6 +28,11 @@ pub fn tiny_config(arch: Architecture) -> ModelConfig {
     if arch == Architecture::Llama {
         // Untied lm_head on Llama so both layouts are covered.
         c.tie_word_embeddings = Some(false);
+    }
+    if arch == Architecture::Qwen3 {
+        // Qwen3's heads are wider than hidden / heads (Qwen3-0.6B: 16 x 128 on 1024), so
+        // q_proj is not square here either.
+        c.head_dim = Some(12);
     }
     if arch == Architecture::Mistral {
         // A window shorter than the test sequences, so the window mask is exercised.
