@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use evaluate::load::{LoadError, load_round_model, merge_adapter};
+use evaluate::load::{LoadError, load_round_model};
 use llamaduo::api::{DatasetRow, EvaluateConfig};
 use llamaduo_model::generate::{Generator, SamplingParams};
 use llamaduo_store::Store;
@@ -131,13 +131,22 @@ async fn adapter_for_a_missing_module_is_refused_by_name() {
     build(&root.join("student/base"));
     let dir = root.join("round-1/model");
     write_adapter(&dir, None, Some("model.layers.7.mlp.up_proj"));
-    let mut tensors =
-        candle_core::safetensors::load(root.join("student/base/model.safetensors"), &Device::Cpu)
-            .expect("base");
-    let err = merge_adapter(&mut tensors, &dir).expect_err("layer 7 does not exist");
-    assert!(matches!(err, LoadError::Adapter { .. }));
+    // The merge is the model crate's (`llamaduo_model::adapter`, tested there); its error
+    // reaches the evaluate stage wrapped, naming the adapter and the module.
+    let err = load_round_model(&config(root, "lora"), &Store::local(root))
+        .await
+        .err()
+        .expect("layer 7 does not exist");
     assert!(
-        err.to_string().contains("model.layers.7.mlp.up_proj"),
+        matches!(
+            err,
+            LoadError::Adapter(llamaduo_model::peft::PeftError::Adapter { .. })
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("model.layers.7.mlp.up_proj")
+            && err.to_string().contains("round-1/model"),
         "{err}"
     );
     // No model at all: the error names the round's model.

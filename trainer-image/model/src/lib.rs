@@ -6,10 +6,12 @@
 //!   its KV cache.
 //! - [`lora`], [`optim`], [`schedule`], [`train`]: fine-tuning.
 //! - [`peft`]: PEFT adapter and full-weight output.
+//! - [`adapter`]: reading a PEFT LoRA adapter: as a trainable LoRA, or merged into its base.
 //! - [`kernels`]: fused CPU kernels (matmul on candle's pool, norms, softmax, loss, AdamW).
 //! - [`alloc`], [`threads`]: malloc tuning and the thread-pool choice the binaries apply at
 //!   start.
 
+pub mod adapter;
 pub mod alloc;
 pub mod chat_template;
 pub mod config;

@@ -1,17 +1,18 @@
 //! Output in the layouts Hugging Face PEFT, transformers and vLLM load unchanged:
 //! - LoRA: `adapter_config.json` + `adapter_model.safetensors` with PEFT's tensor names
 //!   (`base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`, A: (r, in),
-//!   B: (out, r)); and reading such an adapter back.
+//!   B: (out, r)). Reading an adapter back (as a trainable LoRA, or merged into its base) is
+//!   [`crate::adapter`]'s; its readers are re-exported here.
 //! - Full fine-tuning: `model.safetensors` + `config.json` (the caller copies the tokenizer
 //!   files).
 //! - Merged: the base with every adapter folded in (W + alpha/r · B A), as a full model.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use serde::{Deserialize, Serialize};
 
+pub use crate::adapter::{AdapterConfig, load_adapter_weights, read_adapter_config};
 use crate::config::ModelConfig;
 use crate::lora::{LoraConfig, LoraError};
 use crate::models::CausalLm;
@@ -44,6 +45,15 @@ pub enum PeftError {
         /// What is wrong.
         message: String,
     },
+    /// The adapter in `dir` cannot be merged into its base: an unsupported feature, or
+    /// tensors that do not fit.
+    #[error("LoRA adapter {}: {message}", dir.display())]
+    Adapter {
+        /// The adapter directory.
+        dir: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// Bad LoRA settings in the adapter.
     #[error(transparent)]
     Lora(#[from] LoraError),
@@ -55,117 +65,6 @@ pub enum PeftError {
 impl From<candle_core::Error> for PeftError {
     fn from(e: candle_core::Error) -> Self {
         PeftError::Tensor(e.to_string())
-    }
-}
-
-/// adapter_config.json as PEFT writes it for a LoRA adapter of a causal LM.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct AdapterConfig {
-    /// Always `LORA`.
-    pub peft_type: String,
-    /// Always `CAUSAL_LM`.
-    #[serde(default)]
-    pub task_type: Option<String>,
-    /// The base model (hub id or path).
-    #[serde(default)]
-    pub base_model_name_or_path: Option<String>,
-    /// Rank.
-    pub r: usize,
-    /// alpha.
-    pub lora_alpha: f64,
-    /// Dropout.
-    #[serde(default)]
-    pub lora_dropout: f64,
-    /// Target module names (a list; a regex string is not supported when reading).
-    pub target_modules: serde_json::Value,
-    /// `none` (no bias training).
-    #[serde(default = "none")]
-    pub bias: String,
-    /// false for Linear layers.
-    #[serde(default)]
-    pub fan_in_fan_out: bool,
-    /// rsLoRA scaling (alpha/sqrt(r)); not supported when reading.
-    #[serde(default)]
-    pub use_rslora: bool,
-    /// DoRA; not supported when reading.
-    #[serde(default)]
-    pub use_dora: bool,
-    /// Every other field, kept.
-    #[serde(flatten)]
-    pub extra: serde_json::Map<String, serde_json::Value>,
-}
-
-fn none() -> String {
-    "none".into()
-}
-
-impl AdapterConfig {
-    /// The config for a LoRA adapter of `base`.
-    pub fn for_lora(cfg: &LoraConfig, base: &str) -> Self {
-        let mut extra = serde_json::Map::new();
-        for (k, v) in [
-            ("inference_mode", serde_json::json!(true)),
-            ("init_lora_weights", serde_json::json!(true)),
-            ("modules_to_save", serde_json::Value::Null),
-            ("layers_to_transform", serde_json::Value::Null),
-            ("layers_pattern", serde_json::Value::Null),
-            ("rank_pattern", serde_json::json!({})),
-            ("alpha_pattern", serde_json::json!({})),
-            ("revision", serde_json::Value::Null),
-        ] {
-            extra.insert(k.into(), v);
-        }
-        let mut targets = crate::lora::expand_targets(&cfg.target_modules);
-        targets.sort();
-        Self {
-            peft_type: "LORA".into(),
-            task_type: Some("CAUSAL_LM".into()),
-            base_model_name_or_path: Some(base.into()),
-            r: cfg.rank,
-            lora_alpha: cfg.alpha,
-            lora_dropout: cfg.dropout,
-            target_modules: serde_json::json!(targets),
-            bias: none(),
-            fan_in_fan_out: false,
-            use_rslora: false,
-            use_dora: false,
-            extra,
-        }
-    }
-
-    /// The LoRA settings, or an error for features this crate does not implement.
-    pub fn lora_config(&self, path: &str) -> Result<LoraConfig, PeftError> {
-        let bad = |m: String| PeftError::Config {
-            path: path.to_string(),
-            message: m,
-        };
-        if self.peft_type != "LORA" {
-            return Err(bad(format!(
-                "peft_type {} is not supported (only LORA)",
-                self.peft_type
-            )));
-        }
-        if self.use_rslora || self.use_dora || self.fan_in_fan_out || self.bias != "none" {
-            return Err(bad(
-                "use_rslora, use_dora, fan_in_fan_out and bias other than \"none\" are not supported"
-                    .into(),
-            ));
-        }
-        // PEFT accepts "all-linear" as a plain string; any other string is a regex.
-        let targets: Vec<String> = match &self.target_modules {
-            serde_json::Value::String(s) if s == llamaduo::api::ALL_LINEAR => vec![s.clone()],
-            other => serde_json::from_value(other.clone()).map_err(|_| {
-                bad("target_modules must be a list of module names or \"all-linear\" (regex strings are not supported)".into())
-            })?,
-        };
-        let cfg = LoraConfig {
-            rank: self.r,
-            alpha: self.lora_alpha,
-            dropout: self.lora_dropout,
-            target_modules: targets,
-        };
-        cfg.validate()?;
-        Ok(cfg)
     }
 }
 
@@ -215,73 +114,6 @@ pub fn save_adapter(
         "writing {}",
         dir.join(ADAPTER_CONFIG).display()
     )))
-}
-
-/// Reads adapter_config.json of a PEFT adapter directory.
-pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig, PeftError> {
-    let path = dir.join(ADAPTER_CONFIG);
-    let text = std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
-    let cfg: AdapterConfig = serde_json::from_str(&text).map_err(|e| PeftError::Config {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    cfg.lora_config(&path.display().to_string())
-}
-
-/// Loads adapter_model.safetensors of `dir` into a model built with
-/// `Trainable::Lora(read_adapter_config(dir)?)`. Every adapter of the model must be in the
-/// file with the right shape, and the file must hold no adapter the model lacks.
-pub fn load_adapter_weights(model: &CausalLm, dir: &Path) -> Result<(), PeftError> {
-    let path = dir.join(ADAPTER_WEIGHTS);
-    if !path.is_file() {
-        return Err(PeftError::Config {
-            path: path.display().to_string(),
-            message: "missing".into(),
-        });
-    }
-    let tensors = candle_core::safetensors::load(&path, model.device())
-        .map_err(|e| PeftError::Tensor(format!("{}: {e}", path.display())))?;
-    let mut used = 0;
-    for (prefix, a) in model.adapters() {
-        for (suffix, var) in [("lora_A", &a.a), ("lora_B", &a.b)] {
-            let name = format!("{PEFT_PREFIX}{prefix}.{suffix}.weight");
-            let t = tensors.get(&name).ok_or_else(|| PeftError::Config {
-                path: path.display().to_string(),
-                message: format!("lacks tensor {name}"),
-            })?;
-            if t.shape() != var.shape() {
-                return Err(PeftError::Config {
-                    path: path.display().to_string(),
-                    message: format!(
-                        "tensor {name} has shape {:?}, expected {:?}",
-                        t.shape().dims(),
-                        var.shape().dims()
-                    ),
-                });
-            }
-            var.set(&t.to_dtype(DType::F32)?)?;
-            used += 1;
-        }
-    }
-    if used != tensors.len() {
-        let extra: Vec<&String> = tensors
-            .keys()
-            .filter(|k| {
-                !model
-                    .adapters()
-                    .iter()
-                    .any(|(p, _)| k.starts_with(&format!("{PEFT_PREFIX}{p}.")))
-            })
-            .take(3)
-            .collect();
-        return Err(PeftError::Config {
-            path: path.display().to_string(),
-            message: format!(
-                "holds tensors for modules the model has no adapter on, e.g. {extra:?}"
-            ),
-        });
-    }
-    Ok(())
 }
 
 /// All base weights by checkpoint name, optionally with the adapters folded in (f32).

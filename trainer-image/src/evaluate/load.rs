@@ -1,33 +1,27 @@
 //! Loading the round's model for generation: full weights (a Hugging Face directory), or a
 //! PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) on its base.
 //!
-//! An adapter is folded into the base weights on load (W + alpha/r · B·A, PEFT's formula, or
-//! alpha/sqrt(r) with `use_rslora`): generation then runs at the speed of the plain model.
+//! An adapter is folded into the base weights on load by [`merge_adapter`] (W + alpha/r · B·A,
+//! PEFT's formula, alpha/sqrt(r) with `use_rslora`, per-module `rank_pattern`/`alpha_pattern`):
+//! generation then runs at the speed of the plain model.
 //! The base is `student.baseModel` when set; for `fromScratch` students it is the directory
 //! the train stage names in the adapter's `base_model_name_or_path` (a URL, a key under the
 //! migration's artifact root, or a local path).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use llamaduo::api::{EvaluateConfig, Precision, TrainingMethod};
+use llamaduo_model::adapter::{adapter_base_name, merge_adapter};
 use llamaduo_model::chat_template::ChatTemplate;
 use llamaduo_model::config::ModelConfig;
 use llamaduo_model::device::{DeviceChoice, DeviceError, compute_dtype, device_name};
 use llamaduo_model::hub_dir::HubDir;
 use llamaduo_model::models::{CausalLm, LoadOptions};
+use llamaduo_model::peft::{ADAPTER_CONFIG, PeftError};
 use llamaduo_model::tokenizer::TextTokenizer;
 use llamaduo_store::{HfConfig, Resolver, Store};
-use serde::Deserialize;
-use serde_json::Value;
-
-/// PEFT's adapter config file.
-pub const ADAPTER_CONFIG: &str = "adapter_config.json";
-/// PEFT's adapter weights file.
-pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
-/// Prefix PEFT puts before module names in adapter_model.safetensors.
-const PEFT_PREFIX: &str = "base_model.model.";
 
 /// Why the model could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -41,14 +35,10 @@ pub enum LoadError {
     /// config.json is unusable.
     #[error("{0}")]
     Config(#[from] llamaduo_model::config::ConfigError),
-    /// The adapter does not fit the base or its config is unsupported.
-    #[error("LoRA adapter {path}: {message}")]
-    Adapter {
-        /// The adapter directory.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
+    /// The adapter cannot be read, does not fit the base, or its config is unsupported
+    /// ([`llamaduo_model::adapter`]).
+    #[error(transparent)]
+    Adapter(#[from] PeftError),
     /// No base model can be found for the adapter.
     #[error("{0}")]
     NoBase(String),
@@ -85,27 +75,6 @@ pub fn device_and_dtype(precision: Precision) -> Result<(Device, DType), DeviceE
 }
 
 pub use llamaduo_store::cache_dir;
-
-/// The subset of PEFT's adapter_config.json that matters for inference.
-#[derive(Deserialize, Debug)]
-struct AdapterConfig {
-    #[serde(default)]
-    r: Option<f64>,
-    #[serde(default)]
-    lora_alpha: Option<f64>,
-    #[serde(default)]
-    use_rslora: bool,
-    #[serde(default)]
-    fan_in_fan_out: bool,
-    #[serde(default)]
-    use_dora: bool,
-    #[serde(default)]
-    base_model_name_or_path: Option<String>,
-    #[serde(default)]
-    alpha_pattern: BTreeMap<String, f64>,
-    #[serde(default)]
-    modules_to_save: Option<Value>,
-}
 
 /// Loads `round-{n}/model` of the migration in `store` for `config`.
 pub async fn load_round_model(
@@ -206,116 +175,6 @@ pub fn load_with_adapter(
         tokenizer,
         format!("{} + adapter {}", base.display(), adapter.display()),
     ))
-}
-
-fn adapter_err(path: &Path, message: impl Into<String>) -> LoadError {
-    LoadError::Adapter {
-        path: path.to_owned(),
-        message: message.into(),
-    }
-}
-
-fn read_adapter_config(dir: &Path) -> Result<AdapterConfig, LoadError> {
-    let path = dir.join(ADAPTER_CONFIG);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| adapter_err(dir, format!("cannot read {ADAPTER_CONFIG}: {e}")))?;
-    serde_json::from_str(&text)
-        .map_err(|e| adapter_err(dir, format!("{ADAPTER_CONFIG} is not valid: {e}")))
-}
-
-/// The `base_model_name_or_path` of the adapter in `dir`, if it names one.
-pub fn adapter_base_name(dir: &Path) -> Result<Option<String>, LoadError> {
-    Ok(read_adapter_config(dir)?
-        .base_model_name_or_path
-        .filter(|s| !s.trim().is_empty()))
-}
-
-/// Folds the PEFT adapter in `dir` into `tensors` (base weights by Hugging Face name), in
-/// f32: W += scale · B·A for every `lora_A`/`lora_B` pair.
-pub fn merge_adapter(tensors: &mut HashMap<String, Tensor>, dir: &Path) -> Result<(), LoadError> {
-    let cfg = read_adapter_config(dir)?;
-    if cfg.fan_in_fan_out {
-        return Err(adapter_err(
-            dir,
-            "fan_in_fan_out adapters (GPT-2 Conv1D layers) are not supported by Llama-family models",
-        ));
-    }
-    if cfg.use_dora {
-        return Err(adapter_err(dir, "DoRA adapters are not supported"));
-    }
-    if let Some(m) = &cfg.modules_to_save
-        && !(m.is_null() || m.as_array().is_some_and(Vec::is_empty))
-    {
-        return Err(adapter_err(
-            dir,
-            "modules_to_save is not supported: train without it, or export merged full weights",
-        ));
-    }
-    let weights = dir.join(ADAPTER_WEIGHTS);
-    let adapter = candle_core::safetensors::load(&weights, &Device::Cpu)
-        .map_err(|e| adapter_err(dir, format!("cannot read {ADAPTER_WEIGHTS}: {e}")))?;
-    let mut merged = 0usize;
-    for (name, a) in &adapter {
-        let Some(module) = name.strip_suffix(".lora_A.weight") else {
-            if !name.ends_with(".lora_B.weight") {
-                return Err(adapter_err(
-                    dir,
-                    format!("unexpected tensor {name} (only lora_A/lora_B weights are supported)"),
-                ));
-            }
-            continue;
-        };
-        let b_name = format!("{module}.lora_B.weight");
-        let b = adapter
-            .get(&b_name)
-            .ok_or_else(|| adapter_err(dir, format!("{name} has no matching {b_name}")))?;
-        let module = module.strip_prefix(PEFT_PREFIX).unwrap_or(module);
-        let w_name = format!("{module}.weight");
-        let w = tensors.get(&w_name).ok_or_else(|| {
-            adapter_err(
-                dir,
-                format!("the adapter targets {module}, which the base model does not have"),
-            )
-        })?;
-        let (r, _in) = a.dims2()?;
-        let rank = cfg.r.unwrap_or(r as f64);
-        let alpha = cfg
-            .alpha_pattern
-            .iter()
-            .find(|(k, _)| module == k.as_str() || module.ends_with(&format!(".{k}")))
-            .map(|(_, v)| *v)
-            .or(cfg.lora_alpha)
-            .unwrap_or(rank);
-        // PEFT scales by alpha / r with the module's actual rank (rank_pattern may differ).
-        let r_actual = r as f64;
-        let scale = if cfg.use_rslora {
-            alpha / r_actual.sqrt()
-        } else {
-            alpha / r_actual
-        };
-        let delta = b
-            .to_dtype(DType::F32)?
-            .matmul(&a.to_dtype(DType::F32)?)?
-            .affine(scale, 0.0)?;
-        if delta.dims() != w.dims() {
-            return Err(adapter_err(
-                dir,
-                format!(
-                    "{module}: adapter update {:?} does not match the base weight {:?}",
-                    delta.dims(),
-                    w.dims()
-                ),
-            ));
-        }
-        let dtype = w.dtype();
-        let new_w = (w.to_dtype(DType::F32)? + delta)?.to_dtype(dtype)?;
-        tensors.insert(w_name, new_w);
-        merged += 1;
-    }
-    if merged == 0 {
-        return Err(adapter_err(dir, "the adapter holds no lora_A/lora_B pairs"));
-    }
-    Ok(())
 }
 
 /// Finds the base model of an adapter (see the module docs).

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use llamaduo::api::Precision;
+use llamaduo_model::adapter::adapter_base_name;
+use llamaduo_model::peft::ADAPTER_CONFIG;
 use llamaduo_store::{HfConfig, Resolver, Store};
 
 use crate::evaluate::load::{
-    ADAPTER_CONFIG, LoadedModel, adapter_base_name, cache_dir, device_and_dtype, load_full,
-    load_with_adapter, local_model_dir,
+    LoadedModel, cache_dir, device_and_dtype, load_full, load_with_adapter, local_model_dir,
 };
 
 /// Local directories of the model to serve.

