@@ -8,6 +8,9 @@
 //! The shape can be changed through the environment, so bench/torch_train.py builds the same
 //! model from the same variables: BENCH_VOCAB, BENCH_HIDDEN, BENCH_LAYERS, BENCH_HEADS,
 //! BENCH_INTERMEDIATE, BENCH_BATCH, BENCH_SEQ (defaults: the tiny Llama above).
+//! BENCH_ARCH picks the family of the same shape (`llama` default, `qwen2`, `qwen3`,
+//! `mistral`, `gemma`, `gemma3`: config.json's model_type, `gemma3` for gemma3_text), so the
+//! families' training speed compares on one config.
 //!
 //! BENCH_DEVICE `cpu` (default) or `cuda` (GPU 0; needs a build with `--features
 //! llamaduo-model/cuda`, see bench/gpu.sh) and BENCH_DTYPE `f32` or `bf16` (default: f32 on the
@@ -60,8 +63,19 @@ fn main() -> anyhow::Result<()> {
     let batch = env_usize("BENCH_BATCH", 8)?;
     let seq = env_usize("BENCH_SEQ", 128)?;
     let max_pos = seq.max(512);
+    let arch = match std::env::var("BENCH_ARCH") {
+        Err(_) => Architecture::Llama,
+        Ok(name) => Architecture::ALL
+            .into_iter()
+            .find(|a| a.hf_model_type().trim_end_matches("_text") == name)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "BENCH_ARCH={name:?} must be one of llama, qwen2, qwen3, mistral, gemma, gemma3"
+                )
+            })?,
+    };
     let mut cfg = ModelConfig::new(
-        Architecture::Llama,
+        arch,
         vocab,
         hidden,
         layers,
@@ -149,6 +163,8 @@ fn main() -> anyhow::Result<()> {
             "bench": "train",
             "config": {"vocab": vocab, "hidden": hidden, "layers": layers, "heads": heads,
                        "intermediate": intermediate, "batch": batch, "seq": seq},
+            "arch": arch.hf_model_type(),
+            "hand_pass": model.hand_pass_supported(),
             "mode": mode,
             "lora_dropout": lora_dropout,
             "device": if device.is_cpu() { "cpu" } else { "cuda" },

@@ -4,7 +4,7 @@
 //! the normal [`crate::hub_dir`] path loads.
 //!
 //! Two details make or break the conversion: llama.cpp stores Llama's Q and K projection rows
-//! permuted for its interleaved RoPE (undone here; it does not permute Qwen2, Gemma or
+//! permuted for its interleaved RoPE (undone here; it does not permute Qwen2, Qwen3, Gemma or
 //! Gemma 3), and Gemma's and Gemma 3's RMSNorm weights with the "1 +" offset folded in
 //! (subtracted here). SentencePiece vocabularies (`tokenizer.ggml.model = "llama"`, Gemma)
 //! become the tokenizer.json transformers writes for them ([`spm`]).
@@ -92,7 +92,7 @@ pub enum GgufError {
     },
     /// The model family is not one this crate implements.
     #[error(
-        "{path}: general.architecture {arch:?} is not supported (supported: llama, qwen2, gemma, gemma3)"
+        "{path}: general.architecture {arch:?} is not supported (supported: llama, qwen2, qwen3, gemma, gemma3)"
     )]
     UnsupportedArchitecture {
         /// The file.
@@ -137,6 +137,8 @@ pub enum GgufArch {
     Llama,
     /// `qwen2`: q/k/v biases, no permutation.
     Qwen2,
+    /// `qwen3`: per-head q/k norms (`attn_q_norm`, `attn_k_norm`), no permutation.
+    Qwen3,
     /// `gemma`: norms stored as 1 + w, GELU MLP, no permutation.
     Gemma,
     /// `gemma3` (text): as `gemma`, plus q/k head norms, norms after attention and MLP, and
@@ -149,6 +151,7 @@ impl GgufArch {
         match self {
             Self::Llama => "llama",
             Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
             Self::Gemma => "gemma",
             Self::Gemma3 => "gemma3",
         }
@@ -236,6 +239,7 @@ impl GgufFile {
         let arch = match arch_name.as_str() {
             "llama" => GgufArch::Llama,
             "qwen2" => GgufArch::Qwen2,
+            "qwen3" => GgufArch::Qwen3,
             "gemma" => GgufArch::Gemma,
             "gemma3" => GgufArch::Gemma3,
             _ => {
@@ -346,6 +350,7 @@ impl GgufFile {
         let (class, model_type, act) = match self.arch {
             GgufArch::Llama => ("LlamaForCausalLM", "llama", "silu"),
             GgufArch::Qwen2 => ("Qwen2ForCausalLM", "qwen2", "silu"),
+            GgufArch::Qwen3 => ("Qwen3ForCausalLM", "qwen3", "silu"),
             GgufArch::Gemma => ("GemmaForCausalLM", "gemma", "gelu_pytorch_tanh"),
             GgufArch::Gemma3 => ("Gemma3ForCausalLM", "gemma3_text", "gelu_pytorch_tanh"),
         };
@@ -506,6 +511,7 @@ impl GgufFile {
             .rsplit_once('.')
             .ok_or_else(|| unknown("no weight/bias suffix"))?;
         let gemma3 = self.arch == GgufArch::Gemma3;
+        let head_norms = matches!(self.arch, GgufArch::Gemma3 | GgufArch::Qwen3);
         let hf = match module {
             "attn_norm" => "input_layernorm",
             // Gemma 3's ffn_norm is the MLP's input norm; its post_attention_norm is applied
@@ -514,8 +520,8 @@ impl GgufFile {
             "ffn_norm" => "post_attention_layernorm",
             "post_attention_norm" if gemma3 => "post_attention_layernorm",
             "post_ffw_norm" if gemma3 => "post_feedforward_layernorm",
-            "attn_q_norm" if gemma3 => "self_attn.q_norm",
-            "attn_k_norm" if gemma3 => "self_attn.k_norm",
+            "attn_q_norm" if head_norms => "self_attn.q_norm",
+            "attn_k_norm" if head_norms => "self_attn.k_norm",
             "attn_q" => "self_attn.q_proj",
             "attn_k" => "self_attn.k_proj",
             "attn_v" => "self_attn.v_proj",

@@ -139,6 +139,7 @@ fn gguf_conversion_restores_the_hf_checkpoint() {
     for (arch, gguf_arch) in [
         (Architecture::Llama, "llama"),
         (Architecture::Qwen2, "qwen2"),
+        (Architecture::Qwen3, "qwen3"),
         (Architecture::Gemma, "gemma"),
     ] {
         let src = tempfile::tempdir().expect("tmp");

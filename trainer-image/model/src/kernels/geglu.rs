@@ -1,8 +1,11 @@
 //! Gemma's gated MLP activation, `gelu_tanh(gate) · up`, in slice form for the hand-written
 //! training pass (the autograd path composes candle's `gelu` and a product). GELU's tanh
-//! approximation, as candle's `gelu` and PyTorch's `gelu(approximate="tanh")`.
+//! approximation, as candle's `gelu` and PyTorch's `gelu(approximate="tanh")`, written as
+//! `x · σ(2z)` with `z = √(2/π)(x + 0.044715x³)` (the same function: 1 + tanh z = 2σ(2z)) so
+//! that it runs on the vectorizable [`math::exp`] instead of libm's scalar `tanhf`, which made
+//! Gemma's training step a third slower than Llama's on the tiny benchmark config.
 
-use super::{SharedOut, par_blocks};
+use super::{SharedOut, math, par_blocks};
 
 /// Elements per block handed to one thread.
 const BLOCK: usize = 8 * 1024;
@@ -11,6 +14,13 @@ const C: f32 = 0.797_884_6;
 /// The cubic term's coefficient.
 const A: f32 = 0.044_715;
 
+/// σ(2z) = (1 + tanh z) / 2 for GELU's inner argument z of `x`.
+#[inline(always)]
+fn half_one_plus_tanh(x: f32) -> f32 {
+    let z = C * (x + A * x * x * x);
+    1.0 / (1.0 + math::exp(-2.0 * z))
+}
+
 /// `y = gelu_tanh(gate) · up`, all of one length.
 pub(crate) fn geglu_into(gate: &[f32], up: &[f32], y: &mut [f32]) {
     let out = SharedOut::new(y);
@@ -18,8 +28,7 @@ pub(crate) fn geglu_into(gate: &[f32], up: &[f32], y: &mut [f32]) {
         // SAFETY: par_blocks hands out disjoint ranges.
         let y = unsafe { out.range_mut(r.clone()) };
         for ((y, x), u) in y.iter_mut().zip(&gate[r.clone()]).zip(&up[r]) {
-            let t = (C * (x + A * x * x * x)).tanh();
-            *y = 0.5 * x * (1.0 + t) * u;
+            *y = x * half_one_plus_tanh(*x) * u;
         }
     });
 }
@@ -32,9 +41,10 @@ pub(crate) fn geglu_grad_into(gate: &[f32], up: &[f32], g: &[f32], dg: &mut [f32
         let (dg, du) = unsafe { (og.range_mut(r.clone()), ou.range_mut(r.clone())) };
         for i in 0..r.len() {
             let (x, u, g) = (gate[r.start + i], up[r.start + i], g[r.start + i]);
-            let t = (C * (x + A * x * x * x)).tanh();
-            du[i] = g * 0.5 * x * (1.0 + t);
-            let dgelu = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * C * (1.0 + 3.0 * A * x * x);
+            let s = half_one_plus_tanh(x);
+            du[i] = g * x * s;
+            // d/dx of x·σ(2z): σ(2z) + x · 2σ(2z)(1 − σ(2z)) · dz/dx.
+            let dgelu = s + 2.0 * x * s * (1.0 - s) * C * (1.0 + 3.0 * A * x * x);
             dg[i] = g * u * dgelu;
         }
     });
@@ -69,5 +79,26 @@ mod tests {
         assert!(max_diff(&Tensor::new(dg, &dev)?, eg) < 1e-4);
         assert!(max_diff(&Tensor::new(du, &dev)?, eu) < 1e-4);
         Ok(())
+    }
+
+    #[test]
+    fn saturates_like_tanh_far_from_zero() {
+        let xs = [-200.0f32, -30.0, -9.0, -1e-3, 0.0, 1e-3, 9.0, 30.0, 200.0];
+        let ones = vec![1f32; xs.len()];
+        let mut y = vec![0f32; xs.len()];
+        geglu_into(&xs, &ones, &mut y);
+        let (mut dg, mut du) = (vec![0f32; xs.len()], vec![0f32; xs.len()]);
+        geglu_grad_into(&xs, &ones, &ones, &mut dg, &mut du);
+        for (i, &x) in xs.iter().enumerate() {
+            let x64 = f64::from(x);
+            let t = ((2.0 / std::f64::consts::PI).sqrt() * (x64 + 0.044715 * x64.powi(3))).tanh();
+            let want = 0.5 * x64 * (1.0 + t);
+            assert!(
+                (f64::from(y[i]) - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "{x}: {}",
+                y[i]
+            );
+            assert!(dg[i].is_finite() && du[i].is_finite(), "{x}");
+        }
     }
 }

@@ -25,6 +25,8 @@ fn gguf_name(hf: &str) -> String {
     let leaf = leaf
         .replace("input_layernorm", "attn_norm")
         .replace("post_attention_layernorm", "ffn_norm")
+        .replace("self_attn.q_norm", "attn_q_norm")
+        .replace("self_attn.k_norm", "attn_k_norm")
         .replace("self_attn.q_proj", "attn_q")
         .replace("self_attn.k_proj", "attn_k")
         .replace("self_attn.v_proj", "attn_v")
