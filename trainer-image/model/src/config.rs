@@ -680,14 +680,7 @@ mod tests {
 
     #[test]
     fn new_configs_validate_for_every_family() {
-        for arch in [
-            Architecture::Llama,
-            Architecture::Qwen2,
-            Architecture::Qwen3,
-            Architecture::Mistral,
-            Architecture::Gemma,
-            Architecture::Gemma3,
-        ] {
+        for arch in Architecture::ALL {
             let c = ModelConfig::new(arch, 256, 64, 2, 4, 2, 172, 512);
             c.validate().expect("valid");
             assert_eq!(c.architecture().expect("arch"), arch);

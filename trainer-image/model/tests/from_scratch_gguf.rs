@@ -65,14 +65,7 @@ fn logits(model: &CausalLm, ids: &[u32]) -> Vec<f32> {
 #[test]
 fn every_family_builds_and_loads_through_the_hf_path() {
     let texts = tokenizer_corpus(&rows());
-    for arch in [
-        Architecture::Llama,
-        Architecture::Qwen2,
-        Architecture::Qwen3,
-        Architecture::Mistral,
-        Architecture::Gemma,
-        Architecture::Gemma3,
-    ] {
+    for arch in Architecture::ALL {
         let tmp = tempfile::tempdir().expect("tmp");
         let built = build_from_scratch(&spec(arch), &texts, 3, 256, tmp.path()).expect("builds");
         let (model, cfg) = load(tmp.path());

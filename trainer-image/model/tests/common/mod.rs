@@ -11,14 +11,7 @@ use llamaduo_model::models::{CausalLm, KvCache, LoadOptions, Trainable};
 use llamaduo_model::rng::SplitMix;
 use llamaduo_model::train::Sample;
 
-pub const FAMILIES: [Architecture; 6] = [
-    Architecture::Llama,
-    Architecture::Qwen2,
-    Architecture::Qwen3,
-    Architecture::Mistral,
-    Architecture::Gemma,
-    Architecture::Gemma3,
-];
+pub const FAMILIES: [Architecture; 6] = Architecture::ALL;
 
 /// A tiny config: vocab 32, hidden 32, 2 layers, 4 heads / 2 KV heads (GQA). Gemma 3's
 /// first layer slides over 4 keys (shorter than the test sequences) with a local RoPE base
