@@ -12,10 +12,13 @@ use serde_json::Value;
 
 use crate::api::LlamaDuoMigration;
 
+pub mod bounds;
+
 /// File name of the CRD under crds/ (and the chart's crds/).
 pub const CRD_FILE: &str = "llamaduo.dev_llamaduomigrations.yaml";
 
-/// The CRD of `LlamaDuoMigration`, with every `uint32` bounded by its maximum.
+/// The CRD of `LlamaDuoMigration`, with every `uint32` bounded by its maximum and the
+/// Kubernetes core types of the spec bounded as Kubernetes bounds them ([`bounds`]).
 pub fn crd() -> CustomResourceDefinition {
     let mut crd = LlamaDuoMigration::crd();
     for version in crd.spec.versions.iter_mut() {
@@ -25,6 +28,9 @@ pub fn crd() -> CustomResourceDefinition {
             .and_then(|s| s.open_api_v3_schema.as_mut())
         {
             bound_uint32(schema);
+            if let Some(spec) = schema.properties.as_mut().and_then(|p| p.get_mut("spec")) {
+                bounds::bound_embedded(spec);
+            }
         }
     }
     crd

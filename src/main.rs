@@ -1,10 +1,11 @@
 //! `llamaduo`: the operator and the command line.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use llamaduo::validate::files::{Manifests, manifest_files};
 use llamaduo::validate::{Target, validate_yaml};
 
 /// Migrate a feature from a service LLM to a small model you own.
@@ -22,7 +23,9 @@ enum Command {
     /// Check LlamaDuoMigration manifests offline (schema, CEL rules, semantic checks); exits
     /// non-zero listing every problem with its field path.
     Validate {
-        /// Manifests to check: YAML files, or directories searched for *.yaml / *.yml.
+        /// Manifests to check: YAML files, or directories searched for *.yaml / *.yml (each
+        /// directory and file once: a symbolic link back to one already taken is skipped, with
+        /// a warning).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         /// The manifests are for `llamaduo run` on one machine (spec.storage may be omitted).
@@ -70,28 +73,10 @@ fn print_crd() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn yaml_files(path: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    if path.is_dir() {
-        let mut entries: Vec<_> = std::fs::read_dir(path)
-            .with_context(|| format!("reading directory {}", path.display()))?
-            .collect::<Result<_, _>>()?;
-        entries.sort_by_key(|e| e.path());
-        for e in entries {
-            let p = e.path();
-            if p.is_dir() || p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
-                yaml_files(&p, out)?;
-            }
-        }
-    } else {
-        out.push(path.to_path_buf());
-    }
-    Ok(())
-}
-
 fn validate(paths: &[PathBuf], target: Target) -> anyhow::Result<ExitCode> {
-    let mut files = Vec::new();
-    for p in paths {
-        yaml_files(p, &mut files)?;
+    let Manifests { files, skipped } = manifest_files(paths)?;
+    for skip in &skipped {
+        eprintln!("warning: {skip}");
     }
     let (mut checked, mut failed) = (0usize, 0usize);
     for file in &files {

@@ -2,10 +2,11 @@
 //! pipelines can refuse a bad spec before it reaches a cluster.
 //!
 //! It applies what the API server applies, from the same generated schema: types, required
-//! fields, enums and unknown fields (as `kubectl apply`'s strict field validation does), schema
-//! defaults, then every CEL rule (`x-kubernetes-validations`) evaluated by kube-cel. On top come
-//! the semantic checks that need no cluster (URL schemes, names, the simulated teacher's
-//! families). Every problem carries its field path.
+//! fields, enums and unknown fields (as `kubectl apply`'s strict field validation does), ranges
+//! and sizes (`maxLength`, `maxItems`, `maxProperties`), schema defaults, then every CEL rule
+//! (`x-kubernetes-validations`) evaluated by kube-cel. On top come the semantic checks that
+//! need no cluster (URL schemes, names, the simulated teacher's families). Every problem
+//! carries its field path.
 
 use std::fmt;
 
@@ -13,6 +14,8 @@ use serde_json::Value;
 
 use crate::api::{LlamaDuoMigration, ProviderKind};
 use crate::crd::openapi_schema;
+
+pub mod files;
 
 pub use crate::api::SIMULATED_FAMILIES;
 use crate::api::{ALL_LINEAR, LORA_TARGET_MODULES};
@@ -257,7 +260,8 @@ struct SchemaFindings {
     /// Type, enum, required and unknown-field problems: the object does not have the shape
     /// the CEL rules were written for, so they are not evaluated.
     blocking: Vec<Problem>,
-    /// Values outside their minimum or maximum: CEL rules still run, so every problem is
+    /// Values outside their minimum or maximum, and strings, lists and maps over their
+    /// `maxLength`, `maxItems` or `maxProperties`: CEL rules still run, so every problem is
     /// listed at once (apiextensions-apiserver's `hasBlockingErr`).
     out_of_range: Vec<Problem>,
 }
@@ -285,6 +289,7 @@ fn check_schema(schema: &Value, value: &Value, path: &str, found: &mut SchemaFin
                 format!("must be an integer or a string, found {}", type_name(value)),
             ));
         }
+        check_size(schema, value, path, found);
         return;
     }
     let preserve = schema
@@ -315,6 +320,7 @@ fn check_schema(schema: &Value, value: &Value, path: &str, found: &mut SchemaFin
             format!("{value} is not one of {}", list.join(", ")),
         ));
     }
+    check_size(schema, value, path, found);
     if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
         && value.as_f64().is_some_and(|v| v < min)
     {
@@ -366,6 +372,31 @@ fn check_schema(schema: &Value, value: &Value, path: &str, found: &mut SchemaFin
             }
         }
         _ => {}
+    }
+}
+
+/// `maxLength`, `maxItems` and `maxProperties` (`api::limits` says why each is what it is).
+/// A string's length is counted in characters, as the API server counts it.
+fn check_size(schema: &Value, value: &Value, path: &str, found: &mut SchemaFindings) {
+    let (key, actual, size, fix) = match value {
+        Value::String(s) => (
+            "maxLength",
+            s.chars().count(),
+            "characters long",
+            "shorten it",
+        ),
+        Value::Array(a) => ("maxItems", a.len(), "items", "remove some"),
+        Value::Object(o) => ("maxProperties", o.len(), "entries", "remove some"),
+        _ => return,
+    };
+    if let Some(max) = schema.get(key).and_then(Value::as_u64)
+        && actual as u64 > max
+    {
+        let verb = if value.is_string() { "is" } else { "has" };
+        found.out_of_range.push(problem(
+            path,
+            format!("{verb} {actual} {size}, over the limit of {max}: {fix}"),
+        ));
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod artifacts;
 pub mod dataset;
 mod families;
+pub mod limits;
 pub mod migration;
 pub mod progress;
 pub mod stage;
