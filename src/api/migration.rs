@@ -15,6 +15,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::limits;
+
 /// Desired state of a migration from a service LLM to a small local model.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
@@ -75,16 +77,19 @@ pub struct LlamaDuoMigrationSpec {
     /// Container image that runs the stages (`llamaduo-trainer`). Defaults to the operator's
     /// `--trainer-image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::IMAGE))]
     pub image: Option<String>,
     /// Registry credentials (Secrets of type kubernetes.io/dockerconfigjson in the migration's
     /// namespace) for pulling the stage and serving images from a private registry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = limits::IMAGE_PULL_SECRETS))]
     pub image_pull_secrets: Vec<LocalObjectReference>,
     /// ServiceAccount the stage and serving pods run as (unset: the namespace's `default`).
     /// Give it a cloud workload identity (EKS IRSA or Pod Identity, GKE or Azure Workload
     /// Identity) to reach object storage without `storage.credentialsSecretRef`. Its
     /// Kubernetes API token is never mounted: the pods do not call the API server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::OBJECT_NAME))]
     pub service_account_name: Option<String>,
     /// Stop starting new stages. A running stage finishes and its result is recorded; setting
     /// it back to false resumes where the migration stopped.
@@ -101,6 +106,7 @@ pub struct LlamaDuoMigrationSpec {
 pub struct TaskSpec {
     /// What the model must do, in plain words (for example "Summarize support tickets in two
     /// sentences"). Used in the synthesis and judge prompts.
+    #[schemars(length(max = limits::TASK_DESCRIPTION))]
     pub description: String,
 }
 
@@ -114,10 +120,12 @@ pub struct CoverageSpec {
     /// JSONL rows in chat form ({"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}).
     /// A URL: file://, s3://, gs://, az://, hf://datasets/ORG/NAME[@REV]/FILE, or
     /// configmap://NAME/KEY for a ConfigMap in the migration's namespace.
+    #[schemars(length(max = limits::URL))]
     pub source: String,
     /// Optional separate test set (same forms as source). When unset, testFraction of the
     /// source is held out as the test set, chosen deterministically by synthesis.seed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::URL))]
     pub test_source: Option<String>,
     /// Share of the source held out as the frozen test set when testSource is unset.
     #[serde(default = "default_test_fraction")]
@@ -186,11 +194,13 @@ pub struct ProviderSpec {
     pub provider: ProviderKind,
     /// The provider's model name (e.g. gpt-4o, claude-sonnet-4-5, gemini-2.5-flash). For the
     /// simulated provider, the built-in task family (arithmetic, reverse, sort, triage, dates, updates).
+    #[schemars(length(max = limits::MODEL_NAME))]
     pub model: String,
     /// Override the API base URL (required for openaiCompatible; e.g. http://vllm:8000/v1).
     /// An http:// or https:// URL; one without a path gets the API version (/v1, or /v1beta
     /// for gemini). Redirects are not followed, so the API key never leaves this host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::URL))]
     pub base_url: Option<String>,
     /// The Secret key holding the API key; passed to stage pods by reference, never copied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -222,8 +232,10 @@ fn default_max_retries() -> u32 {
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Name of the Secret.
+    #[schemars(length(max = limits::OBJECT_NAME))]
     pub name: String,
     /// Key within the Secret.
+    #[schemars(length(max = limits::DATA_KEY))]
     pub key: String,
 }
 
@@ -279,6 +291,7 @@ pub struct StudentSpec {
     /// A pretrained model: hf://ORG/NAME[@REVISION], s3://..., gs://..., file:///path (a
     /// Hugging Face model directory or a .gguf file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::URL))]
     pub base_model: Option<String>,
     /// Build a small randomly initialised model and a BPE tokenizer trained on the data, for
     /// offline trials and tests.
@@ -287,6 +300,7 @@ pub struct StudentSpec {
     /// A Jinja chat template overriding the model's own. Unset: the model's template, else
     /// ChatML.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::CHAT_TEMPLATE))]
     pub chat_template: Option<String>,
 }
 
@@ -490,6 +504,8 @@ pub struct LoraSpec {
     /// layer of the decoder except the output head, the default: on small pretrained students
     /// adapters on attention alone learn a new task far more slowly.
     #[serde(default = "default_target_modules")]
+    #[schemars(length(max = limits::TARGET_MODULES))]
+    #[schemars(inner(length(max = limits::TARGET_MODULE)))]
     pub target_modules: Vec<String>,
 }
 
@@ -604,16 +620,20 @@ pub struct TrainingSpec {
     pub resources: Option<ResourceRequirements>,
     /// Node labels training pods must match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "limits::node_selector")]
     pub node_selector: Option<BTreeMap<String, String>>,
     /// Tolerations of training pods (e.g. for tainted GPU nodes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::TOLERATIONS))]
     pub tolerations: Option<Vec<Toleration>>,
     /// PriorityClass of training pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::OBJECT_NAME))]
     pub priority_class_name: Option<String>,
     /// Container image of the train stage only, overriding `image` (e.g. the CUDA image for
     /// GPU nodes while synthesize and evaluate keep the CPU image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::IMAGE))]
     pub image: Option<String>,
 }
 
@@ -788,6 +808,7 @@ pub struct EvaluationSpec {
     /// Sentence-embedding model for metric embedding (a local path or URL to an
     /// all-MiniLM-L6-v2 style directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::URL))]
     pub embedding_model: Option<String>,
     /// Run evaluate pods like training pods: with `training.image`, `resources`,
     /// `nodeSelector`, `tolerations` and `priorityClassName`, so the student writes its test
@@ -896,6 +917,7 @@ pub struct StorageSpec {
     /// Root URL: file:///artifacts (with volume) or an object store (s3://, gs://, az://).
     /// Artifacts go under {url}/{namespace}/{migration}/{uid}/ (the object's uid, so a
     /// migration created again under the same name starts afresh; `status.artifacts` says where).
+    #[schemars(length(max = limits::URL))]
     pub url: String,
     /// The PersistentVolumeClaim mounted at the file:// path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -911,6 +933,7 @@ pub struct StorageSpec {
 #[serde(rename_all = "camelCase")]
 pub struct VolumeSpec {
     /// Name of the PersistentVolumeClaim (ReadWriteMany if stages may run on different nodes).
+    #[schemars(length(max = limits::OBJECT_NAME))]
     pub claim_name: String,
 }
 
@@ -919,6 +942,7 @@ pub struct VolumeSpec {
 #[serde(rename_all = "camelCase")]
 pub struct SecretRef {
     /// Name of the Secret.
+    #[schemars(length(max = limits::OBJECT_NAME))]
     pub name: String,
 }
 
@@ -941,12 +965,15 @@ pub struct ServingSpec {
     pub resources: Option<ResourceRequirements>,
     /// Container image of the server pods, overriding `image` (e.g. the CUDA image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::IMAGE))]
     pub image: Option<String>,
     /// Node labels server pods must match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "limits::node_selector")]
     pub node_selector: Option<BTreeMap<String, String>>,
     /// Tolerations of server pods (e.g. for tainted GPU nodes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::TOLERATIONS))]
     pub tolerations: Option<Vec<Toleration>>,
 }
 
@@ -1167,6 +1194,29 @@ pub enum RoundOutcome {
     Failed,
 }
 
+/// Whether another attempt of a failed stage run can succeed with the same spec.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum FailureClass {
+    /// It may (a network or service error, a killed or evicted pod, a store hiccup): the stage
+    /// is retried up to `stop.stageRetries` times. What a result without a class means.
+    #[default]
+    Transient,
+    /// It cannot until the spec or its inputs change (invalid config, an unsupported model, a
+    /// missing tensor, a malformed dataset, a request the service refuses as invalid): the
+    /// migration fails at once, and an edit of the spec gives the stage one more attempt.
+    Permanent,
+}
+
+impl std::fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FailureClass::Transient => "transient",
+            FailureClass::Permanent => "permanent",
+        })
+    }
+}
+
 /// The record of one finished stage.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -1186,6 +1236,9 @@ pub struct StageRecord {
     /// The last attempt failed on the service-token budget (`stop.maxServiceTokens`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub budget_exhausted: bool,
+    /// Whether the last failed attempt can be retried (`permanent` ones are not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_class: Option<FailureClass>,
     /// The metadata.generation the last attempt ran with: an edit after a stage failed on
     /// every attempt gives it one more.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -11,8 +11,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::migration::{
-    CoverageSpec, EvaluationSpec, ProviderSpec, Scores, Stage, StudentSpec, SynthesisSpec,
-    TaskSpec, TokenUsage, TrainingSpec,
+    CoverageSpec, EvaluationSpec, FailureClass, ProviderSpec, Scores, Stage, StudentSpec,
+    SynthesisSpec, TaskSpec, TokenUsage, TrainingSpec,
 };
 
 /// Environment variable holding the stage config JSON.
@@ -261,10 +261,15 @@ pub struct StageResult {
     /// (`TokenBudgetExhausted`) instead of retrying.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub budget_exhausted: bool,
+    /// On failure, whether another attempt can succeed: `permanent` failures (invalid config,
+    /// unsupported model, malformed dataset, ...) are not retried. Absent means transient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_class: Option<FailureClass>,
 }
 
 impl StageResult {
-    /// A failed result with a reason.
+    /// A failed result with a reason, transient (retried) unless [`Self::classed`] says
+    /// otherwise.
     pub fn failure(stage: Stage, round: u32, message: impl Into<String>) -> Self {
         Self {
             stage,
@@ -277,7 +282,31 @@ impl StageResult {
             train: None,
             evaluate: None,
             budget_exhausted: false,
+            failure_class: Some(FailureClass::Transient),
         }
+    }
+
+    /// A successful result of `stage` with no details yet (the caller sets its section).
+    pub fn success(stage: Stage, round: u32) -> Self {
+        Self {
+            succeeded: true,
+            message: None,
+            failure_class: None,
+            ..Self::failure(stage, round, "")
+        }
+    }
+
+    /// The same result with its failure class set (a no-op on a success).
+    pub fn classed(mut self, class: FailureClass) -> Self {
+        if !self.succeeded {
+            self.failure_class = Some(class);
+        }
+        self
+    }
+
+    /// Whether this is a failure another attempt cannot fix.
+    pub fn is_permanent_failure(&self) -> bool {
+        !self.succeeded && self.failure_class == Some(FailureClass::Permanent)
     }
 
     /// The JSON written as the termination message: at most [`MAX_RESULT_BYTES`]. A long

@@ -435,10 +435,15 @@ async fn act(
                     EventType::Warning,
                     "StageFailed",
                     format!(
-                        "round {}: {} attempt {} failed: {}",
+                        "round {}: {} attempt {} failed ({}): {}",
                         run.round,
                         run.stage,
                         run.attempt,
+                        if result.is_permanent_failure() {
+                            "permanent, not retried"
+                        } else {
+                            "transient"
+                        },
                         result.message.as_deref().unwrap_or("no reason given")
                     ),
                 )

@@ -15,7 +15,7 @@ use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 
 use super::{Config, Context, Metrics, reconcile};
-use crate::api::{Stage, StageResult, SynthesizeOutcome, TokenUsage};
+use crate::api::{FailureClass, Stage, StageResult, SynthesizeOutcome, TokenUsage};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
@@ -640,9 +640,7 @@ fn pods_with_message(exit_code: i32, message: &str) -> Value {
 
 #[tokio::test]
 async fn a_restart_records_a_finished_job_before_anything_else() {
-    let mut result = StageResult::failure(Stage::Synthesize, 1, "");
-    result.succeeded = true;
-    result.message = None;
+    let mut result = StageResult::success(Stage::Synthesize, 1);
     result.service_tokens = TokenUsage {
         input: 700,
         output: 300,
@@ -733,6 +731,50 @@ async fn a_failed_job_is_recorded_with_its_log_tail_and_a_warning() {
     );
     assert_eq!(seen[3].body["type"], "Warning");
     assert_eq!(seen[3].body["reason"], "StageFailed");
+    // No result: a crash, transient.
+    assert_eq!(record["failureClass"], "transient", "{record}");
+    let note = seen[3].body["note"].as_str().unwrap_or_default();
+    assert!(note.contains("(transient)"), "{note}");
+}
+
+#[tokio::test]
+async fn a_permanent_failure_is_recorded_as_such_and_the_event_says_it_is_not_retried() {
+    let result = StageResult::failure(
+        Stage::Synthesize,
+        1,
+        "teacher: openai returned HTTP 404: The model `gpt-5-nano-typo` does not exist",
+    )
+    .classed(FailureClass::Permanent);
+    let message = result.to_termination_message();
+    let obj = migration(spec(), started_status());
+    let (r, seen) = scenario(obj, async move |s: &mut ApiServer| {
+        vec![
+            s.expect(
+                Method::GET,
+                &format!("{JOBS}/tickets-r1-synthesize"),
+                200,
+                finished_job("Failed"),
+            )
+            .await,
+            s.expect(
+                Method::GET,
+                "/api/v1/namespaces/team-a/pods",
+                200,
+                pods_with_message(1, &message),
+            )
+            .await,
+            s.expect(Method::PATCH, STATUS, 200, Value::Null).await,
+            s.expect(Method::POST, EVENTS, 201, Value::Null).await,
+        ]
+    })
+    .await;
+    r.expect("reconcile");
+    let record = &seen[2].body["status"]["rounds"][0]["stages"][0];
+    assert_eq!(record["failureClass"], "permanent", "{record}");
+    assert_eq!(seen[3].body["reason"], "StageFailed");
+    let note = seen[3].body["note"].as_str().unwrap_or_default();
+    assert!(note.contains("(permanent, not retried)"), "{note}");
+    assert!(note.contains("gpt-5-nano-typo"), "{note}");
 }
 
 #[tokio::test]

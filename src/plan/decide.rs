@@ -4,11 +4,11 @@
 //! decides: target reached -> Succeeded; `stop.maxRounds`, a plateau or the token budget ->
 //! Failed with the reason; else the next round. A failed stage is retried up to
 //! `stop.stageRetries` more times (each attempt under its own run name), then the migration
-//! fails.
+//! fails; one whose result says the failure is permanent (`failureClass`) fails it at once.
 
 use crate::api::{
-    LlamaDuoMigrationSpec, LlamaDuoMigrationStatus, Phase, RoundStatus, Scores, Stage, StageRecord,
-    StageResult, StageRun,
+    FailureClass, LlamaDuoMigrationSpec, LlamaDuoMigrationStatus, Phase, RoundStatus, Scores,
+    Stage, StageRecord, StageResult, StageRun,
 };
 
 use super::MigrationId;
@@ -251,6 +251,16 @@ fn progress(
                     budget: spec.stop.max_service_tokens.unwrap_or(used),
                 }));
             }
+            // No other attempt can succeed until the spec changes.
+            Some(rec) if rec.failure_class == Some(FailureClass::Permanent) && !edited(rec) => {
+                return Step::Finish(Finish::Failed(StopReason::StageFailed {
+                    round: last.round,
+                    stage,
+                    attempts: rec.attempts,
+                    message: rec.message.clone().unwrap_or_default(),
+                    permanent: true,
+                }));
+            }
             Some(rec) if rec.attempts <= spec.stop.stage_retries || edited(rec) => {
                 return Step::Run {
                     round: last.round,
@@ -264,6 +274,7 @@ fn progress(
                     stage,
                     attempts: rec.attempts,
                     message: rec.message.clone().unwrap_or_default(),
+                    permanent: false,
                 }));
             }
             None => {
@@ -295,6 +306,7 @@ fn decide_round(
             stage: Stage::Evaluate,
             attempts: round.stage(Stage::Evaluate).map_or(0, |r| r.attempts),
             message: "evaluate recorded no scores".into(),
+            permanent: false,
         }));
     };
     if target_reached(spec, &scores) {

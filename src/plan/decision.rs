@@ -104,6 +104,8 @@ pub enum StopReason {
         attempts: u32,
         /// The last attempt's failure.
         message: String,
+        /// It was permanent, so it was not retried.
+        permanent: bool,
     },
 }
 
@@ -157,6 +159,17 @@ impl fmt::Display for StopReason {
                 stage,
                 attempts,
                 message,
+                permanent: true,
+            } => write!(
+                f,
+                "round {round}: {stage} failed with a permanent error on attempt {attempts}, not retried (another attempt cannot succeed with this spec; fix it and apply it again, which gives the stage one more attempt): {message}"
+            ),
+            StopReason::StageFailed {
+                round,
+                stage,
+                attempts,
+                message,
+                permanent: false,
             } => write!(
                 f,
                 "round {round}: {stage} failed after {attempts} attempt(s) (stop.stageRetries exhausted): {message}"

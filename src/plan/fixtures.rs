@@ -5,8 +5,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::{
-    EvaluateOutcome, LlamaDuoMigrationSpec, LlamaDuoMigrationStatus, ProviderKind, Scores, Stage,
-    StageResult, StageRun, SynthesizeOutcome, TokenUsage, TrainOutcome,
+    EvaluateOutcome, FailureClass, LlamaDuoMigrationSpec, LlamaDuoMigrationStatus, ProviderKind,
+    Scores, Stage, StageResult, StageRun, SynthesizeOutcome, TokenUsage, TrainOutcome,
 };
 
 use super::{Decision, MigrationId, Observation, apply, plan, run_to_observe, stage_run_name};
@@ -102,9 +102,7 @@ impl SpecBuilder {
 pub struct ResultBuilder(StageResult);
 
 pub fn result(stage: Stage, round: u32) -> ResultBuilder {
-    let mut r = StageResult::failure(stage, round, "unset");
-    r.succeeded = true;
-    r.message = None;
+    let mut r = StageResult::success(stage, round);
     r.duration_seconds = 12.0;
     match stage {
         Stage::Synthesize => {
@@ -172,6 +170,7 @@ impl ResultBuilder {
     pub fn failed(mut self, message: &str) -> Self {
         self.0.succeeded = false;
         self.0.message = Some(message.into());
+        self.0.failure_class = Some(FailureClass::Transient);
         self.0.synthesize = None;
         self.0.train = None;
         self.0.evaluate = None;
@@ -179,6 +178,10 @@ impl ResultBuilder {
     }
     pub fn budget_exhausted(mut self) -> Self {
         self.0.budget_exhausted = true;
+        self
+    }
+    pub fn permanent(mut self) -> Self {
+        self.0.failure_class = Some(FailureClass::Permanent);
         self
     }
     pub fn build(self) -> StageResult {

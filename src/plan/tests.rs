@@ -1,6 +1,6 @@
 //! Table tests of every transition of [`super::plan`] and [`super::apply`].
 
-use crate::api::{Phase, RoundOutcome, Stage, StageConfig};
+use crate::api::{FailureClass, Phase, RoundOutcome, Stage, StageConfig};
 
 use super::fixtures::{StatusBuilder, at, id, result, run, spec, status};
 use super::*;
@@ -896,6 +896,76 @@ fn an_edit_after_a_stage_failed_on_every_attempt_gives_it_one_more() {
     assert_eq!(want(&b.step(missing())), Want::Fail("TokenBudgetExhausted"));
     let mut b = b.respec(spec().budget(5_000).build());
     assert_eq!(want(&b.step(missing())), Want::Start(1, Stage::Train, 1));
+}
+
+#[test]
+fn a_permanent_failure_fails_at_once_and_an_edit_retries_it() {
+    let s = spec().retries(2).build();
+    let mut b = status(&s).stage_ok().started().finished(
+        result(Stage::Train, 1)
+            .failed("unsupported architecture \"Phi3ForCausalLM\"")
+            .permanent()
+            .build(),
+    );
+    let rec = b.status.rounds[0]
+        .stage(Stage::Train)
+        .cloned()
+        .expect("record");
+    assert_eq!(rec.failure_class, Some(FailureClass::Permanent));
+    // Two retries are left, but none can succeed: failed on attempt 1.
+    let d = b.step(missing());
+    assert_eq!(want(&d), Want::Fail("StageFailed"));
+    assert_eq!(b.status.phase, Some(Phase::Failed));
+    assert_eq!(b.status.rounds[0].outcome, Some(RoundOutcome::Failed));
+    let msg = b.status.message.clone().unwrap_or_default();
+    assert!(
+        msg.contains("permanent error on attempt 1, not retried")
+            && msg.contains("Phi3ForCausalLM"),
+        "{msg}"
+    );
+    let stalled = condition(&b.status, CONDITION_STALLED);
+    assert_eq!(
+        (stalled.status.as_str(), stalled.reason.as_str()),
+        ("True", "StageFailed")
+    );
+    assert!(stalled.message.contains("permanent"), "{}", stalled.message);
+    assert_eq!(b.step(missing()), Decision::Idle);
+    // The fix (another base) is pushed: attempt 2.
+    let mut b = b.respec(spec().retries(2).target(79.0).build());
+    assert_eq!(want(&b.step(missing())), Want::Start(1, Stage::Train, 2));
+}
+
+#[test]
+fn a_transient_failure_is_retried_and_says_so() {
+    let s = spec().retries(2).build();
+    let mut b = status(&s).stage_ok().started().finished(
+        result(Stage::Train, 1)
+            .failed("CUDA_ERROR_OUT_OF_MEMORY")
+            .build(),
+    );
+    let rec = b.status.rounds[0]
+        .stage(Stage::Train)
+        .cloned()
+        .expect("record");
+    assert_eq!(rec.failure_class, Some(FailureClass::Transient));
+    assert_eq!(want(&b.step(missing())), Want::Start(1, Stage::Train, 2));
+    // A result written before failure classes existed counts as transient.
+    let mut old = result(Stage::Train, 1).failed("killed").build();
+    old.failure_class = None;
+    let json = serde_json::to_string(&old).expect("json");
+    assert!(!json.contains("failureClass"), "{json}");
+    let mut b = status(&s).stage_ok().started().finished(old);
+    assert_eq!(want(&b.step(missing())), Want::Start(1, Stage::Train, 2));
+    // A pod that died without a result (OOMKilled, evicted) is transient.
+    let mut b = status(&s).stage_ok().started();
+    let d = b.step(Observation::Failed {
+        reason: "pod tickets-r1-train: OOMKilled".into(),
+        result: None,
+    });
+    let Decision::RecordResult { result, .. } = &d else {
+        panic!("{d:?}")
+    };
+    assert!(!result.is_permanent_failure());
 }
 
 #[test]

@@ -176,6 +176,7 @@ pub fn apply_result(status: &mut LlamaDuoMigrationStatus, run: &StageRun, result
         message: result.message.clone(),
         duration_seconds: result.succeeded.then_some(result.duration_seconds),
         budget_exhausted: !result.succeeded && result.budget_exhausted,
+        failure_class: (!result.succeeded).then(|| result.failure_class.unwrap_or_default()),
         generation: run.generation,
     };
     match round.stages.iter_mut().find(|s| s.stage == run.stage) {
@@ -211,10 +212,15 @@ fn result_message(run: &StageRun, result: &StageResult) -> String {
         )
     } else {
         format!(
-            "round {}: {} attempt {} failed: {}",
+            "round {}: {} attempt {} failed{}: {}",
             run.round,
             run.stage,
             run.attempt,
+            if result.is_permanent_failure() {
+                " (permanent, not retried)"
+            } else {
+                ""
+            },
             result.message.as_deref().unwrap_or("no reason given")
         )
     }

@@ -177,6 +177,7 @@ mod tests {
                     message: None,
                     duration_seconds: Some(3.5),
                     budget_exhausted: false,
+                    failure_class: None,
                     generation: None,
                 }],
                 outcome: Some(RoundOutcome::BelowTarget),

@@ -52,8 +52,13 @@ pub fn stage_line(run: &StageRun, result: &StageResult) -> String {
         format!("ok    {details}")
     } else {
         format!(
-            "FAILED (attempt {}): {}",
+            "FAILED (attempt {}{}): {}",
             run.attempt,
+            if result.is_permanent_failure() {
+                ", permanent: not retried"
+            } else {
+                ""
+            },
             result.message.as_deref().unwrap_or("no reason given")
         )
     };
@@ -177,6 +182,7 @@ mod tests {
                         message: None,
                         duration_seconds: Some(12.4),
                         budget_exhausted: false,
+                        failure_class: None,
                         generation: None,
                     }],
                     outcome: Some(RoundOutcome::BelowTarget),
@@ -217,6 +223,7 @@ mod tests {
         assert!(stage_line(&run, &r).contains("FAILED (attempt 1): teacher unreachable"));
         r.succeeded = true;
         r.message = None;
+        r.failure_class = None;
         r.synthesize = Some(SynthesizeOutcome {
             produced: 40,
             ..SynthesizeOutcome::default()

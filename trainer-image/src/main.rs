@@ -7,6 +7,7 @@
 //! stderr, progress JSON lines on stdout.
 
 mod evaluate;
+mod failure_class;
 mod serve;
 mod stage_io;
 mod student;
@@ -114,10 +115,10 @@ async fn run_stage(stage: Stage, args: StageArgs) -> ExitCode {
     let config = match stage_io::read_config(args.config.as_deref()) {
         Ok(c) if c.stage() == stage => c,
         Ok(c) => {
-            let e = anyhow::anyhow!(
+            let e = anyhow::Error::new(failure_class::PermanentError::new(format!(
                 "the stage config is for {}, but `llamaduo-trainer {stage}` was run",
                 c.stage()
-            );
+            )));
             return finish(
                 None,
                 &path,

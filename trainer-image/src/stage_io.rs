@@ -90,6 +90,7 @@ pub fn exit_code(result: &StageResult) -> std::process::ExitCode {
 /// A failed result for a stage that could not even start (bad config, wrong subcommand).
 pub fn early_failure(stage: Stage, round: u32, error: &anyhow::Error) -> StageResult {
     StageResult::failure(stage, round, format!("{error:#}"))
+        .classed(crate::failure_class::of(error))
 }
 
 #[cfg(test)]

@@ -43,18 +43,11 @@ pub async fn run_train(config: &TrainConfig) -> StageResult {
     let round = config.context.round;
     let mut result = match train_round(config).await {
         Ok(outcome) => StageResult {
-            stage: Stage::Train,
-            round,
-            succeeded: true,
-            message: None,
-            service_tokens: Default::default(),
-            duration_seconds: 0.0,
-            synthesize: None,
             train: Some(outcome),
-            evaluate: None,
-            budget_exhausted: false,
+            ..StageResult::success(Stage::Train, round)
         },
-        Err(e) => StageResult::failure(Stage::Train, round, format!("{e:#}")),
+        Err(e) => StageResult::failure(Stage::Train, round, format!("{e:#}"))
+            .classed(crate::failure_class::of(&e)),
     };
     result.duration_seconds = started.elapsed().as_secs_f64();
     result

@@ -9,6 +9,9 @@
 #[allow(dead_code)]
 #[path = "../src/evaluate/mod.rs"]
 mod evaluate;
+#[allow(dead_code)]
+#[path = "../src/failure_class.rs"]
+mod failure_class;
 
 #[path = "../model/tests/support/mod.rs"]
 mod support;

@@ -5,6 +5,9 @@
 #[allow(dead_code)]
 #[path = "../src/evaluate/mod.rs"]
 mod evaluate;
+#[allow(dead_code)]
+#[path = "../src/failure_class.rs"]
+mod failure_class;
 
 use std::collections::HashMap;
 use std::path::Path;

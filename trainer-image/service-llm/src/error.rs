@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use llamaduo::api::TokenUsage;
+use llamaduo::api::{FailureClass, TokenUsage};
 
 /// Why a call to a service LLM did not produce a reply.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +87,19 @@ impl LlmError {
         }
     }
 
+    /// Whether a new stage attempt (a new pod, minutes later) can succeed where this call's
+    /// own retries did not: not when the provider refused the request itself (400, 401, 403,
+    /// 404, 422: a wrong model name, key or parameter) or the client is misconfigured; yes for
+    /// everything retryable and for an exhausted quota (quotas reset and credit is topped up).
+    /// The token budget is a stop rule of its own (`StageResult::budget_exhausted`).
+    pub fn failure_class(&self) -> FailureClass {
+        match self {
+            LlmError::Config(_) => FailureClass::Permanent,
+            LlmError::Status { .. } if !self.is_retryable() => FailureClass::Permanent,
+            _ => FailureClass::Transient,
+        }
+    }
+
     /// Tokens the provider billed for the failed attempt, when its reply said.
     pub fn billed(&self) -> TokenUsage {
         match self {
@@ -126,6 +139,31 @@ mod tests {
         for code in [400, 401, 403, 404, 422] {
             assert!(!status(code).is_retryable(), "{code}");
         }
+        for code in [400, 401, 403, 404, 422] {
+            assert_eq!(
+                status(code).failure_class(),
+                FailureClass::Permanent,
+                "{code}"
+            );
+        }
+        for code in [408, 429, 500, 503] {
+            assert_eq!(
+                status(code).failure_class(),
+                FailureClass::Transient,
+                "{code}"
+            );
+        }
+        assert_eq!(
+            LlmError::Config("no key".into()).failure_class(),
+            FailureClass::Permanent
+        );
+        let quota = LlmError::QuotaExhausted {
+            provider: "openai",
+            status: 429,
+            message: "x".into(),
+        };
+        assert!(!quota.is_retryable());
+        assert_eq!(quota.failure_class(), FailureClass::Transient);
         assert!(LlmError::Timeout(Duration::from_secs(1)).is_retryable());
         assert!(LlmError::Connection("reset".into()).is_retryable());
         let budget = LlmError::BudgetExhausted {

@@ -25,7 +25,8 @@ use std::time::Instant;
 use futures::StreamExt;
 use llamaduo::api::dataset::DatasetRow;
 use llamaduo::api::{
-    ArtifactLayout, EvaluateConfig, EvaluateOutcome, Metric, Scores, Stage, StageResult, TokenUsage,
+    ArtifactLayout, EvaluateConfig, EvaluateOutcome, FailureClass, Metric, Scores, Stage,
+    StageResult, TokenUsage,
 };
 use llamaduo_service_llm::flow::{ClientConfig, DEFAULT_MAX_TOKENS, LlmClient, TokenBudget};
 use llamaduo_service_llm::judge::answer_request;
@@ -128,6 +129,7 @@ pub async fn run_evaluate(
                 round,
                 started,
                 format!("opening the spend log in the artifact store: {e}"),
+                crate::failure_class::of_error(&e),
                 TokenUsage::default(),
             );
         }
@@ -149,7 +151,15 @@ pub async fn run_evaluate(
     if config.evaluation.metric == Metric::Judge {
         match client(&config.judge, judge_key) {
             Ok(c) => services.judge = Some(c),
-            Err(e) => return failed(round, started, format!("judge: {e}"), TokenUsage::default()),
+            Err(e) => {
+                return failed(
+                    round,
+                    started,
+                    format!("judge: {e}"),
+                    e.failure_class(),
+                    TokenUsage::default(),
+                );
+            }
         }
     }
     if config.evaluation.baseline {
@@ -160,6 +170,7 @@ pub async fn run_evaluate(
                     round,
                     started,
                     format!("teacher: {e}"),
+                    e.failure_class(),
                     TokenUsage::default(),
                 );
             }
@@ -176,8 +187,14 @@ pub async fn run_evaluate(
     result
 }
 
-fn failed(round: u32, started: Instant, message: String, tokens: TokenUsage) -> StageResult {
-    let mut r = StageResult::failure(Stage::Evaluate, round, message);
+fn failed(
+    round: u32,
+    started: Instant,
+    message: String,
+    class: FailureClass,
+    tokens: TokenUsage,
+) -> StageResult {
+    let mut r = StageResult::failure(Stage::Evaluate, round, message).classed(class);
     r.service_tokens = tokens;
     r.duration_seconds = started.elapsed().as_secs_f64();
     r
@@ -191,9 +208,7 @@ pub async fn evaluate_with(config: &EvaluateConfig, services: &EvalServices) -> 
     let tokens = services.usage();
     match outcome {
         Ok(summary) => {
-            let mut r = StageResult::failure(Stage::Evaluate, round, "");
-            r.succeeded = true;
-            r.message = None;
+            let mut r = StageResult::success(Stage::Evaluate, round);
             r.service_tokens = tokens;
             r.duration_seconds = started.elapsed().as_secs_f64();
             r.evaluate = Some(EvaluateOutcome {
@@ -206,8 +221,9 @@ pub async fn evaluate_with(config: &EvaluateConfig, services: &EvalServices) -> 
             r
         }
         Err(e) => {
-            tracing::error!(error = %e, "evaluation failed");
-            let mut r = failed(round, started, e.to_string(), tokens);
+            let class = crate::failure_class::of_error(&e);
+            tracing::error!(error = %e, %class, "evaluation failed");
+            let mut r = failed(round, started, e.to_string(), class, tokens);
             r.budget_exhausted = matches!(
                 e,
                 EvalError::Judge(LlmError::BudgetExhausted { .. })

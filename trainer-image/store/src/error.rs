@@ -111,6 +111,27 @@ impl StoreError {
         matches!(self, StoreError::NotFound { .. })
     }
 
+    /// Whether no other stage attempt can succeed: an invalid URL or key, an input that does
+    /// not exist, or a file that does not parse (a malformed dataset stays malformed), as
+    /// opposed to I/O, object store, hub, parts or runtime trouble, which may pass.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            StoreError::InvalidUrl { .. }
+            | StoreError::InvalidKey { .. }
+            | StoreError::NotFound { .. }
+            | StoreError::JsonlLine { .. }
+            | StoreError::Json { .. } => true,
+            // An inconsistent parts directory is a run that died mid-write: the next one
+            // starts its parts over.
+            StoreError::Parts { .. }
+            | StoreError::Io { .. }
+            | StoreError::ObjectStore { .. }
+            | StoreError::Source { .. }
+            | StoreError::Hub { .. }
+            | StoreError::Runtime(_) => false,
+        }
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         StoreError::Io {
             op,

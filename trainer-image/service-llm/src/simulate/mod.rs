@@ -57,6 +57,11 @@ pub struct SimulateOptions {
     /// provider's limit.
     #[arg(long)]
     pub enforce_rpm: Option<u32>,
+    /// Answer 401 unless a request carries `Authorization: Bearer KEY`, as OpenAI does. The
+    /// 401 echoes the key the request presented, as a careless service might, so tests can
+    /// check that clients keep it out of their errors.
+    #[arg(long, value_name = "KEY", env = "LLAMADUO_SIMULATE_REQUIRE_API_KEY")]
+    pub require_api_key: Option<String>,
 }
 
 impl Default for SimulateOptions {
@@ -73,6 +78,7 @@ impl Default for SimulateOptions {
             fault_malformed: 0.0,
             fault_truncated: 0.0,
             enforce_rpm: None,
+            require_api_key: None,
         }
     }
 }

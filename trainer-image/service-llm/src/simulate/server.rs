@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use rand::rngs::StdRng;
@@ -148,10 +148,31 @@ enum Fault {
     Truncated,
 }
 
-async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+/// `Some(401)` when `--require-api-key` is set and the request does not carry it.
+fn unauthorized(opts: &SimulateOptions, headers: &HeaderMap) -> Option<Response> {
+    let want = opts.require_api_key.as_deref()?;
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    (presented != want).then(|| {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "invalid_api_key",
+            &format!("Incorrect API key provided: {presented}."),
+        )
+    })
+}
+
+async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let stats = &shared.stats;
     stats.requests.fetch_add(1, Ordering::Relaxed);
     let opts = &shared.opts;
+    if let Some(refused) = unauthorized(opts, &headers) {
+        return refused;
+    }
     if opts.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(opts.latency_ms)).await;
     }

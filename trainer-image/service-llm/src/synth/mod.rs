@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use llamaduo::api::{
-    ArtifactLayout, DatasetRow, Message, Role, RowSource, Stage, StageResult, SynthesizeConfig,
-    SynthesizeOutcome,
+    ArtifactLayout, DatasetRow, FailureClass, Message, Role, RowSource, Stage, StageResult,
+    SynthesizeConfig, SynthesizeOutcome,
 };
 use llamaduo_store::{JsonlParts, Store, StoreError, read_jsonl, to_jsonl};
 use rand::{Rng, SeedableRng};
@@ -57,6 +57,21 @@ pub enum SynthError {
     Internal(String),
 }
 
+impl SynthError {
+    /// Whether another attempt can succeed: not with unusable coverage data or a teacher that
+    /// refuses the requests as invalid; yes after store, network or service trouble, and with
+    /// unproductive replies (another attempt samples again).
+    pub fn failure_class(&self) -> FailureClass {
+        match self {
+            SynthError::Store(e) if e.is_permanent() => FailureClass::Permanent,
+            SynthError::Store(_) => FailureClass::Transient,
+            SynthError::Coverage(_) => FailureClass::Permanent,
+            SynthError::Teacher(e) => e.failure_class(),
+            SynthError::Unproductive(_) | SynthError::Internal(_) => FailureClass::Transient,
+        }
+    }
+}
+
 /// Runs the stage: builds the teacher client from the config (API key from the environment,
 /// passed in) and writes the result. Never panics; a failure is a failed [`StageResult`] with
 /// a one-line reason, still carrying the tokens spent and the counts so far.
@@ -66,7 +81,8 @@ pub async fn run_synthesis(config: &SynthesizeConfig, api_key: Option<Secret>) -
         Ok(p) => p,
         Err(e) => {
             let mut r =
-                StageResult::failure(Stage::Synthesize, config.context.round, e.to_string());
+                StageResult::failure(Stage::Synthesize, config.context.round, e.to_string())
+                    .classed(e.failure_class());
             r.duration_seconds = started.elapsed().as_secs_f64();
             return r;
         }
@@ -121,14 +137,11 @@ pub async fn synthesize_with(config: &SynthesizeConfig, client: Arc<LlmClient>) 
     let stats = client.stats();
     outcome.retries = stats.retries;
     let mut result = match run {
-        Ok(()) => StageResult {
-            succeeded: true,
-            message: None,
-            ..StageResult::failure(Stage::Synthesize, config.context.round, "")
-        },
+        Ok(()) => StageResult::success(Stage::Synthesize, config.context.round),
         Err(e) => {
-            tracing::error!(error = %e, "synthesis failed");
+            tracing::error!(error = %e, class = %e.failure_class(), "synthesis failed");
             StageResult::failure(Stage::Synthesize, config.context.round, e.to_string())
+                .classed(e.failure_class())
         }
     };
     result.service_tokens = stats.usage;
