@@ -28,4 +28,25 @@ pub struct ServeArgs {
     /// Most requests decoded together in one batch.
     #[arg(long, env = "LLAMADUO_SERVE_MAX_BATCH", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_batch: u32,
+    /// Seconds a client has, from the first byte of a request's head, to finish the request
+    /// line and headers; a slower connection is closed (slow-loris clients).
+    #[arg(long, env = "LLAMADUO_SERVE_HEADER_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_seconds: u64,
+    /// Seconds a request's body may take to arrive once its head has; a slower one is answered
+    /// 408 and its connection closed.
+    #[arg(long, env = "LLAMADUO_SERVE_BODY_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout_seconds: u64,
+    /// Seconds a connection may go with no request in flight and none begun (a fresh
+    /// connection, or keep-alive between requests) before it is closed. Above the usual
+    /// client pool idle times (httpx 5 s), so pooled connections are rarely closed under a
+    /// client about to reuse them.
+    #[arg(long, env = "LLAMADUO_SERVE_IDLE_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_seconds: u64,
+    /// Most open client connections. At the cap a new connection closes the oldest one with no
+    /// request in flight; while every one has a request in flight, new ones wait in the
+    /// listen backlog. Default: the descriptor limit (RLIMIT_NOFILE, raised to its hard limit
+    /// at start) less a quarter of it (at least 64 kept), at most 4096; a larger value is
+    /// lowered to that limit less its headroom.
+    #[arg(long, env = "LLAMADUO_SERVE_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
 }

@@ -194,6 +194,7 @@ impl Worker {
         let mut live = Vec::with_capacity(jobs.len());
         for job in jobs {
             if job.events.is_closed() {
+                self.metrics.cancelled();
                 continue;
             }
             if Instant::now() >= job.deadline {
@@ -256,7 +257,12 @@ impl Worker {
                         FinishReason::Eos | FinishReason::Stop => "stop",
                         FinishReason::Length => "length",
                         // The client is gone or already has its timeout error.
-                        FinishReason::Cancelled => continue,
+                        FinishReason::Cancelled => {
+                            if !l.timed_out {
+                                self.metrics.cancelled();
+                            }
+                            continue;
+                        }
                     };
                     if l.timed_out {
                         continue;

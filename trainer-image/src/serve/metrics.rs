@@ -1,5 +1,7 @@
 //! The server's Prometheus metrics (text exposition format 0.0.4): requests by endpoint and
-//! status, generated and prompt tokens, request latency and batch size histograms.
+//! status, generated and prompt tokens, request latency and batch size histograms, requests
+//! cancelled by their client, and connections (open, the cap, closed by the server and why,
+//! accept errors).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -67,6 +69,11 @@ struct Inner {
     generated_tokens: u64,
     prompt_tokens: u64,
     batches: Histogram,
+    cancelled: u64,
+    connections_open: u64,
+    connection_cap: u64,
+    connections_closed: BTreeMap<&'static str, u64>,
+    accept_errors: u64,
 }
 
 /// The registry; cheap to update from handlers and the worker.
@@ -84,6 +91,11 @@ impl Default for Metrics {
                 generated_tokens: 0,
                 prompt_tokens: 0,
                 batches: Histogram::new(BATCH_BUCKETS),
+                cancelled: 0,
+                connections_open: 0,
+                connection_cap: 0,
+                connections_closed: BTreeMap::new(),
+                accept_errors: 0,
             }),
         }
     }
@@ -122,6 +134,36 @@ impl Metrics {
         self.with(|m| m.batches.observe(size as f64));
     }
 
+    /// A request was dropped because its client went away (queued or mid-generation).
+    pub fn cancelled(&self) {
+        self.with(|m| m.cancelled += 1);
+    }
+
+    /// The connection cap in force.
+    pub fn connection_cap(&self, cap: usize) {
+        self.with(|m| m.connection_cap = cap as u64);
+    }
+
+    /// A connection was accepted.
+    pub fn connection_opened(&self) {
+        self.with(|m| m.connections_open += 1);
+    }
+
+    /// A connection ended (whoever closed it).
+    pub fn connection_ended(&self) {
+        self.with(|m| m.connections_open = m.connections_open.saturating_sub(1));
+    }
+
+    /// The server closed a connection itself, for `reason` (a [`super::conn::Close`] label).
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.with(|m| *m.connections_closed.entry(reason).or_default() += 1);
+    }
+
+    /// `accept()` failed for a reason other than the client's (descriptors, memory).
+    pub fn accept_error(&self) {
+        self.with(|m| m.accept_errors += 1);
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         self.with(|m| {
@@ -153,6 +195,33 @@ impl Metrics {
             }
             out.push_str("# HELP llamaduo_serve_batch_size Requests decoded together per batch.\n# TYPE llamaduo_serve_batch_size histogram\n");
             m.batches.render(&mut out, "llamaduo_serve_batch_size", "");
+            let _ = write!(
+                out,
+                "# HELP llamaduo_serve_cancelled_total Requests dropped because their client disconnected.\n# TYPE llamaduo_serve_cancelled_total counter\nllamaduo_serve_cancelled_total {}\n",
+                m.cancelled
+            );
+            let _ = write!(
+                out,
+                "# HELP llamaduo_serve_connections Open client connections.\n# TYPE llamaduo_serve_connections gauge\nllamaduo_serve_connections {}\n",
+                m.connections_open
+            );
+            let _ = write!(
+                out,
+                "# HELP llamaduo_serve_max_connections The connection cap (--max-connections).\n# TYPE llamaduo_serve_max_connections gauge\nllamaduo_serve_max_connections {}\n",
+                m.connection_cap
+            );
+            out.push_str("# HELP llamaduo_serve_connections_closed_total Connections the server closed, by reason: header_timeout, idle_timeout, evicted (at the cap, for a new one), drained (at shutdown).\n# TYPE llamaduo_serve_connections_closed_total counter\n");
+            for (reason, n) in &m.connections_closed {
+                let _ = writeln!(
+                    out,
+                    "llamaduo_serve_connections_closed_total{{reason=\"{reason}\"}} {n}"
+                );
+            }
+            let _ = write!(
+                out,
+                "# HELP llamaduo_serve_accept_errors_total Failed accepts other than a client's (e.g. out of descriptors).\n# TYPE llamaduo_serve_accept_errors_total counter\nllamaduo_serve_accept_errors_total {}\n",
+                m.accept_errors
+            );
             out
         })
     }
@@ -183,5 +252,23 @@ mod tests {
         assert!(text.contains("llamaduo_serve_batch_size_bucket{le=\"2\"} 0"));
         assert!(text.contains("llamaduo_serve_batch_size_bucket{le=\"4\"} 1"));
         assert!(text.contains("llamaduo_serve_batch_size_count 1"));
+    }
+
+    #[test]
+    fn renders_connections() {
+        let m = Metrics::default();
+        m.connection_cap(100);
+        m.connection_opened();
+        m.connection_opened();
+        m.connection_ended();
+        m.connection_closed("evicted");
+        m.connection_closed("evicted");
+        m.cancelled();
+        let text = m.render();
+        assert!(text.contains("llamaduo_serve_connections 1\n"), "{text}");
+        assert!(text.contains("llamaduo_serve_max_connections 100\n"));
+        assert!(text.contains("llamaduo_serve_connections_closed_total{reason=\"evicted\"} 2\n"));
+        assert!(text.contains("llamaduo_serve_cancelled_total 1\n"));
+        assert!(text.contains("llamaduo_serve_accept_errors_total 0\n"));
     }
 }

@@ -37,6 +37,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// --request-timeout-seconds.
     pub timeout_seconds: u64,
+    /// --body-timeout-seconds.
+    pub body_timeout: Duration,
     /// When the server started (the model's `created`).
     pub started: u64,
     /// Request id counter.
@@ -54,6 +56,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/livez", get(livez))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        // Inside `record`, so that a 408 is counted as what the client got.
+        .layer(middleware::from_fn_with_state(
+            state.body_timeout,
+            super::body::body_deadline,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), record))
         .with_state(state)
 }
