@@ -130,10 +130,27 @@ pub struct CoverageSpec {
     /// Share of the source held out as the frozen test set when testSource is unset.
     #[serde(default = "default_test_fraction")]
     pub test_fraction: f64,
+    /// Largest JSONL line (one row, in bytes) any stage reads from the coverage data and the
+    /// rows made from it; a longer row fails the stage naming its file, line and size. Default
+    /// 1 MiB (about 250,000 tokens, beyond any student's context); a row's memory cost grows
+    /// far beyond its size once tokenized, so raise this only with the stage's memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 1_073_741_824))]
+    pub max_row_bytes: Option<u64>,
 }
 
 fn default_test_fraction() -> f64 {
     0.1
+}
+
+/// The largest row a stage reads unless `coverage.maxRowBytes` says otherwise.
+pub const DEFAULT_MAX_ROW_BYTES: u64 = 1024 * 1024;
+
+impl CoverageSpec {
+    /// `maxRowBytes` or its default.
+    pub fn max_row_bytes(&self) -> u64 {
+        self.max_row_bytes.unwrap_or(DEFAULT_MAX_ROW_BYTES)
+    }
 }
 
 /// Task families the simulated teacher (`llamaduo-trainer simulate-teacher`) knows: the

@@ -46,10 +46,17 @@ pub struct StageContext {
     pub attempt: u32,
     /// Root URL of the migration's artifacts (see [`super::ArtifactLayout`]).
     pub artifacts: String,
+    /// The largest JSONL row the stage reads (`coverage.maxRowBytes`, or its default).
+    #[serde(default = "default_max_row_bytes")]
+    pub max_row_bytes: u64,
 }
 
 fn one() -> u32 {
     1
+}
+
+fn default_max_row_bytes() -> u64 {
+    super::migration::DEFAULT_MAX_ROW_BYTES
 }
 
 /// Config of a `synthesize` run.

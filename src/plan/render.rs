@@ -78,6 +78,7 @@ pub fn stage_config(
         round: run.round,
         attempt: run.attempt,
         artifacts: artifacts_root(id, spec, status)?,
+        max_row_bytes: spec.coverage.max_row_bytes(),
     };
     Ok(match run.stage {
         Stage::Synthesize => StageConfig::Synthesize(SynthesizeConfig {

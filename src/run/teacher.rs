@@ -164,6 +164,7 @@ mod tests {
             round: 1,
             attempt: 1,
             artifacts: "file:///a".into(),
+            max_row_bytes: crate::api::DEFAULT_MAX_ROW_BYTES,
         };
         let mut c = StageConfig::Synthesize(crate::api::SynthesizeConfig {
             context: ctx,

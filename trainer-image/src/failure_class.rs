@@ -70,10 +70,12 @@ fn known(e: &(dyn StdError + 'static)) -> Option<FailureClass> {
     {
         return Some(Permanent);
     }
+    // Wrapping variants are classed by what they wrap, explicitly: a `#[error(transparent)]`
+    // variant's source() skips the wrapped error itself.
     if let Some(e) = e.downcast_ref::<EvalError>() {
         return match e {
-            // Their sources decide.
-            EvalError::Store(_) | EvalError::Load(_) => None,
+            EvalError::Store(inner) => Some(of_error(inner)),
+            EvalError::Load(inner) => Some(of_error(inner)),
             EvalError::TestSet(_) | EvalError::Config(_) => Some(Permanent),
             EvalError::Judge(e) | EvalError::Teacher(e) => Some(e.failure_class()),
             // Generation and the embedding model may fail on resources; the judge may parse
@@ -88,11 +90,11 @@ fn known(e: &(dyn StdError + 'static)) -> Option<FailureClass> {
             LoadError::NoBase(_) | LoadError::Gguf(_) => Some(Permanent),
             LoadError::Device(DeviceError::CudaUnavailable { .. }) => Some(Transient),
             LoadError::Device(_) => Some(Permanent),
-            LoadError::Store(_)
-            | LoadError::HubDir(_)
-            | LoadError::Config(_)
-            | LoadError::Adapter(_)
-            | LoadError::Candle(_) => None,
+            LoadError::Store(inner) => Some(of_error(inner)),
+            LoadError::HubDir(inner) => Some(of_error(inner)),
+            LoadError::Config(inner) => Some(of_error(inner)),
+            LoadError::Adapter(inner) => Some(of_error(inner)),
+            LoadError::Candle(inner) => Some(of_error(inner)),
         };
     }
     if let Some(e) = e.downcast_ref::<ConfigError>() {
@@ -124,7 +126,8 @@ fn known(e: &(dyn StdError + 'static)) -> Option<FailureClass> {
     if let Some(e) = e.downcast_ref::<FromScratchError>() {
         return Some(match e {
             FromScratchError::Io { source, .. } => io(source),
-            FromScratchError::Tokenizer(_) | FromScratchError::Config(_) => return None,
+            FromScratchError::Tokenizer(inner) => of_error(inner),
+            FromScratchError::Config(inner) => of_error(inner),
             _ => Permanent,
         });
     }

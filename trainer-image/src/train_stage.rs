@@ -19,7 +19,7 @@ use llamaduo_model::hub_dir::HubDir;
 use llamaduo_model::lora::LoraConfig;
 use llamaduo_model::models::{CausalLm, LoadOptions, Trainable};
 use llamaduo_model::train::{TrainOptions, data::tokenize_rows, train};
-use llamaduo_store::{Store, read_jsonl};
+use llamaduo_store::{Store, read_jsonl_within};
 use serde::{Deserialize, Serialize};
 
 use crate::student;
@@ -53,20 +53,26 @@ pub async fn run_train(config: &TrainConfig) -> StageResult {
     result
 }
 
-/// The training rows of round `round`: coverage train, then each round's synthetic samples.
-pub async fn training_rows(store: &Store, round: u32) -> anyhow::Result<Vec<DatasetRow>> {
-    let mut rows: Vec<DatasetRow> = read_jsonl(store, ArtifactLayout::COVERAGE_TRAIN)
-        .await
-        .with_context(|| {
-            format!(
-                "reading {} (the synthesize stage of round 1 writes it)",
-                store.url_of(ArtifactLayout::COVERAGE_TRAIN)
-            )
-        })?;
+/// The training rows of round `round`: coverage train, then each round's synthetic samples,
+/// none over `max_row_bytes`.
+pub async fn training_rows(
+    store: &Store,
+    round: u32,
+    max_row_bytes: u64,
+) -> anyhow::Result<Vec<DatasetRow>> {
+    let mut rows: Vec<DatasetRow> =
+        read_jsonl_within(store, ArtifactLayout::COVERAGE_TRAIN, max_row_bytes)
+            .await
+            .with_context(|| {
+                format!(
+                    "reading {} (the synthesize stage of round 1 writes it)",
+                    store.url_of(ArtifactLayout::COVERAGE_TRAIN)
+                )
+            })?;
     for r in 1..=round {
         let key = ArtifactLayout::synthetic(r);
         if store.exists(&key).await? {
-            rows.extend(read_jsonl::<DatasetRow>(store, &key).await?);
+            rows.extend(read_jsonl_within::<DatasetRow>(store, &key, max_row_bytes).await?);
         } else if let Some(stem) = key.strip_suffix(".jsonl")
             && !store.list(&format!("{stem}.parts")).await?.is_empty()
         {
@@ -99,7 +105,7 @@ async fn train_round(config: &TrainConfig) -> anyhow::Result<TrainOutcome> {
 
     // Before any data moves: a pod that asked for a GPU it cannot have fails now.
     let selected = DeviceChoice::from_env()?.select()?;
-    let rows = training_rows(&store, ctx.round).await?;
+    let rows = training_rows(&store, ctx.round, ctx.max_row_bytes).await?;
     // Checked before a from-scratch base is built: its tokenizer is trained on these rows and
     // then frozen for every later round.
     if rows.is_empty() {
@@ -356,7 +362,13 @@ mod tests {
 
         let round = |n| {
             let store = &store;
-            async move { ids(&training_rows(store, n).await.expect("rows")) }
+            async move {
+                ids(
+                    &training_rows(store, n, llamaduo::api::DEFAULT_MAX_ROW_BYTES)
+                        .await
+                        .expect("rows"),
+                )
+            }
         };
         assert_eq!(round(1).await, ["c1", "c2", "s1a", "s1b"]);
         assert_eq!(

@@ -33,7 +33,7 @@ use llamaduo_service_llm::judge::answer_request;
 use llamaduo_service_llm::provider::provider_for;
 use llamaduo_service_llm::spend::{self, SpendLog};
 use llamaduo_service_llm::{LlmError, Secret};
-use llamaduo_store::{Store, StoreError, read_jsonl};
+use llamaduo_store::{Store, StoreError, read_jsonl_within};
 use tokio::sync::mpsc;
 
 use aggregate::{SummarySettings, summarize};
@@ -272,7 +272,12 @@ async fn evaluate_inner(
         ));
     }
     let store = Store::open(&config.context.artifacts)?;
-    let rows: Vec<DatasetRow> = read_jsonl(&store, ArtifactLayout::COVERAGE_TEST).await?;
+    let rows: Vec<DatasetRow> = read_jsonl_within(
+        &store,
+        ArtifactLayout::COVERAGE_TEST,
+        config.context.max_row_bytes,
+    )
+    .await?;
     let prompts = test_prompts(rows)?;
     let prompt_ids: Vec<String> = prompts.iter().map(|p| p.id.clone()).collect();
     let dir = ArtifactLayout::eval_dir(config.context.round);

@@ -84,6 +84,21 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// A JSONL line longer than the reader's limit (`coverage.maxRowBytes`): refused before
+    /// it is parsed, so a huge row costs its bytes and no more.
+    #[error(
+        "{url} line {line} is {bytes} bytes, over the {limit}-byte limit on one row (coverage.maxRowBytes): shorten or remove that row, or raise coverage.maxRowBytes if the stage has the memory for it"
+    )]
+    RowTooLarge {
+        /// The file, redacted.
+        url: String,
+        /// 1-based line number.
+        line: usize,
+        /// The line's length.
+        bytes: usize,
+        /// The limit.
+        limit: u64,
+    },
     /// A JSONL parts directory is inconsistent (for example a finalized file is being written to).
     #[error("{url}: {reason}")]
     Parts {
@@ -120,6 +135,7 @@ impl StoreError {
             | StoreError::InvalidKey { .. }
             | StoreError::NotFound { .. }
             | StoreError::JsonlLine { .. }
+            | StoreError::RowTooLarge { .. }
             | StoreError::Json { .. } => true,
             // An inconsistent parts directory is a run that died mid-write: the next one
             // starts its parts over.

@@ -60,6 +60,18 @@ pub fn parse_jsonl<T: DeserializeOwned>(
     url: &str,
     policy: TailPolicy,
 ) -> Result<JsonlRows<T>> {
+    parse_jsonl_within(data, url, policy, u64::MAX)
+}
+
+/// [`parse_jsonl`] refusing any line over `max_line_bytes` with [`StoreError::RowTooLarge`]
+/// before it is parsed: parsing and then tokenizing a row costs many times its size, so one
+/// pasted 60 MB document would otherwise cost gigabytes in every stage that reads it.
+pub fn parse_jsonl_within<T: DeserializeOwned>(
+    data: &[u8],
+    url: &str,
+    policy: TailPolicy,
+    max_line_bytes: u64,
+) -> Result<JsonlRows<T>> {
     let mut rows = Vec::new();
     let mut truncated_tail = None;
     let ends_with_newline = data.last() == Some(&b'\n');
@@ -67,6 +79,14 @@ pub fn parse_jsonl<T: DeserializeOwned>(
     let count = lines.len();
     for (i, raw) in lines.into_iter().enumerate() {
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if line.len() as u64 > max_line_bytes {
+            return Err(StoreError::RowTooLarge {
+                url: url.to_string(),
+                line: i + 1,
+                bytes: line.len(),
+                limit: max_line_bytes,
+            });
+        }
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
@@ -118,6 +138,22 @@ pub fn to_jsonl<T: Serialize>(rows: &[T], url: &str) -> Result<Vec<u8>> {
 /// Reads a JSONL file of `T` strictly (every non-blank line must be a valid `T`).
 pub async fn read_jsonl<T: DeserializeOwned>(store: &Store, key: &str) -> Result<Vec<T>> {
     Ok(read_jsonl_with(store, key, TailPolicy::Strict).await?.rows)
+}
+
+/// [`read_jsonl`] refusing any row over `max_row_bytes` ([`parse_jsonl_within`]).
+pub async fn read_jsonl_within<T: DeserializeOwned>(
+    store: &Store,
+    key: &str,
+    max_row_bytes: u64,
+) -> Result<Vec<T>> {
+    let bytes = store.get(key).await?;
+    Ok(parse_jsonl_within(
+        &bytes,
+        &store.url_of(key),
+        TailPolicy::Strict,
+        max_row_bytes,
+    )?
+    .rows)
 }
 
 /// Reads a JSONL file of `T` with an explicit [`TailPolicy`].

@@ -47,8 +47,8 @@ pub mod tls;
 pub use error::{Result, StoreError, redact_url};
 pub use hf::{DEFAULT_REPO_FILES, HfConfig, HfRef, HfRepoType};
 pub use jsonl::{
-    JsonlParts, JsonlRows, TailPolicy, TruncatedTail, parse_jsonl, read_jsonl, read_jsonl_with,
-    to_jsonl, write_jsonl,
+    JsonlParts, JsonlRows, TailPolicy, TruncatedTail, parse_jsonl, parse_jsonl_within, read_jsonl,
+    read_jsonl_with, read_jsonl_within, to_jsonl, write_jsonl,
 };
 pub use resolve::{Resolver, resolve_to_local};
 pub use store::{ObjectVersion, Store};

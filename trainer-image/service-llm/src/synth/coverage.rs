@@ -9,7 +9,9 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use llamaduo::api::{ArtifactLayout, CoverageSpec, DatasetRow, RowSource};
-use llamaduo_store::{Store, TailPolicy, parse_jsonl, read_jsonl, resolve_to_local, write_jsonl};
+use llamaduo_store::{
+    Store, TailPolicy, parse_jsonl_within, read_jsonl_within, resolve_to_local, write_jsonl,
+};
 use sha2::{Digest, Sha256};
 
 use super::SynthError;
@@ -34,17 +36,18 @@ pub async fn materialize(
         ArtifactLayout::COVERAGE_TRAIN,
         ArtifactLayout::COVERAGE_TEST,
     );
+    let max_row = spec.max_row_bytes();
     if store.exists(train_key).await? && store.exists(test_key).await? {
         return Ok(Coverage {
-            train: read_jsonl(store, train_key).await?,
-            test: read_jsonl(store, test_key).await?,
+            train: read_jsonl_within(store, train_key, max_row).await?,
+            test: read_jsonl_within(store, test_key, max_row).await?,
         });
     }
-    let source = load_rows(&spec.source, "coverage.source", "c", cache_dir).await?;
+    let source = load_rows(&spec.source, "coverage.source", "c", max_row, cache_dir).await?;
     let coverage = match &spec.test_source {
         Some(test_url) => Coverage {
             train: source,
-            test: load_rows(test_url, "coverage.testSource", "t", cache_dir).await?,
+            test: load_rows(test_url, "coverage.testSource", "t", max_row, cache_dir).await?,
         },
         None => split(source, spec.test_fraction, seed)?,
     };
@@ -85,6 +88,7 @@ async fn load_rows(
     url: &str,
     field: &str,
     id_prefix: &str,
+    max_row_bytes: u64,
     cache_dir: &Path,
 ) -> Result<Vec<DatasetRow>, SynthError> {
     // Messages and the parser name the URL without credentials (user:password@, a signed
@@ -104,7 +108,8 @@ async fn load_rows(
             path.display()
         ))
     })?;
-    let rows = parse_jsonl::<DatasetRow>(&bytes, &shown, TailPolicy::Strict)?.rows;
+    let rows =
+        parse_jsonl_within::<DatasetRow>(&bytes, &shown, TailPolicy::Strict, max_row_bytes)?.rows;
     if rows.is_empty() {
         return Err(SynthError::Coverage(format!(
             "{field} {shown} holds no rows"
@@ -199,6 +204,7 @@ fn rank(seed: u64, id: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use llamaduo::api::FailureClass;
 
     fn rows(n: usize) -> Vec<DatasetRow> {
         (0..n)
@@ -246,6 +252,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_row_over_the_limit_is_refused_naming_its_line_and_the_setting() {
+        let dir = tempfile::tempdir().expect("dir");
+        let row = |answer: &str| {
+            format!(
+                "{{\"messages\":[{{\"role\":\"user\",\"content\":\"q\"}},{{\"role\":\"assistant\",\"content\":\"{answer}\"}}]}}\n"
+            )
+        };
+        let path = dir.path().join("c.jsonl");
+        let text = format!("{}{}{}", row("4"), row(&"x".repeat(5000)), row("5"));
+        std::fs::write(&path, text).expect("write");
+        let url = format!("file://{}", path.display());
+        let err = load_rows(&url, "coverage.source", "c", 4096, dir.path())
+            .await
+            .expect_err("refused");
+        assert_eq!(err.failure_class(), FailureClass::Permanent);
+        let text = err.to_string();
+        assert!(
+            text.contains("line 2 is 5078 bytes, over the 4096-byte limit")
+                && text.contains("coverage.maxRowBytes"),
+            "{text}"
+        );
+        // Under a limit it fits, every row is read.
+        let rows = load_rows(&url, "coverage.source", "c", 8192, dir.path())
+            .await
+            .expect("reads");
+        assert_eq!(rows.len(), 3);
+    }
+
+    #[tokio::test]
     async fn errors_never_show_credentials_of_the_source_url() {
         let cache = tempfile::tempdir().expect("cache");
         for url in [
@@ -253,7 +288,7 @@ mod tests {
             "http://alice:s3cr3tT0ken@127.0.0.1:9/coverage.jsonl?sig=SASSIG123",
             "configmap://alice:s3cr3tT0ken@cm/rows.jsonl",
         ] {
-            let err = load_rows(url, "coverage.source", "c", cache.path())
+            let err = load_rows(url, "coverage.source", "c", 1 << 20, cache.path())
                 .await
                 .expect_err("fails");
             let text = err.to_string();

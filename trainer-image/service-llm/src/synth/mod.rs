@@ -18,7 +18,7 @@ use llamaduo::api::{
     ArtifactLayout, DatasetRow, FailureClass, Message, Role, RowSource, Stage, StageResult,
     SynthesizeConfig, SynthesizeOutcome,
 };
-use llamaduo_store::{JsonlParts, Store, StoreError, read_jsonl, to_jsonl};
+use llamaduo_store::{JsonlParts, Store, StoreError, read_jsonl_within, to_jsonl};
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinSet;
 
@@ -206,7 +206,9 @@ impl<'a> Synthesis<'a> {
         for earlier in 1..round {
             let k = ArtifactLayout::synthetic(earlier);
             if store.exists(&k).await? {
-                for row in read_jsonl::<DatasetRow>(&store, &k).await? {
+                let rows: Vec<DatasetRow> =
+                    read_jsonl_within(&store, &k, config.context.max_row_bytes).await?;
+                for row in rows {
                     if let Some(i) = row.instruction() {
                         train_index.insert(i);
                     }
