@@ -1,5 +1,5 @@
 // Command podrunner plays the container runtime of the e2e cluster's kwok node for the pods
-// under test (llamaduo's stage pods): kwok makes the node and its pods look alive, but runs
+// under test (llamaduo's stage pods and the serving Deployment's pods): kwok makes the node and its pods look alive, but runs
 // nothing. podrunner watches the pods bound to that node that match a label selector, and for
 // each pod that kwok has marked Running it does what a kubelet and a container runtime would:
 //
@@ -14,7 +14,9 @@
 //   - hands the outcome back through the pod status, as the kubelet does: phase Succeeded or
 //     Failed, and containerStatuses[0].state.terminated {exitCode, reason, message}, where the
 //     message is the file the process wrote at the container's terminationMessagePath;
-//   - kills the process when the pod is deleted (e.g. garbage-collected with its Job).
+//   - kills the process when the pod is deleted (e.g. garbage-collected with its Job); a
+//     long-running process (a server, restartPolicy Always) runs until then. There is no network
+//     namespace either: a server listens on the host (tests/stage.sh moves it to a free port).
 //
 // kwok's own pod-complete stage must not complete these pods first: up.sh excludes pods with
 // E2E_KWOK_RUNTIME_LABEL from it.

@@ -202,8 +202,11 @@ func (r *runner) execute(ctx context.Context, pod *corev1.Pod, podDir string) (o
 	if len(pod.Spec.Containers) != 1 || len(pod.Spec.InitContainers) != 0 {
 		return outcome{}, fmt.Errorf("the e2e runtime runs pods with exactly one container and no init containers")
 	}
-	if p := pod.Spec.RestartPolicy; p != corev1.RestartPolicyNever {
-		return outcome{}, fmt.Errorf("restartPolicy %s: the e2e runtime supports Never only", p)
+	// Never: a stage pod. Always: a Deployment's pod (the serving Deployment), whose process runs
+	// until the pod is deleted; should it exit, its end is reported as for Never (phase Failed),
+	// so the ReplicaSet replaces the pod instead of a kubelet restarting the container in place.
+	if p := pod.Spec.RestartPolicy; p != corev1.RestartPolicyNever && p != corev1.RestartPolicyAlways {
+		return outcome{}, fmt.Errorf("restartPolicy %s: the e2e runtime supports Never and Always only", p)
 	}
 	ctr := &pod.Spec.Containers[0]
 	if err := os.MkdirAll(podDir, 0o755); err != nil {

@@ -2,7 +2,8 @@ package main
 
 // Reporting a container's end in the pod status, as the kubelet does for restartPolicy Never:
 // the container terminated (exit code, reason, termination message), the pod Succeeded when it
-// exited 0 and Failed otherwise, Ready and ContainersReady False with reason PodCompleted.
+// exited 0 and Failed otherwise, Ready and ContainersReady False with reason PodCompleted. A pod
+// with restartPolicy Always (a Deployment's) gets the same: there is no in-place restart.
 
 import (
 	"context"

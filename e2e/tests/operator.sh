@@ -16,7 +16,9 @@
 #     (attempt 3 in the same round);
 #   - a Job refused by a ResourceQuota: Stalled=True/JobRejected with the API server's message,
 #     then created by the retry once the quota is gone;
-#   - deleting a migration garbage-collects its Jobs and their pods;
+#   - serving.when: best: a migration stopped on MaxRoundsReached gets its Deployment and Service,
+#     and a real request through the serving pod's process answers (tests/operator-serving.sh);
+#   - deleting a migration garbage-collects its Jobs and their pods (and serving objects);
 #   - SIGTERM: the operator exits 0 and releases its Lease;
 #   - the operator's log has no "forbidden" (every call it made was allowed by the chart).
 # Environment: E2E_LLAMADUO, E2E_TRAINER (binaries; default target/debug), E2E_REAL_STAGES
@@ -159,11 +161,14 @@ if [[ " $E2E_REAL_STAGES " == *" synthesize "* || " $E2E_REAL_STAGES " == *" eva
   curl -fsS -o /dev/null "$teacher_url/models" || fail "simulate-teacher does not answer at $teacher_url/models"
 fi
 mkdir -p "$work/hold"
+# No network namespace: the serving pod's server listens on this free host port (tests/stage.sh).
+serve_listen="127.0.0.1:$(free_port)"
 "$podrunner" --node "$node" --work-dir "$work/podrunner" --ready-file "$work/podrunner.ready" \
   --hold-dir "$work/hold" \
   --exec "llamaduo-trainer=$here/stage.sh" --env "E2E_TRAINER=$trainer" \
   --env "E2E_REAL_STAGES=$E2E_REAL_STAGES" --env "E2E_FAKE_STAGE_SECONDS=${E2E_FAKE_STAGE_SECONDS:-3}" \
   --env "E2E_FAKE_SCORES=40,60,80" --env "E2E_FAKE_FAIL=broken/synthesize" \
+  --env "E2E_SERVE_LISTEN=$serve_listen" \
   --pass-env LLAMADUO_LOG --pass-env RAYON_NUM_THREADS >"$work/podrunner.log" 2>&1 &
 child[podrunner]=$!
 eventually 60 "podrunner ready" test -f "$work/podrunner.ready"
@@ -369,6 +374,8 @@ wait_migration quota "Stalled=False" \
   '[.status.conditions[]? | select(.type == "Stalled" and .status == "False")] | length == 1'
 kubectl delete llamaduomigration quota -n "$ns" --wait=true --timeout=60s >/dev/null
 
+source "$here/operator-serving.sh"
+
 check "deleting migrations garbage-collects their Jobs and pods, a running one included, and drops their metrics"
 # gc's first stage stays active (podrunner holds its pod Running) when it is deleted.
 touch "$work/hold/${ns}_gc-r1-synthesize"
@@ -377,18 +384,21 @@ eventually "$timeout" "gc-r1-synthesize held" \
   grep -q "holding its status while $work/hold/${ns}_gc-r1-synthesize exists" "$work/podrunner.log"
 [[ $(kubectl get job gc-r1-synthesize -n "$ns" -o jsonpath='{.status.active}') == 1 ]] ||
   fail "gc-r1-synthesize is not active: $(kubectl get job gc-r1-synthesize -n "$ns" -o jsonpath='{.status}')"
-kubectl delete llamaduomigration triage broken gc -n "$ns" --wait=true --timeout=60s >/dev/null
+kubectl delete llamaduomigration triage broken gc best -n "$ns" --wait=true --timeout=60s >/dev/null
 eventually 120 "Jobs of the deleted migrations gone" \
   bash -c "[[ \$(kubectl get jobs -n $ns -o json | jq '.items | length') == 0 ]]"
 eventually 120 "their pods gone" \
   bash -c "[[ \$(kubectl get pods -n $ns -o json | jq '.items | length') == 0 ]]"
 eventually 30 "podrunner to stop the deleted running pod" grep -q "gc-r1-synthesize-.*stopped while held" "$work/podrunner.log"
+eventually 60 "the serving Deployment and Service gone" \
+  bash -c "[[ \$(kubectl get deployments,services -n $ns -o json | jq '.items | length') == 0 ]]"
+eventually 30 "podrunner to stop the serving pod's process" grep -q "best-serve-.*: stopped" "$work/podrunner.log"
 # No finalizer: a deleted migration is never reconciled again, so /metrics must drop its series
 # from the operator's cache, not wait for a reconcile.
 no_deleted_series() {
   curl -fsS "http://127.0.0.1:$op_port/metrics" > "$work/metrics-after-delete.txt" &&
     grep -q '^llamaduo_reconciliations_total' "$work/metrics-after-delete.txt" &&
-    ! grep -qE 'name="(triage|broken|gc)"' "$work/metrics-after-delete.txt"
+    ! grep -qE 'name="(triage|broken|gc|best)"' "$work/metrics-after-delete.txt"
 }
 for _ in $(seq 120); do no_deleted_series && break; sleep 0.25; done
 no_deleted_series || fail "/metrics still has series of deleted migrations:"$'\n'"$(grep '^llamaduo_migration' "$work/metrics-after-delete.txt")"

@@ -3,19 +3,20 @@
 //! them, delete them or do nothing, and what `status.endpoint` and the `Serving` condition
 //! say.
 //!
-//! Serving runs when `spec.serving.enabled`, the phase is `Succeeded` and `status.best` is
-//! set. The objects are applied whenever their rendering hash differs from the one recorded on
-//! the live objects (a better best round changes `--model`, which rolls the pods). When
-//! serving should not run, objects this migration controls are deleted. `status.endpoint` is
-//! set before the first apply and cleared only after the deletes, so an unset endpoint means
-//! no serving object of this migration exists and a migration that never served costs no API
-//! call.
+//! Serving runs when `spec.serving.enabled`, `status.best` is set and the migration ended in a
+//! way `spec.serving.when` serves: `Succeeded`, or with `best` also `Failed` (a stop rule or a
+//! failed stage below the target; see [`wanted`]). The objects are applied whenever their
+//! rendering hash differs from the one recorded on the live objects (a better best round
+//! changes `--model`, which rolls the pods). When serving should not run, objects this
+//! migration controls are deleted. `status.endpoint` is set before the first apply and cleared
+//! only after the deletes, so an unset endpoint means no serving object of this migration
+//! exists and a migration that never served costs no API call.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
-use crate::api::{BestRound, LlamaDuoMigrationSpec, LlamaDuoMigrationStatus, Phase};
+use crate::api::{BestRound, LlamaDuoMigrationSpec, LlamaDuoMigrationStatus, Phase, ServingWhen};
 use crate::plan::{
     CONDITION_READY, CONDITION_RECONCILING, CONDITION_SERVING, CONDITION_STALLED, serving_name,
     set_condition,
@@ -37,8 +38,12 @@ pub const REASON_FAILED: &str = "DeploymentFailed";
 /// `Serving=False`: `spec.serving.replicas` is 0.
 pub const REASON_SCALED_TO_ZERO: &str = "ScaledToZero";
 /// `Serving=False`: serving is enabled but the migration has not succeeded (no model yet, or
-/// it failed).
+/// it failed and `spec.serving.when` is `succeeded`); with `when: best`, it has not stopped
+/// yet.
 pub const REASON_NOT_SUCCEEDED: &str = "NotSucceeded";
+/// `Serving=False`: `spec.serving.when` is `best` and the migration stopped, but no round was
+/// evaluated, so there is no model to serve.
+pub const REASON_NO_MODEL: &str = "NoModel";
 /// `Serving=False`: a Deployment or Service of the serving name exists and is not controlled
 /// by this migration; it is left alone.
 pub const REASON_NAME_CONFLICT: &str = "NameConflict";
@@ -109,15 +114,33 @@ pub struct ServingPlan {
     pub condition: Option<ServingCondition>,
 }
 
-/// The best round when serving should run: enabled, Succeeded, with a best round.
+/// The best round when serving should run: enabled, with a best round, in a phase
+/// `spec.serving.when` serves.
+///
+/// `best` serves a `Failed` migration whatever stopped it: `status.best` is only ever a round
+/// whose evaluate succeeded, with the model its train stage wrote, so the model is as good as
+/// its score whether the budget, a plateau, `stop.maxRounds` or a later stage's failure ended
+/// the rounds. The user chose to accept a score below the target; the `Serving` condition
+/// says how far below.
 pub fn wanted<'a>(
     spec: &LlamaDuoMigrationSpec,
     status: &'a LlamaDuoMigrationStatus,
 ) -> Option<&'a BestRound> {
-    let succeeded = status.phase == Some(Phase::Succeeded);
-    (spec.serving.enabled && succeeded)
-        .then_some(status.best.as_ref())
-        .flatten()
+    if !spec.serving.enabled {
+        return None;
+    }
+    let best = status.best.as_ref()?;
+    let serves = match (spec.serving.when, status.phase) {
+        (_, Some(Phase::Succeeded)) => true,
+        (ServingWhen::Best, Some(Phase::Failed)) => true,
+        // An edit (more rounds, a lower target) resumed a stopped migration that serves: keep
+        // serving, rolling to a better round as soon as one is evaluated, instead of taking
+        // the endpoint away from its clients for the rounds the edit asked for. An endpoint
+        // in status is how the decision knows serving runs (it is set before the first apply).
+        (ServingWhen::Best, _) => status.endpoint.is_some(),
+        (ServingWhen::Succeeded, _) => false,
+    };
+    serves.then_some(best)
 }
 
 /// Whether the live objects must be read: serving should run, or the status says objects may
@@ -161,10 +184,7 @@ pub fn plan_serving(
             .iter()
             .any(|c| c.type_ == CONDITION_SERVING);
         let condition = if spec.serving.enabled {
-            Some(not_ready(
-                REASON_NOT_SUCCEEDED,
-                not_succeeded_message(status),
-            ))
+            Some(not_served(spec, status))
         } else if had_condition {
             Some(not_ready(
                 REASON_DISABLED,
@@ -225,8 +245,10 @@ pub fn plan_serving(
     let service_current = live_hash(observed.service.as_ref().map(|s| &s.metadata)).as_deref()
         == Some(objects.service_hash.as_str());
     let target = format!(
-        "Deployment {name} serving round {} ({})",
-        best.round, best.model_uri
+        "Deployment {name} serving round {} ({}){}",
+        best.round,
+        best.model_uri,
+        below_target(spec, status, best).unwrap_or_default()
     );
     match &observed.deployment {
         Some(d) if deployment_current && service_current => Ok(ServingPlan {
@@ -340,17 +362,100 @@ fn not_ready(reason: &'static str, message: String) -> ServingCondition {
     }
 }
 
-fn not_succeeded_message(status: &LlamaDuoMigrationStatus) -> String {
-    match status.phase {
-        Some(Phase::Failed) => {
-            "the migration failed before reaching its target: there is no model to serve".into()
-        }
-        Some(Phase::Succeeded) => "the migration succeeded without a best round".into(),
+/// The `Serving` condition of an enabled migration that serves nothing (see [`wanted`]).
+fn not_served(spec: &LlamaDuoMigrationSpec, status: &LlamaDuoMigrationStatus) -> ServingCondition {
+    let when = spec.serving.when;
+    let stop = stop_reason(status);
+    let (reason, message) = match (status.phase, &status.best, when) {
+        (Some(Phase::Failed), None, ServingWhen::Best) => (
+            REASON_NO_MODEL,
+            format!(
+                "the migration stopped on {stop} before any round was evaluated: there is no model to serve (spec.serving.when: best)"
+            ),
+        ),
+        (Some(Phase::Failed), None, ServingWhen::Succeeded) => (
+            REASON_NOT_SUCCEEDED,
+            format!(
+                "the migration stopped on {stop} before reaching its target: there is no model to serve"
+            ),
+        ),
+        // Only under `succeeded`: `best` serves a failed migration that has a best round.
+        (Some(Phase::Failed), Some(b), _) => (
+            REASON_NOT_SUCCEEDED,
+            format!(
+                "the migration stopped on {stop} below its target: nothing is served (spec.serving.when: succeeded; set it to best to serve round {}'s model, mean score {:.2})",
+                b.round, b.mean_score
+            ),
+        ),
+        (Some(Phase::Succeeded), _, _) => (
+            REASON_NOT_SUCCEEDED,
+            "the migration succeeded without a best round".into(),
+        ),
+        (phase, _, ServingWhen::Best) => (
+            REASON_NOT_SUCCEEDED,
+            format!(
+                "waiting for the migration to stop (phase {:?}); spec.serving.when: best then serves its best round",
+                phase.unwrap_or_default()
+            ),
+        ),
+        (phase, _, ServingWhen::Succeeded) => (
+            REASON_NOT_SUCCEEDED,
+            format!(
+                "waiting for the migration to succeed (phase {:?})",
+                phase.unwrap_or_default()
+            ),
+        ),
+    };
+    not_ready(reason, message)
+}
+
+/// Why a `Failed` migration stopped: the reason of its `Stalled=True` condition, where the
+/// round decision puts the stop rule (`MaxRoundsReached`, `Plateau`, `TokenBudgetExhausted`,
+/// `StageFailed`).
+fn stop_reason(status: &LlamaDuoMigrationStatus) -> &str {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_STALLED && c.status == "True")
+        .map_or("Failed", |c| c.reason.as_str())
+}
+
+/// What the `Serving` condition adds when the served round did not reach the target (served
+/// only under `spec.serving.when: best`): its scores against the target, and why the
+/// migration stopped or that it runs on. `None` for a succeeded migration.
+fn below_target(
+    spec: &LlamaDuoMigrationSpec,
+    status: &LlamaDuoMigrationStatus,
+    best: &BestRound,
+) -> Option<String> {
+    if status.phase == Some(Phase::Succeeded) {
+        return None;
+    }
+    let target = &spec.target;
+    let mut scores = format!(
+        "mean score {:.2}, target {:.2}",
+        best.mean_score, target.mean_score
+    );
+    // The pass rate is part of the target when set: a mean above it can still fall short.
+    let pass_rate = status
+        .rounds
+        .iter()
+        .find(|r| r.round == best.round)
+        .and_then(|r| r.scores)
+        .map(|s| s.pass_rate);
+    if let (Some(want), Some(got)) = (target.pass_rate, pass_rate) {
+        scores.push_str(&format!("; pass rate {got:.2}, target {want:.2}"));
+    }
+    let why = match status.phase {
+        Some(Phase::Failed) => format!("the migration stopped on {}", stop_reason(status)),
         phase => format!(
-            "waiting for the migration to succeed (phase {:?})",
+            "the migration runs on (phase {:?}) and serving follows its best round",
             phase.unwrap_or_default()
         ),
-    }
+    };
+    Some(format!(
+        ", the best round's model, below the target ({scores}): {why} (spec.serving.when: best)"
+    ))
 }
 
 /// The `Serving` condition of a Deployment whose live rendering is the desired one, judged as

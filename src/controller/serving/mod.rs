@@ -16,9 +16,9 @@ mod tests;
 pub use act::{act, delete, observe};
 pub use decide::{
     Previous, REASON_AVAILABLE, REASON_DISABLED, REASON_FAILED, REASON_INVALID_SPEC,
-    REASON_NAME_CONFLICT, REASON_NOT_SUCCEEDED, REASON_PROGRESSING, REASON_SCALED_TO_ZERO,
-    ServingAction, ServingCondition, ServingObservation, ServingPlan, apply_serving,
-    needs_observation, plan_serving, served_round, wanted,
+    REASON_NAME_CONFLICT, REASON_NO_MODEL, REASON_NOT_SUCCEEDED, REASON_PROGRESSING,
+    REASON_SCALED_TO_ZERO, ServingAction, ServingCondition, ServingObservation, ServingPlan,
+    apply_serving, needs_observation, plan_serving, served_round, wanted,
 };
 pub use render::{
     HASH_ANNOTATION, ROUND_ANNOTATION, SERVE_CONTAINER, SERVE_PORT, SERVICE_PORT, ServingInputs,

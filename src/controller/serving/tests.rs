@@ -14,6 +14,8 @@ use crate::plan::{
     CONDITION_TARGET_REACHED,
 };
 
+mod when;
+
 fn spec_json() -> Value {
     json!({
         "task": {"description": "Add two numbers"},

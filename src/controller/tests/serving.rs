@@ -441,3 +441,130 @@ async fn a_migration_that_succeeds_starts_serving_in_the_same_reconcile() {
     );
     assert_eq!(seen[6].body["reason"], "ServingStarted");
 }
+
+/// A migration that stopped on a plateau: rounds 1-3 scored 61, 71, 65 against the target
+/// 80, round 2 the best.
+fn plateaued() -> Value {
+    let rounds: Vec<Value> = [61.0, 71.0, 65.0]
+        .iter()
+        .zip(1u32..)
+        .map(|(mean, r)| {
+            let stages: Vec<Value> = ["synthesize", "train", "evaluate"]
+                .iter()
+                .map(|s| json!({"stage": s, "attempts": 1, "succeeded": true}))
+                .collect();
+            json!({"round": r, "modelUri": model(r), "stages": stages,
+                   "scores": {"mean": mean, "passRate": 0.5},
+                   "outcome": if r == 3 { "stopped" } else { "belowTarget" }})
+        })
+        .collect();
+    let message = "plateau: the best mean score 71.00 (round 2) has not improved for 1 rounds (stop.plateauRounds)";
+    json!({"phase": "Failed", "round": 3, "observedGeneration": 1, "rounds": rounds,
+           "message": message,
+           "best": {"round": 2, "meanScore": 71.0, "modelUri": model(2)},
+           "conditions": [{"type": "Stalled", "status": "True", "reason": "Plateau",
+                           "message": message, "observedGeneration": 1,
+                           "lastTransitionTime": "2026-01-01T00:00:00Z"}]})
+}
+
+/// The serving spec with `serving.when` and the stop rule that ended [`plateaued`] (so the
+/// round decision keeps it stopped).
+fn plateau_spec(when: &str) -> Value {
+    let mut spec = serving_spec();
+    spec["serving"]["when"] = json!(when);
+    spec["stop"] = json!({"maxRounds": 10, "plateauRounds": 1});
+    spec
+}
+
+#[tokio::test]
+async fn a_plateaued_migration_with_when_best_serves_its_best_round() {
+    let obj = migration(plateau_spec("best"), plateaued());
+    let (result, seen) = scenario(obj, async |s: &mut ApiServer| {
+        vec![
+            s.expect(
+                Method::GET,
+                DEPLOYMENT,
+                404,
+                not_found("deployments.apps", "tickets-serve"),
+            )
+            .await,
+            s.expect(
+                Method::GET,
+                SERVICE,
+                404,
+                not_found("services", "tickets-serve"),
+            )
+            .await,
+            s.expect(Method::PATCH, STATUS, 200, Value::Null).await,
+            s.expect(Method::PATCH, DEPLOYMENT, 200, Value::Null).await,
+            s.expect(Method::PATCH, SERVICE, 200, Value::Null).await,
+            s.expect(Method::POST, EVENTS, 201, Value::Null).await,
+        ]
+    })
+    .await;
+    result.expect("reconcile");
+
+    let status = &seen[2].body["status"];
+    assert_eq!(status["phase"], "Failed");
+    assert_eq!(status["endpoint"], ENDPOINT);
+    let serving = condition(status, "Serving");
+    assert_eq!(serving["status"], "False");
+    assert_eq!(serving["reason"], "DeploymentProgressing");
+    let message = serving["message"].as_str().unwrap_or("");
+    assert!(
+        message.starts_with(&format!(
+            "creating Deployment tickets-serve serving round 2 ({}), the best round's model, below \
+             the target (mean score 71.00, target 80.00): the migration stopped on Plateau",
+            model(2)
+        )),
+        "{message}"
+    );
+    // The migration failed: Ready stays False with the stop, whatever is served.
+    assert_eq!(condition(status, "Ready")["status"], "False");
+    assert_eq!(condition(status, "Ready")["reason"], "Plateau");
+    assert_eq!(condition(status, "Stalled")["status"], "True");
+    assert_eq!(condition(status, "TargetReached")["status"], "False");
+
+    // The same Deployment and Service a succeeded migration gets, on round 2's model.
+    let d = &seen[3].body;
+    assert_eq!(d["kind"], "Deployment");
+    assert_eq!(d["metadata"]["name"], "tickets-serve");
+    assert_eq!(
+        d["metadata"]["annotations"]["llamaduo.dev/model-round"],
+        "2"
+    );
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["args"][0], "--model");
+    assert_eq!(c["args"][1], model(2));
+    let svc = &seen[4].body;
+    assert_eq!(svc["kind"], "Service");
+    assert_eq!(svc["metadata"]["name"], "tickets-serve");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 80);
+
+    let event = &seen[5].body;
+    assert_eq!(event["reason"], "ServingStarted");
+    assert_eq!(event["action"], "StartServing:round-2");
+}
+
+#[tokio::test]
+async fn a_plateaued_migration_serves_nothing_by_default_and_reads_nothing() {
+    // when: succeeded (the default): no Deployment or Service is read or written, only the
+    // status says why and how to serve the best round anyway.
+    let obj = migration(plateau_spec("succeeded"), plateaued());
+    let (result, seen) = scenario(obj, async |s: &mut ApiServer| {
+        vec![s.expect(Method::PATCH, STATUS, 200, Value::Null).await]
+    })
+    .await;
+    result.expect("reconcile");
+    let status = &seen[0].body["status"];
+    assert!(status.get("endpoint").is_none(), "{status}");
+    let serving = condition(status, "Serving");
+    assert_eq!(serving["status"], "False");
+    assert_eq!(serving["reason"], "NotSucceeded");
+    let message = serving["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("stopped on Plateau below its target")
+            && message.contains("set it to best to serve round 2's model"),
+        "{message}"
+    );
+}
