@@ -176,7 +176,7 @@ mod tests {
             .collect();
         assert_eq!(
             columns,
-            ["Phase", "Round", "Score", "Target", "Ready", "Age"]
+            ["Phase", "Round", "Stage", "Progress", "ETA", "Score", "Target", "Ready", "Age"]
         );
     }
 

@@ -32,6 +32,9 @@ use super::limits;
     status = "LlamaDuoMigrationStatus",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Round","type":"integer","jsonPath":".status.round"}"#,
+    printcolumn = r#"{"name":"Stage","type":"string","jsonPath":".status.current.stage"}"#,
+    printcolumn = r#"{"name":"Progress","type":"integer","jsonPath":".status.current.progress.percent"}"#,
+    printcolumn = r#"{"name":"ETA","type":"string","jsonPath":".status.current.progress.eta"}"#,
     printcolumn = r#"{"name":"Score","type":"number","jsonPath":".status.best.meanScore"}"#,
     printcolumn = r#"{"name":"Target","type":"number","jsonPath":".spec.target.meanScore"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
@@ -71,7 +74,8 @@ pub struct LlamaDuoMigrationSpec {
     /// machine (`llamaduo run`) it defaults to the work directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageSpec>,
-    /// Serve the best model behind an OpenAI-compatible endpoint once the migration succeeds.
+    /// Serve the best model behind an OpenAI-compatible endpoint once the migration succeeds
+    /// (with `serving.when: best`, also once it stops below its target).
     #[serde(default)]
     pub serving: ServingSpec,
     /// Container image that runs the stages (`llamaduo-trainer`). Defaults to the operator's
@@ -970,9 +974,14 @@ pub struct SecretRef {
     {"rule": "self.replicas >= 0", "message": "serving.replicas must not be negative", "fieldPath": ".replicas"}
 ]))]
 pub struct ServingSpec {
-    /// Run an OpenAI-compatible server on the best model once the migration succeeds.
+    /// Run an OpenAI-compatible server on the best model once the migration succeeds (or,
+    /// with `when: best`, once it stops).
     #[serde(default)]
     pub enabled: bool,
+    /// Which ending serves a model: `succeeded` (default) only a migration that reached its
+    /// target; `best` also one that stopped below it, on its best round's model.
+    #[serde(default)]
+    pub when: ServingWhen,
     /// Server replicas.
     #[serde(default = "default_replicas")]
     pub replicas: i32,
@@ -1002,6 +1011,7 @@ impl Default for ServingSpec {
     fn default() -> Self {
         Self {
             enabled: false,
+            when: ServingWhen::default(),
             replicas: default_replicas(),
             resources: None,
             image: None,
@@ -1009,6 +1019,19 @@ impl Default for ServingSpec {
             tolerations: None,
         }
     }
+}
+
+/// Which ending of a migration serves a model (`spec.serving.when`).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ServingWhen {
+    /// Serve only once the migration has `Succeeded`: the model reached `spec.target`.
+    #[default]
+    Succeeded,
+    /// Also serve a migration that stopped below its target (`Failed`: `stop.maxRounds`, a
+    /// plateau, the token budget or a failed stage) on `status.best`, its best evaluated
+    /// round, when it has one; serving then goes on while an edit resumes the migration.
+    Best,
 }
 
 /// Where a migration stands.
@@ -1124,7 +1147,7 @@ impl std::fmt::Display for Stage {
 }
 
 /// A stage run that has been started.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StageRun {
     /// Round of the run.
@@ -1138,6 +1161,9 @@ pub struct StageRun {
     /// The metadata.generation whose spec the run was started with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
+    /// What the run has done so far, while it runs (`status.current` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<super::progress::RunProgress>,
 }
 
 /// Service LLM tokens.
@@ -1152,10 +1178,13 @@ pub struct TokenUsage {
     pub output: u64,
 }
 
+// Saturating arithmetic throughout: the counts come from stage results and service replies,
+// and a sum past u64::MAX must neither panic the operator nor wrap round to a small number
+// that slips under `stop.maxServiceTokens`.
 impl TokenUsage {
     /// Input plus output.
     pub fn total(&self) -> u64 {
-        self.input + self.output
+        self.input.saturating_add(self.output)
     }
 }
 
@@ -1163,8 +1192,8 @@ impl std::ops::Add for TokenUsage {
     type Output = TokenUsage;
     fn add(self, o: TokenUsage) -> TokenUsage {
         TokenUsage {
-            input: self.input + o.input,
-            output: self.output + o.output,
+            input: self.input.saturating_add(o.input),
+            output: self.output.saturating_add(o.output),
         }
     }
 }

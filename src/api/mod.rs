@@ -16,5 +16,5 @@ pub mod stage;
 pub use artifacts::ArtifactLayout;
 pub use dataset::*;
 pub use migration::*;
-pub use progress::{Progress, ProgressLine};
+pub use progress::{Progress, ProgressLine, RunProgress};
 pub use stage::*;

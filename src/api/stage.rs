@@ -216,6 +216,9 @@ pub struct TrainOutcome {
     pub warnings: Vec<String>,
     /// Training throughput.
     pub tokens_per_second: f64,
+    /// The checkpoint step this run resumed from (an earlier attempt was stopped or killed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from_step: Option<u64>,
     /// URI of round-{n}/model.
     pub model_uri: String,
 }
@@ -316,8 +319,10 @@ impl StageResult {
         !self.succeeded && self.failure_class == Some(FailureClass::Permanent)
     }
 
-    /// The JSON written as the termination message: at most [`MAX_RESULT_BYTES`]. A long
-    /// message is cut (on a character boundary) so the numbers always survive.
+    /// The JSON written as the termination message: at most [`MAX_RESULT_BYTES`], so the
+    /// numbers always survive: a long message is cut (on a character boundary), then train
+    /// warnings are dropped from the last (they are in the stage log too). Kubernetes keeps only
+    /// the first 4096 bytes, and a cut JSON document reads as no result at all.
     pub fn to_termination_message(&self) -> String {
         let mut result = self.clone();
         if let Some(m) = result.message.as_mut() {
@@ -328,19 +333,28 @@ impl StageResult {
             if json.len() <= MAX_RESULT_BYTES {
                 return json;
             }
-            let Some(m) = result.message.as_mut() else {
+            let over = json.len() - MAX_RESULT_BYTES;
+            // Each step shortens the result, and the loop ends when none can: a message
+            // already cut to "…" once made this loop spin forever when the rest was too long.
+            if let Some(m) = result.message.as_mut().filter(|m| m.as_str() != "…") {
+                let mut cut = m.len().saturating_sub(over + 3);
+                while cut > 0 && !m.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                m.truncate(cut);
+                m.push('…');
+                continue;
+            }
+            let Some(t) = result.train.as_mut().filter(|t| !t.warnings.is_empty()) else {
                 return json;
             };
-            let over = json.len() - MAX_RESULT_BYTES;
-            let keep = m.len().saturating_sub(over + 3);
-            let mut cut = keep;
-            while cut > 0 && !m.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            m.truncate(cut);
-            m.push('…');
-            if cut == 0 {
-                result.message = Some("…".into());
+            // As many as free `over` bytes at once (each costs its JSON and a comma), so
+            // thousands of warnings take one more pass, not one each.
+            let mut freed = 0;
+            while freed < over
+                && let Some(w) = t.warnings.pop()
+            {
+                freed += serde_json::to_string(&w).map_or(w.len(), |j| j.len()) + 1;
             }
         }
     }

@@ -16,6 +16,7 @@ mod leader;
 mod metrics;
 mod observe;
 pub mod pod;
+mod progress;
 mod reconcile;
 pub mod serving;
 #[cfg(test)]
@@ -84,6 +85,11 @@ pub struct OperatorArgs {
     /// Migrations reconciled at once.
     #[arg(long, env = "LLAMADUO_CONCURRENCY", default_value_t = 8)]
     pub concurrency: u16,
+    /// Seconds between reads of a running stage's progress (the last progress line of its
+    /// pod log, into status.current.progress): at most one pod log read, one pod list and one
+    /// status write per running migration per interval. 0 turns progress off.
+    #[arg(long, env = "LLAMADUO_PROGRESS_INTERVAL_SECONDS", default_value_t = 30)]
+    pub progress_interval_seconds: u64,
     /// Log filter (tracing EnvFilter syntax, e.g. "info,llamaduo=debug"). Unset: RUST_LOG,
     /// else "info,kube=warn".
     #[arg(long, env = "LLAMADUO_LOG")]
@@ -111,6 +117,8 @@ impl OperatorArgs {
 pub struct Config {
     /// The default stage image.
     pub trainer_image: String,
+    /// How often a running stage's progress is read (zero: never).
+    pub progress_interval: std::time::Duration,
 }
 
 /// What every reconcile shares.
@@ -272,6 +280,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         client.clone(),
         Config {
             trainer_image: args.trainer_image.clone(),
+            progress_interval: std::time::Duration::from_secs(args.progress_interval_seconds),
         },
         metrics,
         Some(identity),

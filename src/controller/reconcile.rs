@@ -34,6 +34,7 @@ use super::Context;
 use super::error::Error;
 use super::job::{FIELD_MANAGER, JobInputs, build_job};
 use super::observe::observe;
+use super::progress;
 use super::serving::{self, ServingInputs, ServingObservation};
 
 /// Requeue while a stage runs (Job events normally come first).
@@ -159,6 +160,12 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
     ctx.metrics.decided(decision.kind());
     tracing::info!(migration = %key(obj), decision = decision.kind(), "planned");
     let mut next = plan::apply(&status, &decision, generation, &now);
+    if let Decision::Wait { run } = &decision
+        && plan::progress_due(&next, &now, ctx.config.progress_interval)
+    {
+        let read = progress::read(ctx, &namespace, run).await;
+        plan::record_progress(&mut next, read.as_ref(), &now);
+    }
     // Serving follows the status the round decision produced, so a migration that succeeds
     // in this reconcile starts serving in it too.
     let observed = if serving::needs_observation(&spec, &next) {
@@ -225,7 +232,13 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action, E
         Decision::Stall(_) => Action::requeue(ctx.backoff(&key(obj))),
         Decision::Wait { .. } => {
             ctx.reset_backoff(&key(obj));
-            Action::requeue(WAIT_REQUEUE)
+            // Often enough to keep status.current.progress as fresh as its interval allows.
+            let every = ctx.config.progress_interval;
+            Action::requeue(if every.is_zero() {
+                WAIT_REQUEUE
+            } else {
+                every.min(WAIT_REQUEUE)
+            })
         }
         Decision::Idle | Decision::Suspend | Decision::Finish(_) => {
             ctx.reset_backoff(&key(obj));

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::DynamicObject;
 use kube::client::Body;
@@ -30,8 +32,29 @@ struct Seen {
 }
 
 impl ApiServer {
-    /// Expect `method` on `path` (query ignored), answer `status` with `body`.
+    /// Expect `method` on `path` (query ignored), answer `status` with `body` (JSON; Null
+    /// echoes the request body).
     async fn expect(&mut self, method: Method, path: &str, status: u16, body: Value) -> Seen {
+        self.respond(method, path, status, |seen| {
+            let answer = if body.is_null() { &seen.body } else { &body };
+            serde_json::to_vec(answer).expect("json")
+        })
+        .await
+    }
+
+    /// Expect `method` on `path`, answer `status` with a plain-text body (a pod log).
+    async fn expect_text(&mut self, method: Method, path: &str, status: u16, text: &str) -> Seen {
+        self.respond(method, path, status, |_| text.as_bytes().to_vec())
+            .await
+    }
+
+    async fn respond(
+        &mut self,
+        method: Method,
+        path: &str,
+        status: u16,
+        answer: impl FnOnce(&Seen) -> Vec<u8>,
+    ) -> Seen {
         let (request, send) = tokio::time::timeout(Duration::from_secs(5), self.0.next_request())
             .await
             .unwrap_or_else(|_| panic!("no request came; expected {method} {path}"))
@@ -60,15 +83,11 @@ impl ApiServer {
                 serde_json::from_slice(&bytes).expect("request body is JSON")
             },
         };
-        let answer = if body.is_null() {
-            seen.body.clone()
-        } else {
-            body
-        };
+        let answer = answer(&seen);
         send.send_response(
             Response::builder()
                 .status(status)
-                .body(Body::from(serde_json::to_vec(&answer).expect("json")))
+                .body(Body::from(answer))
                 .expect("response"),
         );
         seen
@@ -81,12 +100,18 @@ fn not_found(kind: &str, name: &str) -> Value {
 }
 
 fn context() -> (Arc<Context>, ApiServer) {
+    // Progress reads add API calls; the scenarios that test them turn them on.
+    context_reading_progress(Duration::ZERO)
+}
+
+fn context_reading_progress(every: Duration) -> (Arc<Context>, ApiServer) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let ctx = Context::new(
         client,
         Config {
             trainer_image: "registry.example/llamaduo-trainer:1.0".into(),
+            progress_interval: every,
         },
         Arc::new(Metrics::default()),
         Some("llamaduo-operator-0".into()),
@@ -777,6 +802,200 @@ async fn a_permanent_failure_is_recorded_as_such_and_the_event_says_it_is_not_re
     assert!(note.contains("gpt-5-nano-typo"), "{note}");
 }
 
+fn running_job() -> Value {
+    let mut job = finished_job("Complete");
+    // A ready pod: its container started, so no pod list is needed to know it runs.
+    job["status"] = json!({"active": 1, "ready": 1});
+    job
+}
+
+fn running_pod() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "PodList", "metadata": {},
+        "items": [{
+            "metadata": {"name": "tickets-r1-synthesize-x7k2p", "namespace": "team-a",
+                         "creationTimestamp": "2026-12-08T00:00:00Z"},
+            "status": {"phase": "Running"}
+        }]
+    })
+}
+
+const POD_LOG: &str = "/api/v1/namespaces/team-a/pods/tickets-r1-synthesize-x7k2p/log";
+
+/// The last progress line of the pod log lands in status.current.progress.
+#[tokio::test]
+async fn a_running_stage_shows_its_last_progress_line_in_status() {
+    let log = concat!(
+        "{\"progress\":{\"done\":20,\"total\":100,\"unit\":\"samples\"}}\n",
+        "{\"level\":\"INFO\",\"fields\":{\"message\":\"teacher call\"}}\n",
+        "{\"progress\":{\"done\":45,\"total\":100,\"unit\":\"samples\",\"etaSeconds\":90}}\n",
+        "{\"progress\":{\"done\":4",
+    );
+    let (ctx, mut server) = context_reading_progress(Duration::from_secs(30));
+    let obj = migration(spec(), started_status());
+    let (r, seen) = scenario_in(ctx, &mut server, obj, async |s: &mut ApiServer| {
+        vec![
+            s.expect(
+                Method::GET,
+                &format!("{JOBS}/tickets-r1-synthesize"),
+                200,
+                running_job(),
+            )
+            .await,
+            s.expect(
+                Method::GET,
+                "/api/v1/namespaces/team-a/pods",
+                200,
+                running_pod(),
+            )
+            .await,
+            s.expect_text(Method::GET, POD_LOG, 200, log).await,
+            s.expect(Method::PATCH, STATUS, 200, Value::Null).await,
+        ]
+    })
+    .await;
+    assert_eq!(
+        r.expect("reconcile"),
+        Action::requeue(Duration::from_secs(30))
+    );
+    assert!(
+        seen[1]
+            .uri
+            .contains("labelSelector=batch.kubernetes.io%2Fjob-name%3Dtickets-r1-synthesize"),
+        "{}",
+        seen[1].uri
+    );
+    let query = &seen[2].uri;
+    assert!(
+        query.contains("container=trainer")
+            && query.contains("tailLines=40")
+            && query.contains("limitBytes=32768"),
+        "{query}"
+    );
+    let progress = &seen[3].body["status"]["current"]["progress"];
+    assert_eq!(progress["done"], 45, "{progress}");
+    assert_eq!(progress["percent"], 45);
+    assert_eq!(progress["unit"], "samples");
+    assert_eq!(progress["eta"], "1m30s");
+    assert!(progress["observedTime"].is_string(), "{progress}");
+}
+
+/// No progress line yet, or no running pod: the status says nothing of progress, and
+/// nothing fails (the write is the running message the started status lacks).
+#[tokio::test]
+async fn a_stage_without_progress_or_pod_leaves_the_status_alone() {
+    for (pods, log) in [
+        (
+            running_pod(),
+            Some("{\"level\":\"INFO\"}\nloading the model\n"),
+        ),
+        (
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+            None,
+        ),
+    ] {
+        let (ctx, mut server) = context_reading_progress(Duration::from_secs(30));
+        let obj = migration(spec(), started_status());
+        let (r, seen) = scenario_in(ctx, &mut server, obj, async move |s: &mut ApiServer| {
+            let mut seen = vec![
+                s.expect(
+                    Method::GET,
+                    &format!("{JOBS}/tickets-r1-synthesize"),
+                    200,
+                    running_job(),
+                )
+                .await,
+                s.expect(Method::GET, "/api/v1/namespaces/team-a/pods", 200, pods)
+                    .await,
+            ];
+            if let Some(log) = log {
+                seen.push(s.expect_text(Method::GET, POD_LOG, 200, log).await);
+            }
+            seen.push(s.expect(Method::PATCH, STATUS, 200, Value::Null).await);
+            seen
+        })
+        .await;
+        assert_eq!(
+            r.expect("reconcile"),
+            Action::requeue(Duration::from_secs(30))
+        );
+        let current = &seen.last().expect("patch").body["status"]["current"];
+        assert_eq!(current["name"], "tickets-r1-synthesize");
+        assert!(current.get("progress").is_none(), "{current}");
+    }
+}
+
+/// Progress read less than an interval ago is not read again (whatever woke the reconciler),
+/// and a pod log the kubelet cannot serve keeps the last figures.
+#[tokio::test]
+async fn progress_is_read_at_most_once_per_interval() {
+    let mut status = started_status();
+    let fresh = Time(Timestamp::now());
+    status["current"]["progress"] = json!({
+        "done": 10, "total": 40, "percent": 25, "unit": "steps",
+        "observedTime": serde_json::to_value(&fresh).expect("time"),
+    });
+    let (ctx, mut server) = context_reading_progress(Duration::from_secs(30));
+    let obj = migration(spec(), status.clone());
+    let (r, seen) = scenario_in(ctx, &mut server, obj, async |s: &mut ApiServer| {
+        vec![
+            s.expect(
+                Method::GET,
+                &format!("{JOBS}/tickets-r1-synthesize"),
+                200,
+                running_job(),
+            )
+            .await,
+            s.expect(Method::PATCH, STATUS, 200, Value::Null).await,
+        ]
+    })
+    .await;
+    r.expect("reconcile");
+    // Only the Job was read, and the progress written back is the one read before.
+    let progress = &seen[1].body["status"]["current"]["progress"];
+    assert_eq!(progress["done"], 10, "{progress}");
+    assert_eq!(
+        progress["observedTime"],
+        serde_json::to_value(&fresh).expect("time")
+    );
+    // Read long ago, and the log cannot be served now: the old figures stay, no write.
+    status["current"]["progress"]["observedTime"] = json!("2026-01-01T00:00:00Z");
+    let (ctx, mut server) = context_reading_progress(Duration::from_secs(30));
+    let obj = migration(spec(), status);
+    let (r, seen) = scenario_in(ctx, &mut server, obj, async |s: &mut ApiServer| {
+        vec![
+            s.expect(
+                Method::GET,
+                &format!("{JOBS}/tickets-r1-synthesize"),
+                200,
+                running_job(),
+            )
+            .await,
+            s.expect(
+                Method::GET,
+                "/api/v1/namespaces/team-a/pods",
+                200,
+                running_pod(),
+            )
+            .await,
+            s.expect(
+                Method::GET,
+                POD_LOG,
+                500,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                       "message": "kubelet unreachable", "code": 500}),
+            )
+            .await,
+            s.expect(Method::PATCH, STATUS, 200, Value::Null).await,
+        ]
+    })
+    .await;
+    r.expect("reconcile");
+    let progress = &seen[3].body["status"]["current"]["progress"];
+    assert_eq!(progress["done"], 10, "{progress}");
+    assert_eq!(progress["observedTime"], "2026-01-01T00:00:00Z");
+}
+
 #[tokio::test]
 async fn a_running_job_is_waited_for() {
     let mut job = finished_job("Complete");
@@ -1145,6 +1364,7 @@ mod pure {
             attempt: 3,
             name: stage_run_name(migration, 2, stage, 3),
             generation: Some(4),
+            progress: None,
         };
         let status = Default::default();
         let config = stage_config(

@@ -58,6 +58,7 @@ pub fn run_to_observe(
             attempt,
             name: stage_run_name(&id.name, round, stage, attempt),
             generation,
+            progress: None,
         }),
         Step::Finish(_) | Step::Terminal => None,
     }

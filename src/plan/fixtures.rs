@@ -197,6 +197,7 @@ pub fn run(round: u32, stage: Stage, attempt: u32, generation: i64) -> StageRun 
         attempt,
         name: stage_run_name("tickets", round, stage, attempt),
         generation: Some(generation),
+        progress: None,
     }
 }
 

@@ -16,6 +16,7 @@ mod decide;
 mod decision;
 mod names;
 mod observation;
+mod progress;
 mod render;
 mod transition;
 
@@ -32,6 +33,7 @@ pub use decide::{plan, run_to_observe};
 pub use decision::{Decision, Finish, REASON_JOB_REJECTED, Stall, StopReason};
 pub use names::{MAX_NAME_LEN, serving_name, stage_run_name};
 pub use observation::Observation;
+pub use progress::{progress_due, record_progress};
 pub use render::{RenderError, artifacts_root, samples_for_round, stage_config, token_budget};
 pub use transition::{apply, apply_result, stalled};
 

@@ -5,8 +5,11 @@
 use anyhow::bail;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::api::LlamaDuoMigrationStatus;
-use crate::plan::{Decision, Finish, MigrationId, Observation, apply, plan, run_to_observe};
+use crate::api::{LlamaDuoMigrationStatus, Progress};
+use crate::plan::{
+    Decision, Finish, MigrationId, Observation, apply, plan, progress_due, record_progress,
+    run_to_observe,
+};
 
 use super::display::Display;
 use super::executor::{LocalExecutor, RunEnd};
@@ -92,7 +95,11 @@ pub async fn drive(
                 continue;
             }
             Decision::StartStage { run, config } => {
-                match exec.start(&run, *config, display, stop).await? {
+                let mut recorder = ProgressRecorder::new(&mut status, file, &header);
+                let end = exec
+                    .start(&run, *config, display, stop, &mut |p| recorder.record(p))
+                    .await?;
+                match end {
                     RunEnd::Exited => continue,
                     RunEnd::Interrupted => return interrupted(status, file, &header),
                 }
@@ -123,6 +130,41 @@ pub async fn drive(
             status,
             changed,
         });
+    }
+}
+
+/// How often `llamaduo run` writes a running stage's progress into status.yaml: often enough
+/// for a watcher (`watch cat status.yaml`, a dashboard), rarely enough that a stage printing a
+/// progress line per step does not turn into a file write per step.
+pub const LOCAL_PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Writes progress lines into `status.current.progress` and status.yaml, at most once per
+/// [`LOCAL_PROGRESS_INTERVAL`] (the first line at once).
+struct ProgressRecorder<'a> {
+    status: &'a mut LlamaDuoMigrationStatus,
+    file: &'a StatusFile,
+    header: &'a str,
+}
+
+impl<'a> ProgressRecorder<'a> {
+    fn new(status: &'a mut LlamaDuoMigrationStatus, file: &'a StatusFile, header: &'a str) -> Self {
+        Self {
+            status,
+            file,
+            header,
+        }
+    }
+
+    fn record(&mut self, progress: &Progress) {
+        let now = now();
+        if !progress_due(self.status, &now, LOCAL_PROGRESS_INTERVAL) {
+            return;
+        }
+        record_progress(self.status, Some(progress), &now);
+        if let Err(e) = self.file.save(self.status, self.header) {
+            // Progress is advisory: the run goes on, the next write may succeed.
+            tracing::warn!(error = %e, "could not write progress into the status file");
+        }
     }
 }
 

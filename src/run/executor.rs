@@ -18,9 +18,9 @@ use crate::plan::Observation;
 
 use super::display::Display;
 use super::process::{StopSignal, child_command, run_child};
-use super::progress::parse_line;
 use super::teacher::{SimulatedTeacher, needs_simulated_teacher, point_at};
 use super::trainer::{api_keys, find_trainer};
+use crate::api::Progress;
 
 /// How a started stage run ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -117,13 +117,15 @@ impl LocalExecutor {
         }
     }
 
-    /// Runs `run` with `config` to its end, showing its progress.
+    /// Runs `run` with `config` to its end, showing its progress and handing every progress
+    /// line to `on_progress` (which records it in status.yaml).
     pub async fn start(
         &mut self,
         run: &StageRun,
         mut config: StageConfig,
         display: &mut Display,
         stop: &mut StopSignal,
+        on_progress: &mut dyn FnMut(&Progress),
     ) -> anyhow::Result<RunEnd> {
         let trainer = match &self.trainer {
             // An explicit --trainer / LLAMADUO_TRAINER must be an executable file.
@@ -177,8 +179,9 @@ impl LocalExecutor {
             cmd,
             &log,
             |line| {
-                if let Some(p) = parse_line(line) {
+                if let Some(p) = Progress::from_line(line) {
                     display.progress(&p);
+                    on_progress(&p);
                 }
             },
             stop,

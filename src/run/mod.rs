@@ -18,7 +18,6 @@ mod executor;
 mod generation;
 mod manifest;
 mod process;
-mod progress;
 mod report;
 mod status_file;
 mod summary;

@@ -151,6 +151,7 @@ mod tests {
                 attempt: 1,
                 name: "q-r2-train".into(),
                 generation: None,
+                progress: None,
             }),
             rounds: vec![RoundStatus {
                 round: 1,

@@ -218,6 +218,7 @@ mod tests {
             attempt: 1,
             name: "q-r2-synthesize".into(),
             generation: None,
+            progress: None,
         };
         let mut r = StageResult::failure(Stage::Synthesize, 2, "teacher unreachable");
         assert!(stage_line(&run, &r).contains("FAILED (attempt 1): teacher unreachable"));

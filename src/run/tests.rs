@@ -196,6 +196,14 @@ async fn a_stop_during_training_terminates_the_stage_and_a_rerun_resumes() {
         (current.round, current.stage, current.attempt),
         (1, Stage::Train, 1)
     );
+    // The first progress line reached status.yaml as status.current.progress does in a
+    // cluster (later ones within LOCAL_PROGRESS_INTERVAL did not).
+    let progress = current.progress.as_ref().expect("progress in status.yaml");
+    assert_eq!(
+        (progress.unit.as_deref(), progress.total, progress.loss),
+        (Some("steps"), Some(300), Some(1.5))
+    );
+    assert!(progress.done >= 1 && progress.percent.is_some(), "{progress:?}");
     assert!(
         s.rounds[0].stage(Stage::Train).is_none(),
         "no failure recorded"

@@ -6,6 +6,7 @@
 //! `LLAMADUO_JUDGE_API_KEY`, result JSON to `LLAMADUO_RESULT_PATH`; logs are JSON lines on
 //! stderr, progress JSON lines on stdout.
 
+mod checkpoint_mirror;
 mod evaluate;
 mod failure_class;
 mod serve;

@@ -22,6 +22,7 @@ use llamaduo_model::train::{TrainOptions, data::tokenize_rows, train};
 use llamaduo_store::{Store, read_jsonl_within};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint_mirror::CheckpointMirror;
 use crate::student;
 
 /// Written last into round-{n}/model: what the directory holds.
@@ -130,22 +131,57 @@ async fn train_round(config: &TrainConfig) -> anyhow::Result<TrainOutcome> {
         None => ArtifactLayout::STUDENT_BASE.to_string(),
     };
 
-    let checkpoints = match store.local_path() {
-        Some(root) => root.join(ArtifactLayout::checkpoints(ctx.round)),
-        // Object stores: checkpoints live on the pod's scratch disk (a restarted pod on
-        // another node starts the round over).
-        None => student::scratch_root()?
-            .join(&ctx.namespace)
-            .join(&ctx.migration)
-            .join(ArtifactLayout::checkpoints(ctx.round)),
+    let (checkpoints, mut mirror) = match store.local_path() {
+        Some(root) => (root.join(ArtifactLayout::checkpoints(ctx.round)), None),
+        // Object stores: checkpoints are written on the pod's scratch disk and mirrored to
+        // the store after every save, so a new pod resumes (checkpoint_mirror.rs).
+        None => {
+            let local = student::scratch_root()?
+                .join(&ctx.namespace)
+                .join(&ctx.migration)
+                .join(ArtifactLayout::checkpoints(ctx.round));
+            let mut mirror = CheckpointMirror::new(
+                store.clone(),
+                ArtifactLayout::checkpoints(ctx.round),
+                &local,
+            );
+            let pulled = mirror.pull().await?;
+            if pulled > 0 {
+                tracing::info!(
+                    files = pulled,
+                    from = %store.url_of(&ArtifactLayout::checkpoints(ctx.round)),
+                    "pulled the checkpoints of an earlier attempt"
+                );
+            }
+            (local, Some(mirror))
+        }
     };
     let out = tempfile::tempdir_in(student::scratch_root()?)?;
     let spec = config.clone();
     let out_path = out.path().to_path_buf();
     let device = selected.device;
     let checkpoints_dir = checkpoints.clone();
-    let report = tokio::task::spawn_blocking(move || {
-        fit(&spec, &rows, &base_dir, &checkpoints, &out_path, &device)
+    let runtime = tokio::runtime::Handle::current();
+    let (report, mirror) = tokio::task::spawn_blocking(move || {
+        // Every save goes up before training goes on: a kill after it loses nothing.
+        let mut after_checkpoint = || {
+            if let Some(m) = mirror.as_mut()
+                && let Err(e) = runtime.block_on(m.push())
+            {
+                // Training goes on; a kill before the next good push resumes from older.
+                tracing::warn!(error = %format!("{e:#}"), "could not mirror the checkpoint to the artifact store");
+            }
+        };
+        let report = fit(
+            &spec,
+            &rows,
+            &base_dir,
+            &checkpoints,
+            &out_path,
+            &device,
+            &mut after_checkpoint,
+        );
+        report.map(|r| (r, mirror))
     })
     .await??;
 
@@ -178,6 +214,11 @@ async fn train_round(config: &TrainConfig) -> anyhow::Result<TrainOutcome> {
             "could not remove the round's checkpoints after publishing its model"
         ),
     }
+    if let Some(m) = mirror
+        && let Err(e) = m.remove().await
+    {
+        tracing::warn!(error = %format!("{e:#}"), "could not remove the round's mirrored checkpoints after publishing its model");
+    }
     Ok(outcome)
 }
 
@@ -188,6 +229,7 @@ fn fit(
     checkpoints: &Path,
     out: &Path,
     device: &candle_core::Device,
+    after_checkpoint: &mut dyn FnMut(),
 ) -> anyhow::Result<llamaduo_model::train::TrainReport> {
     let training = &config.training;
     let dtype = compute_dtype(training.precision, device);
@@ -226,6 +268,9 @@ fn fit(
             message: None,
         };
         println!("{}", line.to_line());
+        if p.checkpoint {
+            after_checkpoint();
+        }
         ControlFlow::Continue(())
     };
     let mut report = train(&model, data, &opts, &mut on_progress)?;

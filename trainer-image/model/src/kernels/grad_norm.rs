@@ -22,17 +22,20 @@ pub fn sum_squares(t: &Tensor) -> Result<Option<f64>> {
         return Ok(None);
     };
     let xs = &data[a..b];
-    let total = Mutex::new(0f64);
+    // Summed in block order, not in the order workers finish, so the norm (and the clipping
+    // it decides) is the same on every run.
+    let parts = Mutex::new(Vec::new());
     par_blocks(xs.len(), BLOCK, |r| {
-        let part = math::dot(&xs[r.clone()], &xs[r]) as f64;
-        if let Ok(mut t) = total.lock() {
-            *t += part;
+        let part = math::dot(&xs[r.clone()], &xs[r.clone()]) as f64;
+        if let Ok(mut p) = parts.lock() {
+            p.push((r.start, part));
         }
     });
-    total
+    let mut parts = parts
         .into_inner()
-        .map(Some)
-        .map_err(|_| candle_core::Error::Msg("sum of squares: a worker panicked".into()))
+        .map_err(|_| candle_core::Error::Msg("sum of squares: a worker panicked".into()))?;
+    parts.sort_by_key(|(start, _)| *start);
+    Ok(Some(parts.into_iter().map(|(_, p)| p).sum()))
 }
 
 #[cfg(test)]

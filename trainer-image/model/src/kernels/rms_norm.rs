@@ -83,8 +83,13 @@ impl RmsNorm {
         let (want_dx, add_dx) = (dx.is_some(), dx.as_ref().is_some_and(|d| d.1));
         let out = dx.map(|(d, _)| SharedOut::new(d));
         let want_dw = dw.is_some();
-        let partials: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+        // Each block's dw, tagged with its first row: summed in row order below, so the
+        // result does not depend on which worker finished first (f32 addition is not
+        // associative; a full fine-tune would otherwise differ run to run in its last bits,
+        // and a resumed run would not match an uninterrupted one).
+        let partials: Mutex<Vec<(usize, Vec<f32>)>> = Mutex::new(Vec::new());
         par_blocks(rows, 16, |block| {
+            let first = block.start;
             let mut dw_part = if want_dw { vec![0f32; h] } else { Vec::new() };
             for r in block {
                 let (xr, gr) = (&x[r * h..(r + 1) * h], &g[r * h..(r + 1) * h]);
@@ -108,14 +113,15 @@ impl RmsNorm {
                 }
             }
             if want_dw && let Ok(mut p) = partials.lock() {
-                p.push(dw_part);
+                p.push((first, dw_part));
             }
         });
-        let partials = partials
+        let mut partials = partials
             .into_inner()
             .map_err(|_| candle_core::Error::Msg("rms norm grad: a worker panicked".into()))?;
+        partials.sort_by_key(|(first, _)| *first);
         if let Some(dw) = dw {
-            for part in partials {
+            for (_, part) in partials {
                 dw.iter_mut().zip(&part).for_each(|(d, p)| *d += p);
             }
         }

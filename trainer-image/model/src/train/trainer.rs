@@ -108,6 +108,7 @@ impl TrainReport {
             learning_rate: Some(self.learning_rate),
             warnings: self.warnings.clone(),
             tokens_per_second: self.tokens_per_second,
+            resumed_from_step: self.resumed_from,
             model_uri: model_uri.into(),
         }
     }
@@ -300,7 +301,9 @@ pub fn train(
             checkpoint::save(dir, model, &opt, &state, opts.keep_checkpoints)?;
             saved = true;
         }
-        if done == total_steps || opts.log_every == 0 || done % opts.log_every.max(1) == 0 {
+        // A step that saved always reports, so the caller can ship the checkpoint on.
+        if saved || done == total_steps || opts.log_every == 0 || done % opts.log_every.max(1) == 0
+        {
             let elapsed = train_started.elapsed().as_secs_f64().max(1e-9);
             let per_step = elapsed / (done - first_step) as f64;
             let p = Progress {
