@@ -176,7 +176,9 @@ mod tests {
             .collect();
         assert_eq!(
             columns,
-            ["Phase", "Round", "Stage", "Progress", "ETA", "Score", "Target", "Ready", "Age"]
+            [
+                "Phase", "Round", "Stage", "Progress", "ETA", "Score", "Target", "Ready", "Age"
+            ]
         );
     }
 

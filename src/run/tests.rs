@@ -203,7 +203,10 @@ async fn a_stop_during_training_terminates_the_stage_and_a_rerun_resumes() {
         (progress.unit.as_deref(), progress.total, progress.loss),
         (Some("steps"), Some(300), Some(1.5))
     );
-    assert!(progress.done >= 1 && progress.percent.is_some(), "{progress:?}");
+    assert!(
+        progress.done >= 1 && progress.percent.is_some(),
+        "{progress:?}"
+    );
     assert!(
         s.rounds[0].stage(Stage::Train).is_none(),
         "no failure recorded"
