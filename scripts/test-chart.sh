@@ -34,6 +34,19 @@ grep -q "kind: ServiceMonitor" "$tmp/namespaced.yaml"
 grep -q "kind: PodDisruptionBudget" "$tmp/namespaced.yaml"
 grep -q "kind: Role$" "$tmp/namespaced.yaml" && ! grep -q "kind: ClusterRole$" "$tmp/namespaced.yaml"
 grep -q "kind: ClusterRole$" "$tmp/default.yaml"
+# Least privilege: a Role and RoleBinding in each of several watched namespaces, no
+# ClusterRole, the list passed to the operator; secretChecks=false grants no Secret access.
+"$helm" template x charts/llamaduo --kube-version "$kube" --set 'watchNamespaces={team-a,team-b}' \
+  --set secretChecks=false > "$tmp/multi.yaml"
+[[ $(grep -c "^kind: Role$" "$tmp/multi.yaml") == 3 ]] # two namespaces + leader election
+[[ $(grep -c "^kind: RoleBinding$" "$tmp/multi.yaml") == 3 ]]
+grep -q "namespace: team-a" "$tmp/multi.yaml" && grep -q "namespace: team-b" "$tmp/multi.yaml"
+# (`! cmd` would not stop the script under set -e.)
+if grep -q "kind: ClusterRole" "$tmp/multi.yaml"; then echo "watchNamespaces rendered a ClusterRole"; exit 1; fi
+if grep -q '"secrets"' "$tmp/multi.yaml"; then echo "secretChecks=false still grants Secret access"; exit 1; fi
+grep -A1 "LLAMADUO_WATCH_NAMESPACE" "$tmp/multi.yaml" | grep -qF '"team-a,team-b"'
+grep -A1 "LLAMADUO_SECRET_CHECKS" "$tmp/multi.yaml" | grep -qF '"false"'
+grep -q '"secrets"' "$tmp/default.yaml"
 
 echo "-- values.schema.json refuses bad values"
 if "$helm" template x charts/llamaduo --kube-version "$kube" --set replicaCount=-1 >/dev/null 2>&1; then
@@ -48,6 +61,7 @@ refused() { # refused <message fragment> <helm args...>
   grep -qF "$want" <<<"$out" || { echo "refused without naming '$want': $out"; exit 1; }
 }
 refused "serviceAccount.name is required" --set serviceAccount.create=false
+refused "watchNamespaces" --set 'watchNamespaces={Team_A}'
 refused "needs leaderElection.enabled=true" --set replicaCount=2 --set leaderElection.enabled=false
 refused "podDisruptionBudget.minAvailable (1) must be below replicaCount (1)" --set podDisruptionBudget.enabled=true
 "$helm" template x charts/llamaduo --kube-version "$kube" --set serviceAccount.create=false \

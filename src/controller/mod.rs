@@ -58,9 +58,15 @@ pub struct OperatorArgs {
         default_value = "ghcr.io/llamaduo/llamaduo-trainer:latest"
     )]
     pub trainer_image: String,
-    /// Watch only this namespace. Unset or empty: all namespaces.
+    /// Watch only these namespaces (comma-separated: `team-a,team-b`), each with its own
+    /// watches, so the operator needs Roles only there. Unset or empty: all namespaces.
     #[arg(long, env = "LLAMADUO_WATCH_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Check before a stage starts that the Secrets it references exist and hold their keys
+    /// (needs `get` on Secrets). Off: no Secret is ever read; a missing one is reported from
+    /// the pod's own CreateContainerConfigError instead, naming the Secret and key.
+    #[arg(long, env = "LLAMADUO_SECRET_CHECKS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub secret_checks: bool,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "LLAMADUO_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
@@ -97,9 +103,17 @@ pub struct OperatorArgs {
 }
 
 impl OperatorArgs {
-    /// The namespace to watch; `None` (also for an empty value) watches all namespaces.
-    pub fn watch_namespace(&self) -> Option<&str> {
-        self.namespace.as_deref().filter(|n| !n.is_empty())
+    /// The namespaces to watch, in the order given, without blanks or repeats; empty (also
+    /// for an unset or blank value) watches all namespaces.
+    pub fn watch_namespaces(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for ns in self.namespace.iter().flat_map(|n| n.split(',')) {
+            let ns = ns.trim();
+            if !ns.is_empty() && !out.iter().any(|o| o == ns) {
+                out.push(ns.to_string());
+            }
+        }
+        out
     }
 
     /// The log filter: `--log-filter` / LLAMADUO_LOG, else RUST_LOG, else "info,kube=warn".
@@ -119,6 +133,8 @@ pub struct Config {
     pub trainer_image: String,
     /// How often a running stage's progress is read (zero: never).
     pub progress_interval: std::time::Duration,
+    /// Whether Secrets named by a spec are checked (read) before a stage starts.
+    pub secret_checks: bool,
 }
 
 /// What every reconcile shares.
@@ -232,6 +248,44 @@ pub fn init_logging(filter: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The controller of one scope: the migrations, and the Jobs, Deployments and Services it
+/// owns, of `namespace` (or of every namespace).
+fn controller_for(
+    client: &Client,
+    ctx: &Arc<Context>,
+    namespace: Option<&str>,
+    concurrency: u16,
+) -> Controller<DynamicObject> {
+    let (migrations, jobs, deployments, services) = match namespace {
+        Some(ns) => (
+            Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ctx.api_resource),
+            Api::<Job>::namespaced(client.clone(), ns),
+            Api::<Deployment>::namespaced(client.clone(), ns),
+            Api::<Service>::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::<DynamicObject>::all_with(client.clone(), &ctx.api_resource),
+            Api::<Job>::all(client.clone()),
+            Api::<Deployment>::all(client.clone()),
+            Api::<Service>::all(client.clone()),
+        ),
+    };
+    let owned =
+        || watcher::Config::default().labels("app.kubernetes.io/managed-by=llamaduo-operator");
+    Controller::new_with(
+        migrations,
+        watcher::Config::default(),
+        ctx.api_resource.clone(),
+    )
+    .owns(jobs, owned())
+    // Serving Deployments: availability changes update the Serving condition.
+    .owns(deployments, owned())
+    // Serving Services: one deleted by hand is re-created at once, not at the next requeue.
+    .owns(services, owned())
+    .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+    .shutdown_on_signal()
+}
+
 /// Run the operator until it is stopped (SIGTERM / Ctrl-C) or loses its leader lease.
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     init_logging(&args.log_filter())?;
@@ -281,48 +335,44 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         Config {
             trainer_image: args.trainer_image.clone(),
             progress_interval: std::time::Duration::from_secs(args.progress_interval_seconds),
+            secret_checks: args.secret_checks,
         },
         metrics,
         Some(identity),
     ));
-    let (migrations, jobs, deployments, services) = match args.watch_namespace() {
-        Some(ns) => (
-            Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ctx.api_resource),
-            Api::<Job>::namespaced(client.clone(), ns),
-            Api::<Deployment>::namespaced(client.clone(), ns),
-            Api::<Service>::namespaced(client.clone(), ns),
-        ),
-        None => (
-            Api::<DynamicObject>::all_with(client.clone(), &ctx.api_resource),
-            Api::<Job>::all(client.clone()),
-            Api::<Deployment>::all(client.clone()),
-            Api::<Service>::all(client.clone()),
-        ),
+    let namespaces = args.watch_namespaces();
+    for ns in &namespaces {
+        // A namespace that does not exist yet is watched all the same (it may be created
+        // later); say so, since a typo would otherwise look like an idle operator.
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        if let Ok(None) = api.get_opt(ns).await {
+            tracing::warn!(namespace = %ns, "watched namespace does not exist (yet)");
+        }
+    }
+    tracing::info!(namespaces = ?namespaces, image = %args.trainer_image, secret_checks = args.secret_checks, "operator started");
+    // One controller per watched namespace (or one for the cluster): each watches only
+    // where the operator's Roles let it, and they share the context and its metrics.
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.into_iter().map(Some).collect()
     };
-    let owned =
-        || watcher::Config::default().labels("app.kubernetes.io/managed-by=llamaduo-operator");
-    let controller = Controller::new_with(
-        migrations,
-        watcher::Config::default(),
-        ctx.api_resource.clone(),
-    )
-    .owns(jobs, owned())
-    // Serving Deployments: availability changes update the Serving condition.
-    .owns(deployments, owned())
-    // Serving Services: one deleted by hand is re-created at once, not at the next requeue.
-    .owns(services, owned())
-    .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
-    .shutdown_on_signal();
-    tokio::spawn(forget_deleted_migrations(controller.store(), ctx.clone()));
-    tracing::info!(namespace = ?args.watch_namespace(), image = %args.trainer_image, "operator started");
-    let run = controller
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            match res {
-                Ok((obj, _)) => tracing::debug!(migration = %obj, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile error"),
-            }
-        });
+    let runs = scopes.into_iter().map(|scope| {
+        let controller = controller_for(&client, &ctx, scope.as_deref(), args.concurrency);
+        tokio::spawn(forget_deleted_migrations(controller.store(), ctx.clone()));
+        controller
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|res| async move {
+                match res {
+                    Ok((obj, _)) => tracing::debug!(migration = %obj, "reconciled"),
+                    Err(e) => tracing::debug!(error = %e, "reconcile error"),
+                }
+            })
+    });
+    let run = futures::future::join_all(runs);
+    let run = async move {
+        run.await;
+    };
     let Some((elector, renewed)) = elector else {
         run.await;
         server.abort();

@@ -105,6 +105,10 @@ fn context() -> (Arc<Context>, ApiServer) {
 }
 
 fn context_reading_progress(every: Duration) -> (Arc<Context>, ApiServer) {
+    context_with(every, true)
+}
+
+fn context_with(every: Duration, secret_checks: bool) -> (Arc<Context>, ApiServer) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let ctx = Context::new(
@@ -112,6 +116,7 @@ fn context_reading_progress(every: Duration) -> (Arc<Context>, ApiServer) {
         Config {
             trainer_image: "registry.example/llamaduo-trainer:1.0".into(),
             progress_interval: every,
+            secret_checks,
         },
         Arc::new(Metrics::default()),
         Some("llamaduo-operator-0".into()),
@@ -546,6 +551,61 @@ async fn a_missing_secret_stalls_with_its_name_and_creates_no_job() {
     assert!(status.get("current").is_none(), "no run recorded: {status}");
     assert_eq!(seen[3].body["type"], "Warning");
     assert_eq!(seen[3].body["reason"], "SecretNotFound");
+}
+
+/// With `--secret-checks=false` (the chart's `secretChecks: false`, whose RBAC grants no
+/// Secret access) no Secret is read: the run starts, and a missing Secret is reported from
+/// the pod's CreateContainerConfigError instead.
+#[tokio::test]
+async fn without_secret_checks_a_stage_starts_without_reading_any_secret() {
+    let (ctx, mut server) = context_with(Duration::ZERO, false);
+    let obj = migration(spec(), Value::Null);
+    let (result, seen) = scenario_in(ctx, &mut server, obj, async |s: &mut ApiServer| {
+        let mut seen = vec![
+            s.expect(
+                Method::GET,
+                &format!("{JOBS}/tickets-r1-synthesize"),
+                404,
+                not_found("jobs.batch", "tickets-r1-synthesize"),
+            )
+            .await,
+        ];
+        // The prerequisites without the Secret: the ConfigMap and the claim.
+        seen.push(
+            s.expect(
+                Method::GET,
+                "/api/v1/namespaces/team-a/configmaps/coverage",
+                200,
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "coverage"},
+                       "data": {"rows.jsonl": "{}"}}),
+            )
+            .await,
+        );
+        seen.push(
+            s.expect(
+                Method::GET,
+                "/api/v1/namespaces/team-a/persistentvolumeclaims/artifacts",
+                200,
+                json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                       "metadata": {"name": "artifacts"}}),
+            )
+            .await,
+        );
+        seen.push(s.expect(Method::PATCH, STATUS, 200, Value::Null).await);
+        seen.push(s.expect(Method::POST, JOBS, 201, Value::Null).await);
+        seen.push(s.expect(Method::POST, EVENTS, 201, Value::Null).await);
+        seen
+    })
+    .await;
+    result.expect("reconcile");
+    assert!(seen.iter().all(|s| !s.uri.contains("/secrets")));
+    // The pod still gets its key by reference.
+    let job = &seen[4].body;
+    let container = &job["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        env(container, "LLAMADUO_TEACHER_API_KEY")["valueFrom"]["secretKeyRef"]["name"],
+        "openai"
+    );
 }
 
 #[tokio::test]
@@ -1806,7 +1866,18 @@ mod pure {
         ])
         .expect("parses");
         assert_eq!(cli.args.trainer_image, "t:1");
-        assert_eq!(cli.args.watch_namespace(), None);
+        assert!(cli.args.watch_namespaces().is_empty());
+        assert!(cli.args.secret_checks);
+        let listed = Cli::try_parse_from([
+            "llamaduo",
+            "--namespace",
+            " team-a,team-b,,team-a ",
+            "--secret-checks",
+            "false",
+        ])
+        .expect("parses");
+        assert_eq!(listed.args.watch_namespaces(), ["team-a", "team-b"]);
+        assert!(!listed.args.secret_checks);
         assert!(cli.args.leader_election);
         assert_eq!(cli.args.lease_name, "llamaduo-operator");
         assert_eq!(cli.args.metrics_addr.port(), 8080);

@@ -49,3 +49,13 @@ app.kubernetes.io/component: operator
 {{- fail (printf "podDisruptionBudget.minAvailable (%v) must be below replicaCount (%v): otherwise the budget blocks every node drain; raise replicaCount or lower minAvailable" .Values.podDisruptionBudget.minAvailable .Values.replicaCount) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The watched namespaces: watchNamespaces plus the older single watchNamespace, without
+repeats; empty watches all namespaces. */}}
+{{- define "llamaduo.watchNamespaces" -}}
+{{- $ns := .Values.watchNamespaces | default list -}}
+{{- if .Values.watchNamespace -}}
+{{- $ns = append $ns .Values.watchNamespace -}}
+{{- end -}}
+{{- $ns | uniq | join "," -}}
+{{- end -}}
