@@ -9,6 +9,9 @@
 #   e2e/run.sh operator    the same for tests/operator.sh, on a cluster whose kwok leaves the
 #                          operator's stage pods to e2e/podrunner; builds llamaduo and
 #                          llamaduo-trainer (cargo, debug) unless E2E_LLAMADUO/E2E_TRAINER name them
+#   e2e/run.sh least-privilege  the chart with watchNamespaces and secretChecks=false: the
+#                          operator under that RBAC reconciles only the watched namespaces and
+#                          reads no Secret (tests/least-privilege.sh)
 #   e2e/run.sh load        operator load test (tests/load.sh): LOAD_MIGRATIONS (1000) migrations
 #                          to their first Job, on a cluster without the Job controller (no pods);
 #                          builds llamaduo (cargo, release) unless E2E_LLAMADUO names it
@@ -75,6 +78,16 @@ case "$cmd" in
     # kwok's pod-complete stage leaves the operator's pods to podrunner.
     export E2E_KWOK_RUNTIME_LABEL="app.kubernetes.io/managed-by=llamaduo-operator"
     with_cluster "$here/tests/operator.sh"
+    ;;
+  least-privilege)
+    if ! all_cached 2>/dev/null; then
+      [[ "${E2E_NO_BUILD:-0}" != 1 ]] || { all_cached; echo "binaries missing and E2E_NO_BUILD=1" >&2; exit 1; }
+      "$here/cluster/build.sh"
+    fi
+    if [[ -z "${E2E_LLAMADUO:-}" ]]; then
+      (cd "$here/.." && cargo build -p llamaduo --bin llamaduo)
+    fi
+    with_cluster "$here/tests/least-privilege.sh"
     ;;
   load)
     if ! all_cached 2>/dev/null; then
