@@ -64,10 +64,25 @@ pub struct DocumentReport {
     pub problems: Vec<Problem>,
 }
 
+/// Alias events one manifest file may replay. serde_saphyr's default, 1,000,000, let an
+/// alias bomb of 1.7 KB expand into a 64 MiB tree that validation then copies twice; a real
+/// manifest replays none or a few.
+pub const MAX_REPLAYED_ALIAS_EVENTS: usize = 100_000;
+
+/// The YAML documents of a manifest file, as `llamaduo validate` and `llamaduo run` read
+/// them (alias expansion capped at [`MAX_REPLAYED_ALIAS_EVENTS`]).
+pub fn yaml_documents(text: &str) -> Result<Vec<Value>, serde_saphyr::Error> {
+    let options = serde_saphyr::options! {
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: MAX_REPLAYED_ALIAS_EVENTS,
+        },
+    };
+    serde_saphyr::from_str_multiple_with_options(text, options)
+}
+
 /// Validates every document of a YAML text. Documents of other kinds are skipped.
 pub fn validate_yaml(text: &str, target: Target) -> Result<Vec<DocumentReport>, String> {
-    let docs: Vec<Value> =
-        serde_saphyr::from_str_multiple(text).map_err(|e| format!("not valid YAML: {e}"))?;
+    let docs: Vec<Value> = yaml_documents(text).map_err(|e| format!("not valid YAML: {e}"))?;
     Ok(docs
         .iter()
         .enumerate()
@@ -219,6 +234,16 @@ fn join(path: &str, key: &str) -> String {
     } else {
         format!("{path}.{key}")
     }
+}
+
+/// `doc` as the API server stores it, without the nulls it prunes: what [`validate_object`]
+/// checks, so what `llamaduo run` loads after validation is what was validated (it once
+/// loaded the raw document, and `plateauRounds:` with no value validated, then failed to load
+/// with no field named).
+pub fn without_pruned_nulls(doc: &Value) -> Value {
+    let mut doc = doc.clone();
+    prune_nulls(&openapi_schema(), &mut doc);
+    doc
 }
 
 /// Removes every object field that is null where its schema is not `nullable`: the API

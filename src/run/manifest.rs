@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::api::{LlamaDuoMigration, LlamaDuoMigrationSpec};
-use crate::validate::{Target, validate_object};
+use crate::validate::{Target, validate_object, without_pruned_nulls, yaml_documents};
 
 /// Namespace used for the artifact layout and stage configs when the manifest names none.
 pub const LOCAL_NAMESPACE: &str = "local";
@@ -92,11 +92,10 @@ pub fn load(path: &Path) -> Result<LocalMigration, ManifestError> {
 
 /// Parses a manifest's text; `base` is the directory relative `file://` URLs resolve against.
 pub fn parse(text: &str, path: &Path, base: &Path) -> Result<LocalMigration, ManifestError> {
-    let docs: Vec<Value> =
-        serde_saphyr::from_str_multiple(text).map_err(|e| ManifestError::Yaml {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+    let docs: Vec<Value> = yaml_documents(text).map_err(|e| ManifestError::Yaml {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     let migrations: Vec<&Value> = docs
         .iter()
         .filter(|d| d.get("kind").and_then(Value::as_str) == Some("LlamaDuoMigration"))
@@ -123,7 +122,7 @@ pub fn parse(text: &str, path: &Path, base: &Path) -> Result<LocalMigration, Man
         });
     }
     let migration: LlamaDuoMigration =
-        serde_json::from_value((*doc).clone()).map_err(|e| ManifestError::Invalid {
+        serde_json::from_value(without_pruned_nulls(doc)).map_err(|e| ManifestError::Invalid {
             path: path.to_path_buf(),
             problems: vec![e.to_string()],
         })?;
@@ -226,6 +225,26 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("target.meanScore"), "{text}");
         assert!(text.contains("stop.maxRounds"), "{text}");
+    }
+
+    /// Found by tests/fuzz_parsers.rs: a key with no value validated (the API server prunes
+    /// the null), then failed to load.
+    #[test]
+    fn a_key_without_a_value_loads_as_it_validates() {
+        let empty = QUICKSTART.replace("plateauRounds: 3", "plateauRounds:");
+        assert!(
+            validate_object(
+                &serde_saphyr::from_str::<Value>(&empty).expect("yaml"),
+                Target::Local
+            )
+            .is_empty()
+        );
+        let m = parse(&empty, Path::new("m.yaml"), Path::new("/")).expect("loads");
+        assert_eq!(m.spec.stop.max_rounds, 6);
+        assert_eq!(
+            m.spec.stop.plateau_rounds,
+            crate::api::StopSpec::default().plateau_rounds
+        );
     }
 
     #[test]

@@ -41,7 +41,7 @@ use crate::plan::MigrationId;
 pub use display::Mode;
 pub use driver::{Driven, Ending, drive};
 pub use executor::{ExecutorConfig, LocalExecutor, RunEnd};
-pub use manifest::{LOCAL_NAMESPACE, LocalMigration, ManifestError};
+pub use manifest::{LOCAL_NAMESPACE, LocalMigration, ManifestError, parse as parse_manifest};
 pub use process::{StopHandle, StopSignal, forward_signals, stop_channel};
 pub use report::{render_html, render_png, write_reports};
 pub use status_file::{STATUS_FILE, StatusFile};

@@ -14,7 +14,7 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
 use candle_core::{Device, Tensor};
 use serde_json::{Value as Json, json};
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
@@ -221,11 +221,31 @@ impl GgufFile {
             path: path.to_owned(),
             source,
         })?;
+        let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
         let mut reader = BufReader::new(file);
-        let content = Content::read(&mut reader).map_err(|e| GgufError::Corrupt {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        // candle's reader still panics on some malformed headers (a `general.alignment` of 0
+        // divides by zero); such a file is corrupt, not a reason to bring the stage down.
+        let read =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut reader)));
+        let content = read
+            .map_err(|panic| GgufError::Corrupt {
+                path: path.to_owned(),
+                message: format!(
+                    "the GGUF reader failed on its header ({}; a general.alignment of 0?)",
+                    panic_text(&panic)
+                ),
+            })?
+            .map_err(|e| GgufError::Corrupt {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        let data_len = file_len.saturating_sub(content.tensor_data_offset);
+        for (name, info) in &content.tensor_infos {
+            check_tensor_extent(name, info, data_len).map_err(|message| GgufError::Corrupt {
+                path: path.to_owned(),
+                message,
+            })?;
+        }
         let arch_name = match content.metadata.get("general.architecture") {
             Some(Value::String(s)) => s.clone(),
             _ => {
@@ -334,6 +354,24 @@ impl GgufFile {
         Ok((heads, kv))
     }
 
+    /// `block_count`, refused when more than the file has tensors: every layer has weights,
+    /// and Gemma 3's per-layer attention kinds are built from it, so a count of 2^40 taken on
+    /// trust asked for terabytes.
+    fn layer_count(&self) -> Result<usize, GgufError> {
+        let key = self.arch_key("block_count");
+        let layers = self.usize_of(&key)?;
+        let tensors = self.content.tensor_infos.len();
+        if layers > tensors {
+            return Err(self.meta_err(
+                &key,
+                &format!(
+                    "is {layers}, more than the file's {tensors} tensors (every layer has weights)"
+                ),
+            ));
+        }
+        Ok(layers)
+    }
+
     /// The Hugging Face `config.json` for this model.
     pub fn hf_config(&self) -> Result<Json, GgufError> {
         let hidden = self.usize_of(&self.arch_key("embedding_length"))?;
@@ -359,7 +397,7 @@ impl GgufFile {
             "model_type": model_type,
             "hidden_size": hidden,
             "intermediate_size": self.usize_of(&self.arch_key("feed_forward_length"))?,
-            "num_hidden_layers": self.usize_of(&self.arch_key("block_count"))?,
+            "num_hidden_layers": self.layer_count()?,
             "num_attention_heads": heads,
             "num_key_value_heads": kv_heads,
             "head_dim": head_dim,
@@ -428,7 +466,7 @@ impl GgufFile {
         heads: usize,
         head_dim: usize,
     ) -> Result<(), GgufError> {
-        let layers = self.usize_of(&self.arch_key("block_count"))?;
+        let layers = self.layer_count()?;
         let window_key = self.arch_key("attention.sliding_window");
         let window = self.opt_int(&window_key)?.filter(|w| *w > 0);
         let pattern_key = self.arch_key("attention.sliding_window_pattern");
@@ -836,6 +874,45 @@ impl GgufFile {
             parameters,
         })
     }
+}
+
+/// The message of a caught panic.
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
+/// Refuses a tensor whose size overflows, that is empty, or whose bytes lie past the end of the
+/// file. candle multiplies the dimensions and the block size unchecked when it reads a tensor:
+/// dimensions whose product overflowed panicked in debug builds and, in release, wrapped round
+/// to a small size read from the wrong place; and it views an empty tensor's (unaligned, empty)
+/// buffer as f32 blocks, undefined behaviour that aborts a debug build.
+fn check_tensor_extent(name: &str, info: &TensorInfo, data_len: u64) -> Result<(), String> {
+    let dims = info.shape.dims();
+    let dtype = info.ggml_dtype;
+    let elems = dims
+        .iter()
+        .try_fold(1u64, |n, d| n.checked_mul(*d as u64))
+        .ok_or_else(|| format!("tensor {name}: dimensions {dims:?} overflow 64 bits"))?;
+    if elems == 0 {
+        return Err(format!(
+            "tensor {name} has no elements (dimensions {dims:?})"
+        ));
+    }
+    let bytes = (elems / dtype.block_size() as u64)
+        .checked_mul(dtype.type_size() as u64)
+        .ok_or_else(|| format!("tensor {name}: {elems} elements of {dtype:?} overflow 64 bits"))?;
+    let end = info.offset.checked_add(bytes);
+    if end.is_none_or(|end| end > data_len) {
+        return Err(format!(
+            "tensor {name}: {bytes} bytes at offset {} run past the {data_len} bytes of tensor data (truncated file?)",
+            info.offset
+        ));
+    }
+    Ok(())
 }
 
 fn write_json(path: &Path, value: &Json) -> std::io::Result<()> {

@@ -159,7 +159,13 @@ pub fn read_safetensors_header(
         data_end = data_end.max(end);
         out.insert(name, (e.dtype, e.shape));
     }
-    let expected = 8 + header_len + data_end;
+    // Checked: data_offsets are the file's word, and `8 + header + u64::MAX` panicked (debug)
+    // or wrapped round (release) to a length that could match the file.
+    let expected = (8 + header_len).checked_add(data_end).ok_or_else(|| {
+        corrupt(format!(
+            "a tensor's data_offsets end at byte {data_end}, past any file size"
+        ))
+    })?;
     if expected != file_len {
         return Err(corrupt(format!(
             "header describes {expected} bytes but the file has {file_len} (truncated or damaged download?)"

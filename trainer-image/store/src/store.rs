@@ -116,8 +116,6 @@ impl Store {
                 .map_err(|()| invalid("not an absolute local path".into()))?;
             return Ok(Store::local(path));
         }
-        // object_store's messages quote the URL verbatim; only the redacted form may show.
-        let scrub = |msg: String| msg.replace(url, &shown).replace(parsed.as_str(), &shown);
         let (scheme, prefix) = ObjectStoreScheme::parse(&parsed).map_err(|_| {
             invalid(format!(
                 "unknown scheme {:?}: supported schemes are file, s3, gs and az",
@@ -125,25 +123,34 @@ impl Store {
             ))
         })?;
         let bucket_url = bucket_url(&parsed);
+        // object_store's messages quote the URL they were given verbatim: the bucket URL
+        // below, user info and all (`az://user:SECRET@host` leaked so), so it is scrubbed as
+        // well as the caller's URL; only redacted forms may show.
+        let bucket_shown = redact_url(&bucket_url);
+        let scrub = |msg: String| {
+            msg.replace(url, &shown)
+                .replace(parsed.as_str(), &shown)
+                .replace(&bucket_url, &bucket_shown)
+        };
         let built: std::result::Result<Arc<dyn ObjectStore>, object_store::Error> = match scheme {
             ObjectStoreScheme::AmazonS3 => {
                 crate::tls::install_ring_provider();
                 object_store::aws::AmazonS3Builder::from_env()
-                    .with_url(bucket_url)
+                    .with_url(bucket_url.as_str())
                     .build()
                     .map(|s| Arc::new(s) as _)
             }
             ObjectStoreScheme::GoogleCloudStorage => {
                 crate::tls::install_ring_provider();
                 object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_url(bucket_url)
+                    .with_url(bucket_url.as_str())
                     .build()
                     .map(|s| Arc::new(s) as _)
             }
             ObjectStoreScheme::MicrosoftAzure => {
                 crate::tls::install_ring_provider();
                 object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_url(bucket_url)
+                    .with_url(bucket_url.as_str())
                     .build()
                     .map(|s| Arc::new(s) as _)
             }

@@ -100,11 +100,14 @@ impl AnthropicProvider {
                 TokenUsage::default(),
             ));
         };
-        // Cached prompt tokens are billed input too.
-        let cached = u64_at(usage, &["cache_creation_input_tokens"]).unwrap_or(0)
-            + u64_at(usage, &["cache_read_input_tokens"]).unwrap_or(0);
+        // Cached prompt tokens are billed input too. Saturating: the counts are the server's
+        // word, and a sum past u64::MAX (a broken or hostile proxy) must not panic or wrap
+        // round to a small bill that slips under the token budget.
+        let cached = u64_at(usage, &["cache_creation_input_tokens"])
+            .unwrap_or(0)
+            .saturating_add(u64_at(usage, &["cache_read_input_tokens"]).unwrap_or(0));
         let usage = TokenUsage {
-            input: input + cached,
+            input: input.saturating_add(cached),
             output,
         };
         let blocks = v

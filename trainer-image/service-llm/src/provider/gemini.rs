@@ -87,7 +87,10 @@ impl GeminiProvider {
             })?;
         let input = u64_at(usage, &["promptTokenCount"]).unwrap_or(0);
         let reasoning_tokens = u64_at(usage, &["thoughtsTokenCount"]).unwrap_or(0);
-        let output = u64_at(usage, &["candidatesTokenCount"]).unwrap_or(0) + reasoning_tokens;
+        // Saturating, as for Anthropic's cached tokens: a sum past u64::MAX must not wrap.
+        let output = u64_at(usage, &["candidatesTokenCount"])
+            .unwrap_or(0)
+            .saturating_add(reasoning_tokens);
         let usage = TokenUsage { input, output };
         let Some(candidate) = v.get("candidates").and_then(|c| c.get(0)) else {
             let reason = str_at(v, &["promptFeedback", "blockReason"]).ok_or_else(|| {
