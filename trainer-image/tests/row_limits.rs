@@ -11,10 +11,10 @@ mod stage_support;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use serde_json::{Value, json};
-use stage_support::{TRAINER, stage_config};
+use stage_support::{read_result, stage_command, stage_config};
 
 /// The big row's size.
 const ROW_BYTES: usize = 60 * 1024 * 1024;
@@ -53,17 +53,10 @@ fn write_jsonl_with_a_huge_row(path: &Path) {
 
 /// Runs a stage as the operator does, and returns its result and peak RSS in bytes.
 fn run_measured(root: &Path, stage: &str, config: &Value) -> (Value, u64) {
-    let config_path = root.join(format!("{stage}-config.json"));
-    std::fs::write(&config_path, config.to_string()).expect("write");
-    let result_path = root.join(format!("{stage}-result.json"));
+    let (mut cmd, result_path) = stage_command(root, stage, stage, config, "cpu", root);
     // Reaped by wait4 below, which std's Child::wait cannot do (it returns no rusage).
     #[allow(clippy::zombie_processes)]
-    let child = Command::new(TRAINER)
-        .args([stage, "--config", config_path.to_str().expect("utf8")])
-        .env("LLAMADUO_DEVICE", "cpu")
-        .env("LLAMADUO_RESULT_PATH", &result_path)
-        .env("LLAMADUO_CACHE_DIR", root.join("cache"))
-        .env("TMPDIR", root)
+    let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -79,8 +72,7 @@ fn run_measured(root: &Path, stage: &str, config: &Value) -> (Value, u64) {
     assert!(!exit.success(), "{stage} should fail on the huge row");
     // Linux reports ru_maxrss in KiB.
     let peak = u64::try_from(usage.ru_maxrss).expect("rss") * 1024;
-    let result = std::fs::read(&result_path).expect("a result is written whatever happens");
-    (serde_json::from_slice(&result).expect("result JSON"), peak)
+    (read_result(&result_path), peak)
 }
 
 fn assert_refused(stage: &str, result: &Value, peak: u64) {

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use stage_support::{TRAINER, stage_config};
+use stage_support::{read_result, stage_command, stage_config};
 
 fn rows() -> String {
     (0..48)
@@ -45,19 +45,10 @@ fn config(artifacts: &str) -> Value {
 
 /// Starts the train stage with its own scratch directory (`TMPDIR`: a pod's emptyDir).
 fn spawn(dir: &Path, name: &str, config: &Value, env: &[(&str, String)]) -> (Child, PathBuf) {
-    let config_path = dir.join(format!("{name}-config.json"));
-    std::fs::write(&config_path, config.to_string()).expect("write");
     let scratch = dir.join(format!("{name}-scratch"));
     std::fs::create_dir_all(&scratch).expect("scratch");
-    let result = dir.join(format!("{name}-result.json"));
-    let mut cmd = Command::new(TRAINER);
-    cmd.args(["train", "--config", config_path.to_str().expect("utf8")])
-        .env("LLAMADUO_DEVICE", "cpu")
-        .env("LLAMADUO_RESULT_PATH", &result)
-        .env("LLAMADUO_CACHE_DIR", dir.join(format!("{name}-cache")))
-        .env("TMPDIR", &scratch)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let (mut cmd, result) = stage_command(dir, name, "train", config, "cpu", &scratch);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -67,8 +58,7 @@ fn spawn(dir: &Path, name: &str, config: &Value, env: &[(&str, String)]) -> (Chi
 fn run_to_end(dir: &Path, name: &str, config: &Value, env: &[(&str, String)]) -> Value {
     let (mut child, result) = spawn(dir, name, config, env);
     let status = child.wait().expect("wait");
-    let result: Value =
-        serde_json::from_slice(&std::fs::read(&result).expect("result")).expect("json");
+    let result = read_result(&result);
     assert!(status.success(), "{name}: {result}");
     result
 }

@@ -101,22 +101,16 @@ fn an_unreachable_hub_is_a_transient_failure() {
         .port();
     let mut config = stage_config(root, "train", json!({"training": {"method": "lora"}}));
     config["student"] = json!({"baseModel": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"});
-    let config_path = root.join("train-config.json");
-    std::fs::write(&config_path, config.to_string()).expect("write");
-    let result_path = root.join("train-result.json");
-    let out = std::process::Command::new(stage_support::TRAINER)
-        .args(["train", "--config", config_path.to_str().expect("utf8")])
-        .env("LLAMADUO_DEVICE", "cpu")
-        .env("LLAMADUO_RESULT_PATH", &result_path)
-        .env("LLAMADUO_CACHE_DIR", root.join("cache"))
+    let (mut cmd, result_path) =
+        stage_support::stage_command(root, "train", "train", &config, "cpu", root);
+    let out = cmd
         .env("HF_HOME", root.join("hf"))
         .env("HF_ENDPOINT", format!("http://127.0.0.1:{port}"))
         .env_remove("HF_HUB_OFFLINE")
         .output()
         .expect("trainer runs");
     assert!(!out.status.success());
-    let result: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&result_path).expect("result")).expect("json");
+    let result = stage_support::read_result(&result_path);
     let message = result["message"].as_str().expect("message");
     assert!(message.contains("HF_ENDPOINT"), "{message}");
     assert_eq!(result["failureClass"], "transient", "{result}");

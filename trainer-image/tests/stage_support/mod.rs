@@ -2,7 +2,7 @@
 //! path, a private cache and scratch directory.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::{Value, json};
@@ -25,20 +25,40 @@ pub fn stage_config(root: &Path, stage: &str, fields: Value) -> Value {
     config
 }
 
+/// `llamaduo-trainer <stage>` on `config` (written to `dir/{name}-config.json`) with
+/// LLAMADUO_DEVICE=`device`, its result going to `dir/{name}-result.json`, its cache to
+/// `dir/{name}-cache` and its scratch (`TMPDIR`, a pod's emptyDir) to `scratch`; returns the
+/// command, to spawn or run, and the result path.
+pub fn stage_command(
+    dir: &Path,
+    name: &str,
+    stage: &str,
+    config: &Value,
+    device: &str,
+    scratch: &Path,
+) -> (Command, PathBuf) {
+    let config_path = dir.join(format!("{name}-config.json"));
+    std::fs::write(&config_path, config.to_string()).expect("write");
+    let result_path = dir.join(format!("{name}-result.json"));
+    let mut cmd = Command::new(TRAINER);
+    cmd.args([stage, "--config", config_path.to_str().expect("utf8")])
+        .env("LLAMADUO_DEVICE", device)
+        .env("LLAMADUO_RESULT_PATH", &result_path)
+        .env("LLAMADUO_CACHE_DIR", dir.join(format!("{name}-cache")))
+        .env("TMPDIR", scratch);
+    (cmd, result_path)
+}
+
+/// The result a stage run wrote to `path` (it writes one whatever happens).
+pub fn read_result(path: &Path) -> Value {
+    let result = std::fs::read(path).expect("a result is written whatever happens");
+    serde_json::from_slice(&result).expect("result JSON")
+}
+
 /// Runs `llamaduo-trainer <stage>` on `config` with LLAMADUO_DEVICE=`device`: its output and
 /// the result it wrote.
 pub fn run_stage(root: &Path, stage: &str, config: &Value, device: &str) -> (Output, Value) {
-    let config_path = root.join(format!("{stage}-config.json"));
-    std::fs::write(&config_path, config.to_string()).expect("write");
-    let result_path = root.join(format!("{stage}-result.json"));
-    let out = Command::new(TRAINER)
-        .args([stage, "--config", config_path.to_str().expect("utf8")])
-        .env("LLAMADUO_DEVICE", device)
-        .env("LLAMADUO_RESULT_PATH", &result_path)
-        .env("LLAMADUO_CACHE_DIR", root.join("cache"))
-        .env("TMPDIR", root)
-        .output()
-        .expect("trainer runs");
-    let result = std::fs::read(&result_path).expect("a result is written whatever happens");
-    (out, serde_json::from_slice(&result).expect("result JSON"))
+    let (mut cmd, result_path) = stage_command(root, stage, stage, config, device, root);
+    let out = cmd.output().expect("trainer runs");
+    (out, read_result(&result_path))
 }
