@@ -86,7 +86,16 @@ impl CheckpointMirror {
     /// returns (uploaded, deleted).
     pub async fn push(&mut self) -> anyhow::Result<(usize, usize)> {
         let mut files = Vec::new();
-        collect(&self.local, &self.local, &mut files)?;
+        if self.local.exists() {
+            let mut paths = Vec::new();
+            crate::student::collect_files(&self.local, &mut paths)
+                .with_context(|| format!("reading {}", self.local.display()))?;
+            for path in paths {
+                if let Some(rel) = path.strip_prefix(&self.local)?.to_str() {
+                    files.push(rel.replace('\\', "/"));
+                }
+            }
+        }
         // Temporary directories of a save in progress are not checkpoints yet.
         files.retain(|rel| !rel.split('/').any(|part| part.starts_with(".tmp-")));
         files.sort_by_key(|rel| (rel.ends_with(&format!("/{STATE}")), rel.clone()));
@@ -137,25 +146,6 @@ impl CheckpointMirror {
 fn file_stamp(path: &Path) -> anyhow::Result<(u64, Option<SystemTime>)> {
     let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
     Ok((meta.len(), meta.modified().ok()))
-}
-
-/// Every file under `dir`, as `/`-separated paths relative to `root`.
-fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> anyhow::Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
-    };
-    for entry in entries {
-        let entry = entry?;
-        let path = entry.path();
-        if entry.file_type()?.is_dir() {
-            collect(root, &path, out)?;
-        } else if let Some(rel) = path.strip_prefix(root)?.to_str() {
-            out.push(rel.replace('\\', "/"));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

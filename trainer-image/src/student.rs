@@ -120,7 +120,8 @@ pub async fn publish_dir(store: &Store, dir: &Path, key: &str, last: &str) -> an
     Ok(())
 }
 
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+/// Every file under `dir`, recursively.
+pub(crate) fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if path.is_dir() {
